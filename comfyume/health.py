@@ -1,0 +1,61 @@
+"""``/health`` (database, Redis, each backend) and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import hmac
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gpu_backends.models import GpuBackend
+from jobs.metrics import PipelineCollector
+
+
+def _check_database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as exc:  # any driver error means "down" here
+        return f"error: {exc.__class__.__name__}: {exc}"[:300]
+
+
+def _check_redis() -> str:
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1).ping()
+        return "ok"
+    except (redis.RedisError, OSError) as exc:
+        return f"error: {exc}"[:300]
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """200 while the database and Redis answer (backends may be failing: that is shown, not fatal)."""
+    database, redis_state = _check_database(), _check_redis()
+    backends = {}
+    if database == "ok":
+        for b in GpuBackend.objects.filter(enabled=True):
+            backends[b.name] = {"kind": b.kind, "state": b.state, "last_error": b.last_error or None}
+    healthy = database == "ok" and redis_state == "ok"
+    degraded = any(b["state"] == GpuBackend.State.FAILING for b in backends.values()) or not backends
+    status = "down" if not healthy else ("degraded" if degraded else "ok")
+    return JsonResponse(
+        {"status": status, "database": database, "redis": redis_state, "backends": backends},
+        status=200 if healthy else 503,
+    )
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    token = settings.METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

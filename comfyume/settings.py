@@ -1,0 +1,225 @@
+"""ComfyuME settings: one module, driven by the environment.
+
+With no environment at all the platform runs on embedded defaults (SQLite and an embedded Redis under
+``COMFYUME_DATA_DIR``, the ComfyUI simulator as GPU). ``COMFYUME_ENV=production`` turns the safety checks
+on: a missing ``SECRET_KEY`` or ``DEBUG`` on with a public host refuses to start, naming the variable.
+Every variable is listed in docs/CONFIGURATION.md.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+COMFYUME_ENV = env.str("COMFYUME_ENV", default="embedded")
+if COMFYUME_ENV not in ("embedded", "production"):
+    raise ImproperlyConfigured(f"COMFYUME_ENV must be 'embedded' or 'production', not {COMFYUME_ENV!r}.")
+PRODUCTION = COMFYUME_ENV == "production"
+
+DATA_DIR = Path(env.str("COMFYUME_DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+
+DEBUG = env.bool("DEBUG", default=not PRODUCTION)
+
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=LOCAL_HOSTS)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+
+def _is_public_host(host: str) -> bool:
+    host = host.lstrip(".")
+    return host not in ("127.0.0.1", "localhost", "[::1]", "testserver") and not host.endswith(".localhost")
+
+
+if DEBUG and any(_is_public_host(h) for h in ALLOWED_HOSTS):
+    raise ImproperlyConfigured(
+        "DEBUG is on while ALLOWED_HOSTS names a public host "
+        f"({', '.join(h for h in ALLOWED_HOSTS if _is_public_host(h))}): set DEBUG=false for a public deployment."
+    )
+
+
+def _embedded_secret_key() -> str:
+    """Keep one random key per data directory so sessions survive a restart of `make run`."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: production (COMFYUME_ENV=production) needs a long random SECRET_KEY."
+        )
+    SECRET_KEY = _embedded_secret_key()
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_rq",
+    "workshops",
+    "gpu_backends",
+    "jobs",
+    "storage",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "comfyume.urls"
+ASGI_APPLICATION = "comfyume.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite under DATA_DIR unless DATABASE_URL names another. ---
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'comfyume.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock at BEGIN, so two schedulers cannot both read the same free
+    # GPU slot and then both claim it; WAL lets readers go on meanwhile.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: an embedded server on a unix socket unless REDIS_URL names a real one. ---
+EMBEDDED_REDIS = not env.str("REDIS_URL", default="")
+EMBEDDED_REDIS_DIR = Path(env.str("COMFYUME_REDIS_DIR", default=str(DATA_DIR / "redis")))
+REDIS_URL = env.str("REDIS_URL", default="") or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}"
+REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 1000, "expiry": 60},
+    }
+}
+
+RQ_QUEUE_NAME = env.str("COMFYUME_RQ_QUEUE", default=f"{REDIS_PREFIX}-dispatch")
+RQ_QUEUES = {RQ_QUEUE_NAME: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600}}
+RQ_SHOW_ADMIN_LINK = True
+
+# --- Auth ---
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- The job pipeline ---
+COMFYUME = {
+    # Largest prompt body the hub accepts (bytes). ComfyUI has no limit; 10 MB is far above any real workflow.
+    "MAX_PROMPT_BYTES": env.int("COMFYUME_MAX_PROMPT_BYTES", default=10 * 1024 * 1024),
+    # A job running longer than this (seconds) is interrupted and marked timed_out; per workshop override.
+    "JOB_TIMEOUT": env.int("COMFYUME_JOB_TIMEOUT", default=30 * 60),
+    # A queued job waits this long (seconds) for a working backend before it fails with a reason.
+    "BACKEND_DOWN_DEADLINE": env.int("COMFYUME_BACKEND_DOWN_DEADLINE", default=15 * 60),
+    # A running job whose worker has not shown a sign of life for this long (seconds) is orphaned.
+    "HEARTBEAT_TIMEOUT": env.int("COMFYUME_HEARTBEAT_TIMEOUT", default=60),
+    # How often (seconds) the dispatch loop touches the job row while it waits for events.
+    "HEARTBEAT_INTERVAL": env.float("COMFYUME_HEARTBEAT_INTERVAL", default=10.0),
+    # How often (seconds) the reconciler sweeps timeouts, orphans and backend health. Not the hot path.
+    "RECONCILE_INTERVAL": env.float("COMFYUME_RECONCILE_INTERVAL", default=5.0),
+    # How long (seconds) a cached object_info is trusted before the reconciler refreshes it.
+    "OBJECT_INFO_TTL": env.int("COMFYUME_OBJECT_INFO_TTL", default=600),
+    # Connect/read timeouts (seconds) for talking to a GPU backend.
+    "BACKEND_CONNECT_TIMEOUT": env.float("COMFYUME_BACKEND_CONNECT_TIMEOUT", default=5.0),
+    "BACKEND_READ_TIMEOUT": env.float("COMFYUME_BACKEND_READ_TIMEOUT", default=30.0),
+    # How many times a job is dispatched before a lost worker or backend fails it for good.
+    "MAX_ATTEMPTS": env.int("COMFYUME_MAX_ATTEMPTS", default=2),
+}
+
+# Where job outputs are kept (the local store; R2 comes with the serverless backend).
+STORAGE_DIR = Path(env.str("COMFYUME_STORAGE_DIR", default=str(DATA_DIR / "storage"))).resolve()
+
+# --- Logging: one line per record; JSON when LOG_FORMAT=json (production). ---
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "text")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "comfyume.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "daphne": {"level": "WARNING"},
+        "rq.worker": {"level": "WARNING"},
+    },
+}
+
+# /metrics answers only with `Authorization: Bearer <METRICS_TOKEN>` when this is set.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# The address participants use (join links and printed credentials are built from it).
+PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}").rstrip("/")

@@ -1,0 +1,35 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from comfyume import health
+from jobs import api
+from workshops import views as workshop_views
+
+admin.site.site_header = "ComfyuME"
+admin.site.site_title = "ComfyuME admin"
+admin.site.index_title = "Run the workshop"
+
+hub_api = [
+    path("prompt", api.prompt, name="prompt"),
+    path("queue", api.queue, name="queue"),
+    path("interrupt", api.interrupt, name="interrupt"),
+    path("history", api.history, name="history"),
+    path("history/<str:prompt_id>", api.history, name="history-detail"),
+    path("object_info", api.object_info, name="object-info"),
+    path("view", api.view, name="view"),
+    path("jobs", api.job_list, name="jobs"),
+    path("jobs/<str:prompt_id>", api.job_detail, name="job"),
+    path("jobs/<str:prompt_id>/cancel", api.job_cancel, name="job-cancel"),
+]
+
+urlpatterns = [
+    path("", workshop_views.home, name="home"),
+    path("login/", workshop_views.SeatLoginView.as_view(), name="login"),
+    path("logout/", workshop_views.logout_view, name="logout"),
+    path("join/<str:token>/", workshop_views.join, name="join"),
+    path("api/hub/", include((hub_api, "hub"))),
+    path("health", health.health, name="health"),
+    path("metrics", health.metrics, name="metrics"),
+    path("admin/rq/", include("django_rq.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,25 @@
+from django.contrib import admin, messages
+
+from .client import BackendError
+from .models import GpuBackend
+from .services import check_health, refresh_object_info
+
+
+@admin.register(GpuBackend)
+class GpuBackendAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "gpu_type", "state", "max_concurrency", "price_per_hour", "enabled", "order")
+    list_filter = ("kind", "state", "enabled")
+    list_editable = ("enabled", "order")
+    readonly_fields = ("state", "state_changed_at", "last_error", "object_info_fetched_at")
+    actions = ["test_connection"]
+
+    @admin.action(description="Test connection (health and node list)")
+    def test_connection(self, request, queryset):
+        for backend in queryset:
+            check_health(backend)
+            try:
+                info = refresh_object_info(backend)
+            except BackendError as exc:
+                self.message_user(request, f"{backend.name}: not reachable — {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{backend.name}: ready, {len(info)} node types.", messages.SUCCESS)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GpuBackendsConfig(AppConfig):
+    name = "gpu_backends"
+    verbose_name = "GPU backends"

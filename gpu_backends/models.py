@@ -1,0 +1,64 @@
+"""GPU backends: where jobs run. Each is a database row, so switching one is an admin action."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class GpuBackend(models.Model):
+    """A ComfyUI server (or the simulator, or a Verda deployment) with a number of job slots."""
+
+    class Kind(models.TextChoices):
+        COMFYUI = "comfyui", "ComfyUI server"
+        SIMULATOR = "simulator", "ComfyUI simulator (no GPU)"
+
+    class State(models.TextChoices):
+        UNKNOWN = "unknown", "Not checked yet"
+        READY = "ready", "Ready"
+        FAILING = "failing", "Failing"
+
+    # States in which the scheduler sends it work; a failing backend keeps its jobs queued.
+    DISPATCHABLE = (State.UNKNOWN, State.READY)
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.COMFYUI)
+    url = models.URLField(max_length=500, help_text="Base URL, e.g. http://gpu-box:8188")
+    gpu_type = models.CharField(max_length=64, blank=True, help_text="e.g. H200, B300")
+    price_per_hour = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0"))
+    max_concurrency = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="Jobs this backend runs at once."
+    )
+    enabled = models.BooleanField(default=True)
+    order = models.PositiveIntegerField(default=0, help_text="Lower comes first when several have free slots.")
+
+    state = models.CharField(max_length=20, choices=State.choices, default=State.UNKNOWN)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    object_info = models.JSONField(null=True, blank=True, editable=False)
+    object_info_fetched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["order", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_simulator(self) -> bool:
+        return self.kind == self.Kind.SIMULATOR
+
+    def mark(self, state: str, error: str = "") -> bool:
+        """Record a health observation; returns True when the state changed."""
+        changed = state != self.state
+        fields: dict[str, object] = {"last_error": error[:2000]}
+        if changed:
+            fields.update(state=state, state_changed_at=timezone.now())
+        GpuBackend.objects.filter(pk=self.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(self, key, value)
+        return changed

@@ -1,0 +1,293 @@
+"""GPU providers: one interface to run a job on a backend, whatever the backend is.
+
+``Provider.run(spec, sink)`` runs one prompt to its end, handing every ComfyUI event and every output
+file to ``sink`` as it happens, and returns a :class:`RunOutcome`. The ``comfyui`` provider speaks the
+real protocol (the simulator speaks the same one, so it uses this provider too):
+
+1. open ``/ws?clientId=…`` first, so no event of the prompt can be missed;
+2. ``POST /prompt`` with that ``client_id`` and our own ``prompt_id``;
+3. read events until ``executing {node: null}`` for the prompt — not ``execution_success``, which can
+   arrive before ``/history`` is written;
+4. fetch each file named by ``executed`` through ``/view`` and hand it to the sink;
+5. if the socket drops, reconnect and ask ``/queue`` and ``/history`` where the prompt is, so a job is
+   neither lost nor run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import websocket
+
+from .client import BackendError, ComfyUIClient, FileRef, decode_message
+
+log = logging.getLogger(__name__)
+
+# After an error or interrupt, ComfyUI still sends `status` and `executing {node: null}`; wait this long.
+TERMINAL_GRACE = 2.0
+# How long an interrupt may take to land (it lands only between nodes or at a progress tick).
+INTERRUPT_GRACE = 30.0
+# How long to wait for /history after the socket dropped (execution_success can precede it).
+HISTORY_GRACE = 3.0
+RECONNECT_ATTEMPTS = 5
+
+
+@dataclass
+class RunSpec:
+    """What the provider needs to run one job."""
+
+    prompt: dict[str, Any]
+    backend_prompt_id: str
+    client_id: str
+    extra_data: dict[str, Any] = field(default_factory=dict)
+
+
+class RunSink(Protocol):
+    """Where a running job reports to (implemented by jobs.dispatch)."""
+
+    def accepted(self, response: dict[str, Any]) -> bool:
+        """The backend accepted the prompt. False: the job was cancelled meanwhile, stop it."""
+
+    def event(self, message: dict[str, Any]) -> None:
+        """One ComfyUI message about this prompt, in ComfyUI's format."""
+
+    def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:
+        """Keep one output file; return the file reference the participant's UI should see."""
+
+    def tick(self) -> str | None:
+        """Called about once a second while waiting: heartbeat, and 'cancel' / 'timeout' to stop."""
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended. ``status`` is one of succeeded, failed, interrupted."""
+
+    status: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    gpu_seconds: float = 0.0
+    stop_reason: str | None = None  # 'cancel' or 'timeout' when we asked for the interrupt
+
+
+class Provider:
+    """The interface every backend kind implements."""
+
+    def health(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fetch_object_info(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, spec: RunSpec, sink: RunSink) -> RunOutcome:
+        raise NotImplementedError
+
+    def cancel(self, backend_prompt_id: str) -> None:
+        raise NotImplementedError
+
+
+def _file_refs(output: dict[str, Any]) -> Iterator[tuple[str, int, FileRef]]:
+    """Every file named in an ``executed`` output (images, gifs, videos, audio, …)."""
+    for key, items in output.items():
+        if not isinstance(items, list):
+            continue
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                ref = FileRef(item["filename"], str(item.get("subfolder") or ""), str(item.get("type") or "output"))
+                yield key, index, ref
+
+
+@dataclass
+class _RunState:
+    prompt_id: str
+    started: float | None = None
+    finished: float | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    stored: dict[FileRef, dict[str, Any]] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    interrupted: dict[str, Any] | None = None
+    terminal_at: float | None = None
+    stop_reason: str | None = None
+    stop_sent_at: float | None = None
+
+    def outcome(self) -> RunOutcome:
+        end = self.finished or time.monotonic()
+        gpu = end - self.started if self.started is not None else 0.0
+        if self.interrupted is not None or (self.stop_reason and self.error is None and not self.outputs):
+            return RunOutcome("interrupted", self.outputs, self.interrupted, gpu, self.stop_reason)
+        if self.error is not None:
+            return RunOutcome("failed", self.outputs, self.error, gpu, self.stop_reason)
+        return RunOutcome("succeeded", self.outputs, None, gpu, self.stop_reason)
+
+
+class ComfyUIProvider(Provider):
+    """Runs jobs on a ComfyUI server (or the simulator) over HTTP + WebSocket."""
+
+    def __init__(self, base_url: str, *, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
+        self.client = ComfyUIClient(base_url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+    def health(self) -> dict[str, Any]:
+        return self.client.system_stats()
+
+    def fetch_object_info(self) -> dict[str, Any]:
+        return self.client.object_info()
+
+    def cancel(self, backend_prompt_id: str) -> None:
+        """Remove the prompt if it still waits on the backend, interrupt it if it runs."""
+        self.client.delete_from_queue([backend_prompt_id])
+        self.client.interrupt(backend_prompt_id)
+
+    def run(self, spec: RunSpec, sink: RunSink) -> RunOutcome:
+        ws = self.client.connect_ws(spec.client_id)
+        try:
+            response = self.client.submit(
+                spec.prompt, client_id=spec.client_id, prompt_id=spec.backend_prompt_id, extra_data=spec.extra_data
+            )
+            state = _RunState(prompt_id=spec.backend_prompt_id)
+            if not sink.accepted(response):
+                self._best_effort_cancel(spec.backend_prompt_id)
+                return RunOutcome("interrupted", stop_reason="cancel")
+            return self._follow(ws, spec, sink, state)
+        finally:
+            ws.close()
+
+    def _best_effort_cancel(self, prompt_id: str) -> None:
+        try:
+            self.cancel(prompt_id)
+        except BackendError as exc:
+            log.warning("Could not cancel %s on the backend: %s", prompt_id, exc)
+
+    def _follow(self, ws: websocket.WebSocket, spec: RunSpec, sink: RunSink, state: _RunState) -> RunOutcome:
+        last_tick = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_tick >= 1.0:
+                last_tick = now
+                stop = sink.tick()
+                if stop and state.stop_sent_at is None:
+                    state.stop_reason, state.stop_sent_at = stop, now
+                    self._best_effort_cancel(state.prompt_id)
+            if state.stop_sent_at is not None and now - state.stop_sent_at > INTERRUPT_GRACE:
+                log.warning("Interrupt of %s did not land in %ss; giving up on it", state.prompt_id, INTERRUPT_GRACE)
+                return state.outcome()
+            if state.terminal_at is not None and now - state.terminal_at > TERMINAL_GRACE:
+                return state.outcome()
+            try:
+                raw = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketException, OSError) as exc:
+                log.warning("Event socket for %s dropped (%s); recovering", state.prompt_id, exc)
+                ws.close()
+                recovered = self._recover(spec, sink, state)
+                if isinstance(recovered, RunOutcome):
+                    return recovered
+                ws = recovered
+                continue
+            message = decode_message(raw)
+            if message is None or message["data"].get("prompt_id") != state.prompt_id:
+                continue
+            if self._handle(message, sink, state):
+                return state.outcome()
+
+    def _handle(self, message: dict[str, Any], sink: RunSink, state: _RunState) -> bool:
+        """Apply one message; True when the prompt is done."""
+        kind, data = message["type"], message["data"]
+        if kind == "execution_start":
+            state.started = time.monotonic()
+        elif kind == "executed" and isinstance(data.get("output"), dict):
+            data["output"] = self._store_outputs(str(data.get("node")), data["output"], sink, state)
+            state.outputs[str(data.get("node"))] = data["output"]
+        elif kind == "execution_error":
+            state.error, state.terminal_at, state.finished = data, time.monotonic(), time.monotonic()
+        elif kind == "execution_interrupted":
+            state.interrupted, state.terminal_at, state.finished = data, time.monotonic(), time.monotonic()
+        elif kind == "execution_success":
+            state.finished = time.monotonic()
+        sink.event(message)
+        if kind == "executing" and data.get("node") is None:
+            state.finished = state.finished or time.monotonic()
+            return True
+        return False
+
+    def _store_outputs(self, node_id: str, output: dict[str, Any], sink: RunSink, state: _RunState) -> dict[str, Any]:
+        rewritten = {key: list(value) if isinstance(value, list) else value for key, value in output.items()}
+        for key, index, ref in _file_refs(output):
+            if ref not in state.stored:
+                content_type, chunks = self.client.view(ref)
+                state.stored[ref] = sink.store_output(node_id, ref, content_type, chunks)
+            rewritten[key][index] = state.stored[ref]
+        return rewritten
+
+    def _recover(self, spec: RunSpec, sink: RunSink, state: _RunState) -> websocket.WebSocket | RunOutcome:
+        """After the socket dropped: reconnect, then find the prompt in /queue or /history."""
+        ws = None
+        for attempt in range(RECONNECT_ATTEMPTS):
+            time.sleep(min(0.2 * 2**attempt, 3.0))
+            try:
+                ws = self.client.connect_ws(spec.client_id)
+                break
+            except BackendError as exc:
+                log.warning("Reconnect %d to the backend failed: %s", attempt + 1, exc)
+        if ws is None:
+            raise BackendError("Lost the connection to the backend while the job ran", lost=True)
+        # The socket is open again before we look, so whatever happens after the look arrives on it.
+        if self.client.is_queued(state.prompt_id):
+            return ws
+        deadline = time.monotonic() + HISTORY_GRACE
+        while True:
+            entry = self.client.history(state.prompt_id)
+            if entry is not None:
+                ws.close()
+                return self._finish_from_history(entry, sink, state)
+            if time.monotonic() > deadline:
+                ws.close()
+                raise BackendError("The backend no longer knows the job (restarted or replaced?)", lost=True)
+            time.sleep(0.2)
+
+    def _finish_from_history(self, entry: dict[str, Any], sink: RunSink, state: _RunState) -> RunOutcome:
+        """Replay what the socket missed from the history entry, so the participant's UI completes."""
+        for node_id, output in (entry.get("outputs") or {}).items():
+            if node_id not in state.outputs and isinstance(output, dict):
+                self._handle(
+                    {
+                        "type": "executed",
+                        "data": {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": output,
+                            "prompt_id": state.prompt_id,
+                        },
+                    },
+                    sink,
+                    state,
+                )
+        status = entry.get("status") or {}
+        stamps: dict[str, float] = {}
+        for kind, data in status.get("messages") or []:
+            if isinstance(data, dict) and isinstance(data.get("timestamp"), int | float):
+                stamps[kind] = float(data["timestamp"])
+            if kind in ("execution_error", "execution_interrupted") and isinstance(data, dict):
+                self._handle({"type": kind, "data": data}, sink, state)
+        if state.started is None and "execution_start" in stamps:
+            # The socket missed the whole run: take its duration from ComfyUI's own timestamps (ms).
+            state.started, state.finished = 0.0, (max(stamps.values()) - stamps["execution_start"]) / 1000
+        if status.get("status_str") == "success" and state.error is None:
+            sink.event({"type": "execution_success", "data": {"prompt_id": state.prompt_id}})
+        self._handle({"type": "executing", "data": {"node": None, "prompt_id": state.prompt_id}}, sink, state)
+        return state.outcome()
+
+
+def provider_for(backend: Any) -> Provider:
+    """The provider for a GpuBackend row."""
+    from django.conf import settings
+
+    cfg = settings.COMFYUME
+    if backend.kind in ("comfyui", "simulator"):
+        return ComfyUIProvider(
+            backend.url, connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"], read_timeout=cfg["BACKEND_READ_TIMEOUT"]
+        )
+    raise BackendError(f"Backend {backend.name} has an unknown kind {backend.kind!r}", permanent=True)

@@ -1,0 +1,63 @@
+"""Backend operations: health checks and the cached node catalogue (object_info) used by preflight."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from .client import BackendError
+from .models import GpuBackend
+from .providers import provider_for
+
+log = logging.getLogger(__name__)
+
+
+def check_health(backend: GpuBackend) -> bool:
+    """Ask the backend whether it is up; record ready/failing. Returns True when it became dispatchable."""
+    try:
+        provider_for(backend).health()
+    except BackendError as exc:
+        if backend.mark(GpuBackend.State.FAILING, str(exc)):
+            log.warning("Backend %s is failing: %s", backend.name, exc, extra={"backend": backend.name})
+        return False
+    changed = backend.mark(GpuBackend.State.READY)
+    if changed:
+        log.info("Backend %s is ready", backend.name, extra={"backend": backend.name})
+    return changed
+
+
+def refresh_object_info(backend: GpuBackend) -> dict[str, Any]:
+    """Fetch and cache the backend's node catalogue (which also lists the model files it has)."""
+    info = provider_for(backend).fetch_object_info()
+    now = timezone.now()
+    GpuBackend.objects.filter(pk=backend.pk).update(object_info=info, object_info_fetched_at=now)
+    backend.object_info, backend.object_info_fetched_at = info, now
+    return info
+
+
+def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
+    """The catalogue to preflight against, without waiting on a slow backend in the submit path.
+
+    The reconciler keeps the cached copy fresh (``OBJECT_INFO_TTL``); only a backend that has never been
+    read is asked here. None when it cannot answer: the job is still accepted (the backend validates it
+    again when it arrives), so a backend that is down keeps jobs queued instead of refusing them.
+    """
+    if backend.object_info:
+        return backend.object_info
+    if backend.state == GpuBackend.State.FAILING:
+        return None
+    try:
+        return refresh_object_info(backend)
+    except BackendError as exc:
+        log.warning("Could not read object_info of %s: %s", backend.name, exc, extra={"backend": backend.name})
+        return None
+
+
+def object_info_is_stale(backend: GpuBackend) -> bool:
+    ttl = timedelta(seconds=settings.COMFYUME["OBJECT_INFO_TTL"])
+    fetched = backend.object_info_fetched_at
+    return not backend.object_info or fetched is None or timezone.now() - fetched >= ttl

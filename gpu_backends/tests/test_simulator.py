@@ -1,0 +1,1187 @@
+"""The ComfyUI simulator against what a real ComfyUI 0.3.64 was recorded doing.
+
+The CAPTURED_* constants below are copied from shared/fixtures/comfyui-0.3.64/protocol_capture_1.json
+(``tiny_ws``, ``tiny_history``, ``cached_ws``, ``runtime_err_ws``, ``invalid``) and protocol_capture_2.json
+(``upscale``, ``interrupt``), with prompt ids replaced by "PID" and timestamps by 0 where noted, so this repo's
+tests do not need ../shared. Each test starts its own simulator on a free port with a temporary output_dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import websocket
+from PIL import Image
+
+from gpu_backends.simulator import SimulatorConfig, SimulatorThread
+
+TINY_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16711680}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness/tiny"}},
+}
+
+# protocol_capture_2.json "upscale": what a node reporting 16 progress ticks sends between its `executing` and
+# the next node's `executing` (ticks, its finish, the next node's start).
+CAPTURED_PROGRESS_SEGMENT = ["progress_state", "progress"] * 16 + ["progress_state", "progress_state"]
+
+# protocol_capture_1.json tiny_ws (prompt id -> "PID", timestamps -> 0)
+CAPTURED_TINY_WS = [
+    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}},
+    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}},
+    {"type": "execution_start", "data": {"prompt_id": "PID", "timestamp": 0}},
+    {"type": "execution_cached", "data": {"nodes": [], "prompt_id": "PID", "timestamp": 0}},
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 0.0,
+                    "max": 1.0,
+                    "state": "running",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                }
+            },
+        },
+    },
+    {"type": "executing", "data": {"node": "1", "display_node": "1", "prompt_id": "PID"}},
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                }
+            },
+        },
+    },
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                },
+                "2": {
+                    "value": 0.0,
+                    "max": 1.0,
+                    "state": "running",
+                    "node_id": "2",
+                    "prompt_id": "PID",
+                    "display_node_id": "2",
+                    "parent_node_id": None,
+                    "real_node_id": "2",
+                },
+            },
+        },
+    },
+    {"type": "executing", "data": {"node": "2", "display_node": "2", "prompt_id": "PID"}},
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                },
+                "2": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "2",
+                    "prompt_id": "PID",
+                    "display_node_id": "2",
+                    "parent_node_id": None,
+                    "real_node_id": "2",
+                },
+            },
+        },
+    },
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                },
+                "2": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "2",
+                    "prompt_id": "PID",
+                    "display_node_id": "2",
+                    "parent_node_id": None,
+                    "real_node_id": "2",
+                },
+                "3": {
+                    "value": 0.0,
+                    "max": 1.0,
+                    "state": "running",
+                    "node_id": "3",
+                    "prompt_id": "PID",
+                    "display_node_id": "3",
+                    "parent_node_id": None,
+                    "real_node_id": "3",
+                },
+            },
+        },
+    },
+    {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": "PID"}},
+    {
+        "type": "executed",
+        "data": {
+            "node": "3",
+            "display_node": "3",
+            "output": {"images": [{"filename": "tiny_00001_.png", "subfolder": "harness", "type": "output"}]},
+            "prompt_id": "PID",
+        },
+    },
+    {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": "PID",
+            "nodes": {
+                "1": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "1",
+                    "prompt_id": "PID",
+                    "display_node_id": "1",
+                    "parent_node_id": None,
+                    "real_node_id": "1",
+                },
+                "2": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "2",
+                    "prompt_id": "PID",
+                    "display_node_id": "2",
+                    "parent_node_id": None,
+                    "real_node_id": "2",
+                },
+                "3": {
+                    "value": 1.0,
+                    "max": 1.0,
+                    "state": "finished",
+                    "node_id": "3",
+                    "prompt_id": "PID",
+                    "display_node_id": "3",
+                    "parent_node_id": None,
+                    "real_node_id": "3",
+                },
+            },
+        },
+    },
+    {"type": "execution_success", "data": {"prompt_id": "PID", "timestamp": 0}},
+    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}},
+    {"type": "executing", "data": {"node": None, "prompt_id": "PID"}},
+]
+
+CAPTURED_TINY_PROMPT_ID = "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8"
+
+CAPTURED_TINY_HISTORY_ENTRY = {
+    "prompt": [
+        0,
+        "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8",
+        {
+            "1": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16711680},
+            },
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness/tiny"}},
+        },
+        {"client_id": "explore-36816362"},
+        ["3"],
+    ],
+    "outputs": {"3": {"images": [{"filename": "tiny_00001_.png", "subfolder": "harness", "type": "output"}]}},
+    "status": {
+        "status_str": "success",
+        "completed": True,
+        "messages": [
+            ["execution_start", {"prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177100}],
+            [
+                "execution_cached",
+                {"nodes": [], "prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177100},
+            ],
+            ["execution_success", {"prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177113}],
+        ],
+    },
+    "meta": {"3": {"node_id": "3", "display_node": "3", "parent_node": None, "real_node_id": "3"}},
+}
+
+CAPTURED_CACHED_WS_TYPES = [
+    "status",
+    "status",
+    "execution_start",
+    "execution_cached",
+    "executed",
+    "progress_state",
+    "execution_success",
+    "status",
+    "executing",
+]
+
+CAPTURED_RUNTIME_ERROR_WS_TYPES = [
+    "status",
+    "status",
+    "execution_start",
+    "execution_cached",
+    "progress_state",
+    "executing",
+    "execution_error",
+    "status",
+    "executing",
+]
+
+CAPTURED_EXECUTION_ERROR_KEYS = [
+    "prompt_id",
+    "node_id",
+    "node_type",
+    "executed",
+    "exception_message",
+    "exception_type",
+    "traceback",
+    "current_inputs",
+    "current_outputs",
+    "timestamp",
+]
+
+CAPTURED_INTERRUPTED_KEYS = ["prompt_id", "node_id", "node_type", "executed", "timestamp"]
+
+CAPTURED_INVALID = {
+    "missing_input": [
+        400,
+        {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "Required input is missing: images",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "3": {
+                    "errors": [
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": "images",
+                            "extra_info": {"input_name": "images"},
+                        }
+                    ],
+                    "dependent_outputs": ["3"],
+                    "class_type": "SaveImage",
+                }
+            },
+        },
+    ],
+    "bad_value": [
+        400,
+        {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "1": {
+                    "errors": [
+                        {
+                            "type": "value_bigger_than_max",
+                            "message": "Value 999999 bigger than max of 16384",
+                            "details": "width",
+                            "extra_info": {
+                                "input_name": "width",
+                                "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
+                                "received_value": 999999,
+                            },
+                        }
+                    ],
+                    "dependent_outputs": ["3"],
+                    "class_type": "EmptyImage",
+                }
+            },
+        },
+    ],
+    "bad_type": [
+        400,
+        {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "1": {
+                    "errors": [
+                        {
+                            "type": "invalid_input_type",
+                            "message": "Failed to convert an input value to a INT value",
+                            "details": "width, abc, invalid literal for int() with base 10: 'abc'",
+                            "extra_info": {
+                                "input_name": "width",
+                                "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
+                                "received_value": "abc",
+                                "exception_message": "invalid literal for int() with base 10: 'abc'",
+                            },
+                        }
+                    ],
+                    "dependent_outputs": ["3"],
+                    "class_type": "EmptyImage",
+                }
+            },
+        },
+    ],
+    "bad_link": [
+        400,
+        {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "Exception when validating node: '9'",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "3": {
+                    "errors": [
+                        {
+                            "type": "exception_during_validation",
+                            "message": "Exception when validating node",
+                            "details": "'9'",
+                            "extra_info": {
+                                "exception_type": "KeyError",
+                                "traceback": [
+                                    '  File "/comfyui/execution.py", '
+                                    "line 1010, in validate_prompt\n"
+                                    "    m = await "
+                                    "validate_inputs(prompt_id, prompt, "
+                                    "o, validated)\n"
+                                    "        "
+                                    "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
+                                    '  File "/comfyui/execution.py", '
+                                    "line 788, in validate_inputs\n"
+                                    "    o_class_type = "
+                                    "prompt[o_id]['class_type']\n"
+                                    "                   "
+                                    "~~~~~~^^^^^^\n",
+                                ],
+                            },
+                        }
+                    ],
+                    "dependent_outputs": ["3"],
+                    "class_type": "SaveImage",
+                }
+            },
+        },
+    ],
+    "unknown_class": [
+        400,
+        {
+            "error": {
+                "type": "invalid_prompt",
+                "message": "Cannot execute because node NoSuchNode does not exist.",
+                "details": "Node ID '#1'",
+                "extra_info": {},
+            },
+            "node_errors": {},
+        },
+    ],
+    "no_output_node": [
+        400,
+        {
+            "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+            "node_errors": {},
+        },
+    ],
+    "bad_combo": [
+        400,
+        {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            },
+            "node_errors": {
+                "2": {
+                    "errors": [
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": "upscale_method: 'magic' not in ['nearest-exact', "
+                            "'bilinear', 'area', 'bicubic', 'lanczos']",
+                            "extra_info": {
+                                "input_name": "upscale_method",
+                                "input_config": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}],
+                                "received_value": "magic",
+                            },
+                        }
+                    ],
+                    "dependent_outputs": ["3"],
+                    "class_type": "ImageScale",
+                }
+            },
+        },
+    ],
+    "missing_model_file": [
+        400,
+        {
+            "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+            "node_errors": {},
+        },
+    ],
+    "no_prompt_key": [
+        400,
+        {
+            "error": {
+                "type": "no_prompt",
+                "message": "No prompt provided",
+                "details": "No prompt provided",
+                "extra_info": {},
+            },
+            "node_errors": {},
+        },
+    ],
+    "prompt_not_dict": [500, "500 Internal Server Error\n\nServer got itself in trouble"],
+    "malformed_json": [500, "500 Internal Server Error\n\nServer got itself in trouble"],
+}
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+@pytest.fixture
+def sim(tmp_path: Path):
+    simulator = SimulatorThread(SimulatorConfig(output_dir=tmp_path / "sim", node_delay=0.01)).start()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+
+
+class Socket:
+    """A blocking WebSocket client that reads ComfyUI's JSON messages."""
+
+    def __init__(self, sim: SimulatorThread, client_id: str) -> None:
+        url = sim.url.replace("http://", "ws://") + f"/ws?clientId={client_id}"
+        self.ws = websocket.create_connection(url, timeout=10)
+        self.hello = self.next()
+
+    def next(self, timeout: float = 10) -> dict[str, Any]:
+        self.ws.settimeout(timeout)
+        raw = self.ws.recv()
+        if not raw:  # websocket-client answers a close frame with "" before raising on the next recv
+            raise websocket.WebSocketConnectionClosedException(f"closed: {self.ws.status}")
+        return json.loads(raw)
+
+    def until(self, done, timeout: float = 10) -> list[dict[str, Any]]:
+        """Messages up to and including the first one for which ``done(message)`` is true."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out; got {[m['type'] for m in seen]}")
+            message = self.next(remaining)
+            seen.append(message)
+            if done(message):
+                return seen
+
+    def until_done(self, prompt_id: str, timeout: float = 10) -> list[dict[str, Any]]:
+        return self.until(
+            lambda m: (
+                m["type"] == "executing" and m["data"].get("node") is None and m["data"].get("prompt_id") == prompt_id
+            ),
+            timeout,
+        )
+
+    def drain(self, quiet: float = 0.3) -> list[dict[str, Any]]:
+        """Whatever arrives until nothing has for ``quiet`` seconds."""
+        seen = []
+        while True:
+            try:
+                seen.append(self.next(quiet))
+            except websocket.WebSocketTimeoutException:
+                return seen
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def connect(sim: SimulatorThread):
+    sockets: list[Socket] = []
+
+    def open_socket(client_id: str) -> Socket:
+        sockets.append(Socket(sim, client_id))
+        return sockets[-1]
+
+    yield open_socket
+    for socket in sockets:
+        socket.close()
+
+
+def submit(
+    sim: SimulatorThread, prompt: Any, client_id: str | None = "test-client", **fields: Any
+) -> requests.Response:
+    body = {"prompt": prompt, **fields}
+    if client_id is not None:
+        body["client_id"] = client_id
+    return requests.post(f"{sim.url}/prompt", json=body, timeout=10)
+
+
+def accepted(response: requests.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["prompt_id"]
+
+
+def history(sim: SimulatorThread, prompt_id: str) -> dict[str, Any] | None:
+    return requests.get(f"{sim.url}/history/{prompt_id}", timeout=10).json().get(prompt_id)
+
+
+def wait_for(check, timeout: float = 10, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def normalized(value: Any, prompt_id: str) -> Any:
+    """Prompt id -> "PID", timestamps -> 0, as in the CAPTURED_* constants."""
+    if isinstance(value, dict):
+        return {k: 0 if k == "timestamp" else normalized(v, prompt_id) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalized(v, prompt_id) for v in value]
+    return "PID" if value == prompt_id else value
+
+
+def tiny(**changes: dict[str, Any]) -> dict[str, Any]:
+    """The tiny workflow with some nodes' inputs changed."""
+    prompt = copy.deepcopy(TINY_WORKFLOW)
+    for node_id, inputs in changes.items():
+        prompt[node_id]["inputs"].update(inputs)
+    return prompt
+
+
+def png_bytes(size=(40, 30), colour=(10, 200, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------- a run
+def test_tiny_run_sends_the_captured_message_sequence(sim, connect):
+    socket = connect("explore-36816362")
+    assert socket.hello == {
+        "type": "status",
+        "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "explore-36816362"},
+    }
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "explore-36816362"))
+    messages = socket.until_done(prompt_id)
+    assert [normalized(m, prompt_id) for m in messages] == CAPTURED_TINY_WS
+
+
+def test_history_entry_has_comfyuis_shape_and_view_serves_the_real_png(sim, connect):
+    socket = connect("explore-36816362")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "explore-36816362"))
+    socket.until_done(prompt_id)
+    entry = history(sim, prompt_id)
+    assert normalized(entry, prompt_id) == normalized(CAPTURED_TINY_HISTORY_ENTRY, CAPTURED_TINY_PROMPT_ID)
+    assert prompt_id in requests.get(f"{sim.url}/history", params={"max_items": 64}, timeout=10).json()
+
+    params = {"filename": "tiny_00001_.png", "subfolder": "harness", "type": "output"}
+    response = requests.get(f"{sim.url}/view", params=params, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/png"
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (64, 64)  # EmptyImage's width/height
+    assert "simulator" in image.text["comfyume_simulator"]
+    assert json.loads(image.text["prompt"]) == TINY_WORKFLOW
+    assert requests.get(f"{sim.url}/api/view", params=params, timeout=10).content == response.content
+
+
+# ------------------------------------------------------------------------------------------------- POST /prompt answers
+def _invalid_prompt(case: str) -> dict[str, Any]:
+    if case == "missing_input":
+        prompt = tiny()
+        del prompt["3"]["inputs"]["images"]
+        return prompt
+    if case == "unknown_class":
+        prompt = tiny()
+        prompt["1"]["class_type"] = "NoSuchNode"
+        return prompt
+    if case == "no_output_node":
+        prompt = tiny()
+        del prompt["3"]
+        return prompt
+    if case == "bad_combo":
+        prompt = tiny()
+        prompt["2"] = {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "magic", "width": 64, "height": 64, "crop": "disabled"},
+        }
+        return prompt
+    if case == "missing_model_file":  # a lone loader: ComfyUI answers "no outputs" before looking at the file
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}}}
+    return {
+        "bad_value": tiny(**{"1": {"width": 999999}}),
+        "bad_type": tiny(**{"1": {"width": "abc"}}),
+        "bad_link": tiny(**{"3": {"images": ["9", 0]}}),
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_input",
+        "bad_value",
+        "bad_type",
+        "bad_link",
+        "unknown_class",
+        "no_output_node",
+        "bad_combo",
+        "missing_model_file",
+    ],
+)
+def test_invalid_prompt_gets_comfyuis_400_body(sim, case):
+    status, body = CAPTURED_INVALID[case]
+    if case == "bad_link":  # jobs.preflight documents that it does not reproduce ComfyUI's Python traceback
+        body = copy.deepcopy(body)
+        body["node_errors"]["3"]["errors"][0]["extra_info"]["traceback"] = []
+    response = submit(sim, _invalid_prompt(case))
+    assert (response.status_code, response.json()) == (status, body)
+    assert requests.get(f"{sim.url}/queue", timeout=10).json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_missing_prompt_key_gets_400_no_prompt(sim):
+    response = requests.post(f"{sim.url}/prompt", json={"client_id": "x"}, timeout=10)
+    assert (response.status_code, response.json()) == tuple(CAPTURED_INVALID["no_prompt_key"])
+
+
+def test_malformed_json_and_non_object_prompt_get_comfyuis_plain_text_500(sim):
+    for body in (b"{not json", json.dumps({"prompt": "abc", "client_id": "x"}).encode()):
+        response = requests.post(
+            f"{sim.url}/prompt", data=body, headers={"Content-Type": "application/json"}, timeout=10
+        )
+        assert response.status_code == 500
+        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.text == CAPTURED_INVALID["malformed_json"][1] == CAPTURED_INVALID["prompt_not_dict"][1]
+
+
+def test_caller_prompt_id_is_honoured_and_every_post_uses_up_a_number(sim, connect):
+    socket = connect("test-client")
+    own_id = "f2ba6cad-1604-4b7e-9114-eef7d7f024c9"
+    response = submit(sim, TINY_WORKFLOW, prompt_id=own_id)
+    assert response.json() == {"prompt_id": own_id, "number": 0, "node_errors": {}}
+    assert submit(sim, _invalid_prompt("bad_value")).status_code == 400  # takes number 1, as in ComfyUI
+    second = submit(sim, tiny(**{"3": {"filename_prefix": "other"}})).json()
+    assert second["number"] == 2 and str(uuid.UUID(second["prompt_id"])) == second["prompt_id"]
+    socket.until_done(own_id)
+    assert history(sim, own_id)["prompt"][:2] == [0, own_id]
+
+
+# ------------------------------------------------------------------------------------------------- who hears what
+def test_execution_events_reach_only_the_sockets_of_the_prompts_client(sim, connect):
+    mine, mine_again, other = connect("client-a"), connect("client-a"), connect("client-b")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "client-a"))
+    types = [m["type"] for m in mine.until_done(prompt_id)]
+    assert "execution_start" in types and "executed" in types
+    assert [m["type"] for m in mine_again.until_done(prompt_id)] == types
+    heard = [m["type"] for m in other.drain()]
+    assert heard == ["status", "status", "status"]  # queued, started, finished: broadcast to everyone
+
+
+def test_prompt_without_client_id_broadcasts_only_what_comfyui_broadcasts(sim, connect):
+    socket = connect("listener")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, client_id=None))
+    wait_for(lambda: history(sim, prompt_id))
+    types = [m["type"] for m in socket.drain()]
+    assert set(types) == {"status", "progress_state"}  # no execution_*, executing or executed without a client
+    assert history(sim, prompt_id)["status"]["status_str"] == "success"
+
+
+def test_feature_flags_are_answered_on_the_first_message(sim, connect):
+    socket = connect("flags")
+    socket.ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+    assert socket.next() == {
+        "type": "feature_flags",
+        "data": {"supports_preview_metadata": True, "max_upload_size": 104857600},
+    }
+
+
+# ------------------------------------------------------------------------------------------------- interrupt, queue
+def test_interrupting_a_hung_node_ends_in_execution_interrupted(sim, connect):
+    sim.config.hang_on_class = {"ImageInvert"}
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    socket.until(lambda m: m["type"] == "executing" and m["data"].get("node") == "2")
+    assert requests.post(f"{sim.url}/interrupt", json={"prompt_id": "not-running"}, timeout=10).status_code == 200
+    time.sleep(0.3)
+    assert history(sim, prompt_id) is None  # an interrupt for another prompt is ignored
+    requests.post(f"{sim.url}/interrupt", json={"prompt_id": prompt_id}, timeout=10)
+    rest = socket.until_done(prompt_id)
+    assert [m["type"] for m in rest] == ["execution_interrupted", "status", "executing"]
+    data = rest[0]["data"]
+    assert list(data) == CAPTURED_INTERRUPTED_KEYS
+    assert (data["prompt_id"], data["node_id"], data["node_type"], data["executed"]) == (
+        prompt_id,
+        "2",
+        "ImageInvert",
+        ["1"],
+    )
+    entry = history(sim, prompt_id)
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert [event for event, _ in entry["status"]["messages"]] == [
+        "execution_start",
+        "execution_cached",
+        "execution_interrupted",
+    ]
+    assert entry["outputs"] == {} and entry["meta"] == {}
+
+
+def test_interrupt_without_a_body_stops_whatever_runs(sim, connect):
+    sim.config.hang_on_class = {"SaveImage"}
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    socket.until(lambda m: m["type"] == "executing" and m["data"].get("node") == "3")
+    assert requests.post(f"{sim.url}/api/interrupt", timeout=10).status_code == 200
+    assert "execution_interrupted" in [m["type"] for m in socket.until_done(prompt_id)]
+
+
+def test_interrupt_lands_at_the_next_progress_tick(sim, connect):
+    sim.config.node_delay, sim.config.progress_steps = 5.0, 50
+    socket = connect("test-client")
+    prompt = {
+        "1": {
+            "class_type": "KarrasScheduler",
+            "inputs": {"steps": 50, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0},
+        },
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    prompt_id = accepted(submit(sim, prompt))
+    socket.until(lambda m: m["type"] == "progress")
+    started = time.monotonic()
+    requests.post(f"{sim.url}/interrupt", json={"prompt_id": prompt_id}, timeout=10)
+    rest = socket.until_done(prompt_id)
+    assert time.monotonic() - started < 1.0  # a tick every 0.1 s, not the node's 5 s
+    interrupted = next(m["data"] for m in rest if m["type"] == "execution_interrupted")
+    assert (interrupted["node_id"], interrupted["executed"]) == ("1", [])
+
+
+def test_reconnecting_client_is_told_the_current_node(sim, connect):
+    sim.config.hang_on_class = {"ImageInvert"}
+    first = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    first.until(lambda m: m["type"] == "executing" and m["data"].get("node") == "2")
+    first.close()
+    again = connect("test-client")
+    assert again.hello["data"]["sid"] == "test-client"
+    assert again.next() == {"type": "executing", "data": {"node": "2"}}
+    requests.post(f"{sim.url}/interrupt", timeout=10)
+    again.until_done(prompt_id)
+
+
+def test_queue_delete_removes_a_pending_prompt_and_clear_empties_the_queue(sim, connect):
+    sim.config.hang_on_class = {"ImageInvert"}
+    socket = connect("test-client")
+    running = accepted(submit(sim, TINY_WORKFLOW))
+    socket.until(lambda m: m["type"] == "executing" and m["data"].get("node") == "2")
+    pending = [accepted(submit(sim, tiny(**{"3": {"filename_prefix": f"p{i}"}}))) for i in range(3)]
+    queue = requests.get(f"{sim.url}/queue", timeout=10).json()
+    assert [item[1] for item in queue["queue_running"]] == [running]
+    assert sorted(item[1] for item in queue["queue_pending"]) == sorted(pending)
+    assert queue["queue_pending"][0][3] == {"client_id": "test-client"} and len(queue["queue_pending"][0]) == 5
+    assert requests.get(f"{sim.url}/prompt", timeout=10).json() == {"exec_info": {"queue_remaining": 4}}
+
+    requests.post(f"{sim.url}/queue", json={"delete": [pending[0]]}, timeout=10)
+    queue = requests.get(f"{sim.url}/queue", timeout=10).json()
+    assert sorted(item[1] for item in queue["queue_pending"]) == sorted(pending[1:])
+    requests.post(f"{sim.url}/queue", json={"clear": True}, timeout=10)
+    assert requests.get(f"{sim.url}/queue", timeout=10).json()["queue_pending"] == []
+
+    requests.post(f"{sim.url}/interrupt", timeout=10)
+    socket.until_done(running)
+    time.sleep(0.2)
+    assert all(history(sim, p) is None for p in pending)
+    assert requests.get(f"{sim.url}/queue", timeout=10).json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_front_puts_a_prompt_at_the_head_of_the_queue(sim, connect):
+    sim.config.hang_on_class = {"ImageInvert"}
+    socket = connect("test-client")
+    first = accepted(submit(sim, TINY_WORKFLOW))
+    socket.until(lambda m: m["type"] == "executing" and m["data"].get("node") == "2")
+    sim.config.hang_on_class = set()
+    later = accepted(submit(sim, tiny(**{"3": {"filename_prefix": "later"}})))
+    urgent = submit(sim, tiny(**{"3": {"filename_prefix": "urgent"}}), front=True).json()
+    assert urgent["number"] == -2
+    requests.post(f"{sim.url}/interrupt", json={"prompt_id": first}, timeout=10)
+    socket.until_done(later)
+    assert list(requests.get(f"{sim.url}/history", timeout=10).json()) == [first, urgent["prompt_id"], later]
+
+
+def test_history_listing_and_deletion(sim, connect):
+    socket = connect("test-client")
+    ids = []
+    for i in range(3):
+        ids.append(accepted(submit(sim, tiny(**{"3": {"filename_prefix": f"h{i}"}}))))
+    socket.until_done(ids[-1])
+    assert list(requests.get(f"{sim.url}/history", params={"max_items": 2}, timeout=10).json()) == ids[1:]
+    requests.post(f"{sim.url}/history", json={"delete": [ids[0]]}, timeout=10)
+    assert list(requests.get(f"{sim.url}/history", timeout=10).json()) == ids[1:]
+    assert requests.get(f"{sim.url}/history/{ids[0]}", timeout=10).json() == {}
+    requests.post(f"{sim.url}/history", json={"clear": True}, timeout=10)
+    assert requests.get(f"{sim.url}/history", timeout=10).json() == {}
+
+
+# ------------------------------------------------------------------------------------------------- faults
+def test_fail_on_class_gives_comfyuis_execution_error(sim, connect):
+    sim.config.fail_on_class = {"EmptyImage"}
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    messages = socket.until_done(prompt_id)
+    assert [m["type"] for m in messages] == CAPTURED_RUNTIME_ERROR_WS_TYPES
+    error = next(m["data"] for m in messages if m["type"] == "execution_error")
+    assert list(error) == CAPTURED_EXECUTION_ERROR_KEYS
+    assert (error["node_id"], error["node_type"], error["executed"], error["exception_type"]) == (
+        "1",
+        "EmptyImage",
+        [],
+        "RuntimeError",
+    )
+    assert "simulator" in error["exception_message"] and error["traceback"]
+    assert error["current_inputs"] == {"width": [64], "height": [64], "batch_size": [1], "color": [16711680]}
+    assert error["current_outputs"] == ["1", "2", "3"]
+    entry = history(sim, prompt_id)
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert entry["status"]["messages"][-1] == ["execution_error", error]
+    assert (entry["outputs"], entry["meta"]) == ({}, {})
+
+
+def test_http_fail_count_answers_503_then_accepts(sim):
+    sim.config.http_fail_count = 2
+    for _ in range(2):
+        response = submit(sim, TINY_WORKFLOW)
+        assert response.status_code == 503
+        assert response.headers["Content-Type"].startswith("text/plain") and "simulator" in response.text
+    accepted(submit(sim, TINY_WORKFLOW))
+    assert sim.config.http_fail_count == 0
+
+
+def test_ws_drop_after_closes_every_socket_but_the_prompt_completes(sim, connect):
+    sim.config.node_delay, sim.config.ws_drop_after = 0.05, 3
+    mine, other = connect("test-client"), connect("bystander")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    received = []
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        while True:
+            received.append(mine.next(5)["type"])
+    assert [t for t in received if t != "status"] == ["execution_start", "execution_cached", "progress_state"]
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        while True:
+            other.next(5)
+    entry = wait_for(lambda: history(sim, prompt_id))
+    assert entry["status"]["status_str"] == "success"
+    assert sim.config.ws_drop_after == 0  # one shot
+    assert connect("test-client").hello["type"] == "status"
+
+
+def test_history_is_written_history_delay_after_execution_success(sim, connect):
+    sim.config.history_delay = 0.5
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    socket.until(lambda m: m["type"] == "execution_success")
+    succeeded = time.monotonic()
+    assert history(sim, prompt_id) is None
+    socket.until_done(prompt_id)
+    assert time.monotonic() - succeeded >= 0.45
+    assert history(sim, prompt_id)["status"]["status_str"] == "success"
+
+
+def test_runtime_config_endpoint_changes_faults_for_the_next_prompt(sim, connect):
+    assert requests.get(f"{sim.url}/simulator/config", timeout=10).json()["fail_on_class"] == []
+    response = requests.post(f"{sim.url}/api/simulator/config", json={"fail_on_class": ["ImageInvert"]}, timeout=10)
+    assert response.status_code == 200 and response.json()["fail_on_class"] == ["ImageInvert"]
+    assert sim.config.fail_on_class == {"ImageInvert"}
+    for bad in ({"output_dir": "/"}, {"no_such_setting": 1}, {"concurrency": 0}, {"node_delay": "slow"}):
+        assert requests.post(f"{sim.url}/simulator/config", json=bad, timeout=10).status_code == 400
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    error = next(m["data"] for m in socket.until_done(prompt_id) if m["type"] == "execution_error")
+    assert error["node_id"] == "2"
+
+
+# ------------------------------------------------------------------------------------------------- files
+def test_uploaded_image_is_offered_by_load_image_and_runs(sim, connect):
+    def upload(data: bytes, name: str, **form: str) -> dict[str, Any]:
+        response = requests.post(
+            f"{sim.url}/upload/image", files={"image": (name, data, "image/png")}, data=form, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    picture = png_bytes()
+    assert upload(picture, "upload_test.png", type="input") == {
+        "name": "upload_test.png",
+        "subfolder": "",
+        "type": "input",
+    }
+    assert upload(picture, "upload_test.png")["name"] == "upload_test.png"  # same bytes: reused
+    assert upload(png_bytes(colour=(1, 2, 3)), "upload_test.png")["name"] == "upload_test (1).png"
+    assert upload(picture, "image.png", subfolder="pasted") == {
+        "name": "image.png",
+        "subfolder": "pasted",
+        "type": "input",
+    }
+    options = requests.get(f"{sim.url}/object_info/LoadImage", timeout=10).json()["LoadImage"]["input"]
+    assert options["required"]["image"][0] == [
+        "example.png",
+        "pasted/image.png",
+        "upload_test (1).png",
+        "upload_test.png",
+    ]
+    socket = connect("test-client")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "upload_test.png"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    prompt_id = accepted(submit(sim, prompt))
+    executed = next(m["data"] for m in socket.until_done(prompt_id) if m["type"] == "executed")
+    saved = executed["output"]["images"][0]
+    assert saved["type"] == "temp" and saved["filename"].startswith("ComfyUI_temp_")
+    response = requests.get(f"{sim.url}/view", params=saved, timeout=10)
+    assert Image.open(io.BytesIO(response.content)).size == (40, 30)  # the uploaded picture's size
+    input_view = requests.get(
+        f"{sim.url}/view", params={"filename": "image.png", "subfolder": "pasted", "type": "input"}, timeout=10
+    )
+    assert input_view.content == picture
+
+
+def test_view_never_serves_anything_outside_output_dir(sim, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes())
+    output = tmp_path / "sim" / "output"
+    (output / "link.png").symlink_to(secret)
+    cases = [
+        ({"filename": "../secret.png"}, 400),
+        ({"filename": "/etc/passwd"}, 400),
+        ({"filename": "..%2Fsecret.png"}, 400),
+        ({"filename": "secret.png", "subfolder": "../.."}, 403),
+        ({"filename": "passwd", "subfolder": "/etc"}, 403),
+        ({"filename": "secret.png", "type": "nope"}, 400),
+        ({"filename": "link.png"}, 403),
+        ({"filename": "missing.png"}, 404),
+        ({}, 404),
+    ]
+    for params, status in cases:
+        response = requests.get(f"{sim.url}/view", params=params, timeout=10)
+        assert response.status_code == status, (params, response.status_code)
+        assert response.content != secret.read_bytes()
+    assert (
+        requests.get(f"{sim.url}/view", params={"filename": "example.png", "type": "input"}, timeout=10).status_code
+        == 200
+    )
+
+
+def test_animated_webp_is_a_real_animation_and_video_is_refused(sim, connect):
+    socket = connect("test-client")
+    frames = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 4, "color": 0}}}
+    webp = {
+        **frames,
+        "2": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["1", 0],
+                "filename_prefix": "anim/clip",
+                "fps": 8.0,
+                "lossless": False,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+    }
+    prompt_id = accepted(submit(sim, webp))
+    executed = next(m["data"] for m in socket.until_done(prompt_id) if m["type"] == "executed")
+    assert executed["output"] == {
+        "images": [{"filename": "clip_00001_.webp", "subfolder": "anim", "type": "output"}],
+        "animated": [True],
+    }
+    response = requests.get(f"{sim.url}/view", params=executed["output"]["images"][0], timeout=10)
+    animation = Image.open(io.BytesIO(response.content))
+    assert (animation.format, animation.size, animation.n_frames) == ("WEBP", (64, 48), 4)
+
+    video = {
+        **frames,
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24.0}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["2", 0], "filename_prefix": "video/clip", "format": "auto", "codec": "auto"},
+        },
+    }
+    prompt_id = accepted(submit(sim, video))
+    messages = socket.until_done(prompt_id)
+    assert "executed" not in [m["type"] for m in messages]
+    error = next(m["data"] for m in messages if m["type"] == "execution_error")
+    assert (error["node_type"], error["exception_message"]) == ("SaveVideo", "ComfyuME simulator cannot encode video\n")
+    assert not (sim.simulator.dirs["output"] / "video").exists()
+
+
+def test_identical_resubmission_runs_again_by_default_and_comes_from_cache_when_enabled(sim, connect):
+    socket = connect("test-client")
+    for expected_file in ("tiny_00001_.png", "tiny_00002_.png"):
+        prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+        executed = next(m for m in socket.until_done(prompt_id) if m["type"] == "executed")
+        assert executed["data"]["output"]["images"][0]["filename"] == expected_file
+    sim.config.cache = True
+    socket.until_done(accepted(submit(sim, TINY_WORKFLOW)))  # fills the cache: tiny_00003_.png
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW))
+    messages = socket.until_done(prompt_id)
+    assert [m["type"] for m in messages] == CAPTURED_CACHED_WS_TYPES
+    assert messages[3]["data"]["nodes"] == ["1", "2", "3"]
+    assert messages[4]["data"]["output"]["images"][0]["filename"] == "tiny_00003_.png"
+    assert messages[5]["data"]["nodes"]["3"]["value"] == 1 and messages[5]["data"]["nodes"]["3"]["state"] == "finished"
+    assert sorted(os.listdir(sim.simulator.dirs["output"] / "harness")) == [
+        "tiny_00001_.png",
+        "tiny_00002_.png",
+        "tiny_00003_.png",
+    ]
+
+
+def test_progress_ticks_follow_the_captured_pattern(sim, connect):
+    sim.config.progress_steps = 16
+    socket = connect("test-client")
+    prompt = {
+        "1": {
+            "class_type": "KarrasScheduler",
+            "inputs": {"steps": 16, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0},
+        },
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    prompt_id = accepted(submit(sim, prompt))
+    messages = socket.until_done(prompt_id)
+    types = [m["type"] for m in messages]
+    first, second = [i for i, t in enumerate(types) if t == "executing"][:2]
+    assert types[first + 1 : second] == CAPTURED_PROGRESS_SEGMENT
+    ticks = [m["data"] for m in messages if m["type"] == "progress"]
+    assert ticks == [{"value": v, "max": 16, "prompt_id": prompt_id, "node": "1"} for v in range(1, 17)]
+    preview = next(m["data"]["output"] for m in messages if m["type"] == "executed")
+    assert "simulator" in preview["text"][0]
+
+
+def test_two_prompts_run_at_once_with_concurrency_2(sim, connect):
+    sim.config.concurrency, sim.config.node_delay = 2, 0.3
+    socket = connect("test-client")
+    first = accepted(submit(sim, tiny(**{"3": {"filename_prefix": "a"}})))
+    second = accepted(submit(sim, tiny(**{"3": {"filename_prefix": "b"}})))
+    running = wait_for(lambda: len(requests.get(f"{sim.url}/queue", timeout=10).json()["queue_running"]) == 2, 2)
+    assert running
+    seen = socket.until(lambda m: m["type"] == "execution_success")
+    starts = [m["data"]["prompt_id"] for m in seen if m["type"] == "execution_start"]
+    assert sorted(starts) == sorted([first, second])  # both began before either finished
+    wait_for(lambda: history(sim, first) and history(sim, second))
+
+
+def test_one_prompt_at_a_time_by_default(sim, connect):
+    sim.config.node_delay = 0.1
+    socket = connect("test-client")
+    first = accepted(submit(sim, tiny(**{"3": {"filename_prefix": "a"}})))
+    accepted(submit(sim, tiny(**{"3": {"filename_prefix": "b"}})))
+    seen = socket.until(lambda m: m["type"] == "execution_success")
+    assert [m["data"]["prompt_id"] for m in seen if m["type"] == "execution_start"] == [first]
+
+
+# ------------------------------------------------------------------------------------------------- catalogue, labels
+def test_models_are_offered_in_loader_combos(sim, connect):
+    model = "flux-2-klein-4b.safetensors"
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": model}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    assert submit(sim, prompt).json()["node_errors"]["1"]["errors"][0]["type"] == "value_not_in_list"
+    sim.config.models = [model]
+    info = requests.get(f"{sim.url}/object_info", timeout=10).json()
+    assert info["UNETLoader"]["input"]["required"]["unet_name"][0] == [model]
+    assert info["VAELoader"]["input"]["required"]["vae_name"][0][-1] == model
+    assert model in info["TripleCLIPLoader"]["input"]["required"]["clip_name3"][1]["options"]
+    assert model in info["CreateHookLora"]["input"]["required"]["lora_name"][0]
+    assert model not in info["KSampler"]["input"]["required"]["sampler_name"][0]
+    assert model not in info["CheckpointLoader"]["input"]["required"]["config_name"][0]
+    socket = connect("test-client")
+    prompt_id = accepted(submit(sim, prompt))
+    socket.until_done(prompt_id)
+    assert history(sim, prompt_id)["status"]["status_str"] == "success"
+
+
+def test_simulator_labels_itself(sim):
+    for prefix in ("", "/api"):
+        stats = requests.get(f"{sim.url}{prefix}/system_stats", timeout=10).json()
+        assert stats["simulator"] is True
+        assert stats["devices"][0]["name"] == "ComfyuME simulator (no GPU)"
+        assert stats["system"]["comfyui_version"] == "0.3.64"
+    assert "simulator" in requests.get(sim.url, timeout=10).text
+    info = requests.get(f"{sim.url}/api/object_info", timeout=10).json()
+    assert len(info) == 477 and info["SaveImage"]["output_node"] is True
+    assert requests.get(f"{sim.url}/object_info/NoSuchNode", timeout=10).json() == {}
+
+
+def test_simulator_thread_stops_and_frees_its_port(tmp_path):
+    simulator = SimulatorThread(SimulatorConfig(output_dir=tmp_path)).start()
+    url = simulator.url
+    assert requests.get(f"{url}/prompt", timeout=5).status_code == 200
+    simulator.stop()
+    assert not any(t.name == "comfyui-simulator" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/prompt", timeout=2)

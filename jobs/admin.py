@@ -1,0 +1,34 @@
+from django.contrib import admin, messages
+
+from .models import Job, JobEvent
+from .services import cancel_job
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    fields = ("at", "from_status", "to_status", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "seat", "status", "backend", "attempts", "gpu_seconds", "created_at", "finished_at")
+    list_filter = ("status", "workshop", "backend", "instructor_lane")
+    list_select_related = ("seat__workshop", "backend")
+    search_fields = ("prompt_id", "seat__label")
+    readonly_fields = [f.name for f in Job._meta.fields]
+    inlines = [JobEventInline]
+    actions = ["cancel_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_selected(self, request, queryset):
+        done = sum(cancel_job(job, by="instructor") for job in queryset.select_related("seat", "backend"))
+        self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)

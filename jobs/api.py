@@ -1,0 +1,201 @@
+"""The hub API for seat frontends and participants (documented in docs/HUB_API.md).
+
+Answers where ComfyUI has an equivalent use ComfyUI's shapes (``/prompt``, ``/queue``, ``/history``,
+``/interrupt``, ``/object_info``, ``/view``), so a seat frontend can pass them through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import uuid
+
+from django.http import FileResponse, HttpResponse, HttpResponseBase, JsonResponse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from gpu_backends.services import object_info_for
+from storage.models import Artifact
+from storage.stores import StorageError, default_store
+
+from .auth import SeatRequest, api_error, seat_required
+from .models import Job
+from .services import SubmissionRejected, cancel_job, job_summary, parse_prompt_request, submit_prompt
+
+HISTORY_LIMIT = 200
+
+
+def _job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
+    """The one place a job is looked up for a seat: another seat's job is simply not found."""
+    try:
+        key = uuid.UUID(str(prompt_id))
+    except ValueError:
+        return None
+    return Job.objects.select_related("seat", "backend").filter(prompt_id=key, seat=request.seat).first()
+
+
+@require_POST
+@seat_required
+def prompt(request: SeatRequest) -> JsonResponse:
+    """``POST /prompt`` as ComfyUI answers it: ``{prompt_id, number, node_errors}`` or a 4xx error body."""
+    try:
+        body = parse_prompt_request(request.body)
+        job = submit_prompt(request.seat, body)
+    except SubmissionRejected as exc:
+        return JsonResponse(exc.body, status=exc.status)
+    return JsonResponse({"prompt_id": str(job.prompt_id), "number": job.number, "node_errors": {}})
+
+
+@require_GET
+@seat_required
+def job_list(request: SeatRequest) -> JsonResponse:
+    try:
+        limit = max(1, min(int(request.GET.get("limit", 50)), HISTORY_LIMIT))
+    except ValueError:
+        return api_error(400, "bad_limit", "limit must be a whole number.")
+    jobs = Job.objects.select_related("seat", "backend").filter(seat=request.seat).order_by("-id")[:limit]
+    return JsonResponse({"jobs": [job_summary(job) for job in jobs]})
+
+
+@require_GET
+@seat_required
+def job_detail(request: SeatRequest, prompt_id: str) -> JsonResponse:
+    job = _job_for_seat(request, prompt_id)
+    if job is None:
+        return api_error(404, "not_found", "No such job for this seat.")
+    data = job_summary(job)
+    if job.status == Job.Status.QUEUED:
+        data["position"] = (
+            Job.objects.filter(workshop_id=job.workshop_id, status=Job.Status.QUEUED, id__lt=job.pk).count() + 1
+        )
+    data["artifacts"] = [
+        {"filename": a.filename, "subfolder": a.subfolder, "kind": a.kind, "size": a.size, "sha256": a.sha256}
+        for a in job.artifacts.all()
+    ]
+    return JsonResponse(data)
+
+
+@require_POST
+@seat_required
+def job_cancel(request: SeatRequest, prompt_id: str) -> JsonResponse:
+    job = _job_for_seat(request, prompt_id)
+    if job is None:
+        return api_error(404, "not_found", "No such job for this seat.")
+    if not cancel_job(job, by="participant"):
+        return api_error(409, "already_finished", f"The job has already ended ({job.get_status_display()}).")
+    job.refresh_from_db()
+    return JsonResponse(job_summary(job))
+
+
+def _queue_item(job: Job) -> list:
+    return [job.number, str(job.prompt_id), job.prompt, {"client_id": job.client_id}, job.outputs_to_execute]
+
+
+@require_http_methods(["GET", "POST"])
+@seat_required
+def queue(request: SeatRequest) -> JsonResponse:
+    """ComfyUI's ``/queue`` for this seat: GET lists, POST ``{delete: [ids]}`` / ``{clear: true}`` cancels."""
+    mine = Job.objects.filter(seat=request.seat)
+    if request.method == "POST":
+        try:
+            body = _json_body(request)
+        except ValueError as exc:
+            return api_error(400, "invalid_json", str(exc))
+        targets = mine.filter(status=Job.Status.QUEUED)
+        if not body.get("clear"):
+            ids = [i for i in body.get("delete", []) if isinstance(i, str)]
+            targets = targets.filter(prompt_id__in=[u for u in (_uuid(i) for i in ids) if u])
+        for job in targets.select_related("seat"):
+            cancel_job(job, by="participant")
+        return JsonResponse({})
+    running = mine.filter(status__in=Job.ACTIVE).order_by("id")
+    pending = mine.filter(status=Job.Status.QUEUED).order_by("id")
+    return JsonResponse(
+        {"queue_running": [_queue_item(j) for j in running], "queue_pending": [_queue_item(j) for j in pending]}
+    )
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _json_body(request: SeatRequest) -> dict:
+    if not request.body.strip():
+        return {}
+    try:
+        body = json.loads(request.body)
+    except ValueError as exc:
+        raise ValueError(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("The request body must be a JSON object.")
+    return body
+
+
+@require_POST
+@seat_required
+def interrupt(request: SeatRequest) -> JsonResponse:
+    """ComfyUI's ``/interrupt`` for this seat: stops its running job (or the one named by prompt_id)."""
+    try:
+        body = _json_body(request)
+    except ValueError as exc:
+        return api_error(400, "invalid_json", str(exc))
+    running = Job.objects.select_related("seat", "backend").filter(seat=request.seat, status__in=Job.ACTIVE)
+    if isinstance(body.get("prompt_id"), str):
+        running = running.filter(prompt_id=_uuid(body["prompt_id"]) or uuid.UUID(int=0))
+    for job in running:
+        cancel_job(job, by="participant")
+    return JsonResponse({})
+
+
+@require_GET
+@seat_required
+def history(request: SeatRequest, prompt_id: str | None = None) -> JsonResponse:
+    """ComfyUI's ``/history`` for this seat's finished jobs."""
+    jobs = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL).order_by("-id")
+    if prompt_id is not None:
+        key = _uuid(prompt_id)
+        jobs = jobs.filter(prompt_id=key) if key else jobs.none()
+    try:
+        limit = max(1, min(int(request.GET.get("max_items", HISTORY_LIMIT)), HISTORY_LIMIT))
+    except ValueError:
+        limit = HISTORY_LIMIT
+    out = {}
+    for job in jobs[:limit]:
+        ok = job.status == Job.Status.SUCCEEDED
+        out[str(job.prompt_id)] = {
+            "prompt": _queue_item(job),
+            "outputs": job.outputs,
+            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": []},
+            "meta": {},
+        }
+    return JsonResponse(out)
+
+
+@require_GET
+@seat_required
+def object_info(request: SeatRequest) -> HttpResponse:
+    backend = request.seat.workshop.primary_backend()
+    info = object_info_for(backend) if backend else None
+    if info is None:
+        return api_error(503, "no_object_info", "The GPU backend has not reported its nodes yet.")
+    return JsonResponse(info)
+
+
+@require_GET
+@seat_required
+def view(request: SeatRequest) -> HttpResponseBase:
+    """An output of this seat's jobs, as ComfyUI's ``/view?filename&subfolder&type=output`` names it."""
+    filename, subfolder = request.GET.get("filename", ""), request.GET.get("subfolder", "")
+    artifact = (
+        Artifact.objects.filter(job__seat=request.seat, filename=filename, subfolder=subfolder).order_by("-id").first()
+    )
+    if artifact is None:
+        return api_error(404, "not_found", "No such output for this seat.")
+    try:
+        handle = default_store().open(artifact.key)
+    except StorageError:
+        return api_error(404, "not_found", "The output file is missing from storage.")
+    content_type = artifact.content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    return FileResponse(handle, content_type=content_type)

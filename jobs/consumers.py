@@ -1,0 +1,68 @@
+"""WebSocket consumers: authenticate, join the right group, forward events. Nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from workshops.models import Workshop
+
+from .events import seat_group, workshop_group
+from .services import seat_queue_remaining
+
+# Close codes in the 4000 range carry HTTP's meaning: the browser sees why it was refused.
+UNAUTHORIZED, FORBIDDEN, NOT_FOUND = 4401, 4403, 4404
+
+
+class SeatEventsConsumer(AsyncJsonWebsocketConsumer):
+    """A seat's live events in ComfyUI's message format (its frontend relays them to the browser)."""
+
+    async def connect(self) -> None:
+        seat = self.scope.get("seat")
+        if seat is None:
+            await self.close(code=UNAUTHORIZED)
+            return
+        self.group = seat_group(seat.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        remaining = await database_sync_to_async(seat_queue_remaining)(seat.pk)
+        await self.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def comfy_message(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["message"])
+
+
+class WorkshopEventsConsumer(AsyncJsonWebsocketConsumer):
+    """Every seat's events of one workshop, for the instructor's live view (staff only)."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not getattr(user, "is_authenticated", False):
+            await self.close(code=UNAUTHORIZED)
+            return
+        if not user.is_staff:
+            await self.close(code=FORBIDDEN)
+            return
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        workshop_id = await database_sync_to_async(
+            lambda: Workshop.objects.filter(slug=slug).values_list("pk", flat=True).first()
+        )()
+        if workshop_id is None:
+            await self.close(code=NOT_FOUND)
+            return
+        self.group = workshop_group(workshop_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def comfy_message(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event["message"], "seat": event.get("seat", "")})

@@ -1,0 +1,208 @@
+"""The RQ task that runs one claimed job on its backend, and the sink that records what happens.
+
+``dispatch_job(job_id)`` is enqueued on commit of a claim. It hands the job to its backend's provider and
+turns what comes back into state changes, stored Artifacts and live events:
+
+- the backend could not be reached or answered 5xx before accepting → back to the queue, attempt not
+  counted, backend marked failing (its jobs wait for it instead of failing);
+- the backend rejected the prompt (400) → failed with ComfyUI's own error;
+- the backend lost a job it had accepted → back to the queue once, then failed with a reason;
+- cancel / timeout → interrupt on the backend, then ``interrupted`` / ``timed_out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from gpu_backends.client import BackendError, FileRef
+from gpu_backends.models import GpuBackend
+from gpu_backends.providers import RunOutcome, RunSpec, provider_for
+from storage.models import Artifact
+from storage.stores import default_store, safe_key
+
+from . import events, metrics
+from .models import Job
+from .services import finish_job, requeue_job
+
+log = logging.getLogger(__name__)
+
+
+def rewrite_prompt_id(value: Any, old: str, new: str) -> Any:
+    """Replace the backend's prompt id by the job's everywhere in a message (progress_state nests it)."""
+    if old == new:
+        return value
+    if isinstance(value, dict):
+        return {k: rewrite_prompt_id(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rewrite_prompt_id(v, old, new) for v in value]
+    return new if value == old else value
+
+
+class JobRun:
+    """The sink a provider reports one job's run to (see gpu_backends.providers.RunSink)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.prompt_id = str(job.prompt_id)
+        self.store = default_store()
+        self.timeout = job.workshop.job_timeout
+        self.heartbeat_every = settings.COMFYUME["HEARTBEAT_INTERVAL"]
+        self.last_beat = time.monotonic()
+        self.started = time.monotonic()
+        self.finished_event_at: float | None = None
+
+    def accepted(self, response: dict[str, Any]) -> bool:
+        ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
+        if ok:
+            self.started = time.monotonic()
+            metrics.observe("dispatch_latency_seconds", (timezone.now() - self.job.created_at).total_seconds())
+            from .services import announce_job
+
+            announce_job(self.job)
+        return ok
+
+    def event(self, message: dict[str, Any]) -> None:
+        message = rewrite_prompt_id(message, self.job.backend_prompt_id, self.prompt_id)
+        if message["type"] == "executing" and message["data"].get("node") is None:
+            self.finished_event_at = time.monotonic()
+        events.comfy_message(self.job.seat_id, self.job.workshop_id, message, self.job.seat.label)
+
+    def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:
+        subfolder = f"{self.prompt_id}/{ref.subfolder}".rstrip("/") if ref.subfolder else self.prompt_id
+        key = safe_key("workshops", self.job.workshop.slug, self.job.seat.label, subfolder, ref.filename)
+        stored = self.store.put(key, chunks)
+        Artifact.objects.update_or_create(
+            key=stored.key,
+            defaults={
+                "job": self.job,
+                "node_id": node_id,
+                "filename": ref.filename,
+                "subfolder": subfolder,
+                "kind": Artifact.kind_for(content_type),
+                "size": stored.size,
+                "sha256": stored.sha256,
+                "content_type": content_type,
+            },
+        )
+        return {"filename": ref.filename, "subfolder": subfolder, "type": "output"}
+
+    def tick(self) -> str | None:
+        now = time.monotonic()
+        if now - self.started > self.timeout:
+            return "timeout"
+        if now - self.last_beat >= self.heartbeat_every:
+            self.last_beat = now
+            Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
+        # Cancel is asked from another process (a view, the admin); one indexed read a second notices it.
+        if Job.objects.filter(pk=self.job.pk, cancel_requested_at__isnull=False).exists():
+            return "cancel"
+        return None
+
+
+def dispatch_job(job_id: int) -> str:
+    """Run one claimed job to its end. Returns the final status (for RQ's records)."""
+    close_old_connections()
+    job = Job.objects.select_related("seat", "workshop", "backend").filter(pk=job_id).first()
+    if job is None or job.status != Job.Status.DISPATCHING or job.backend is None:
+        return job.status if job else "missing"
+    log_extra = {"job_id": job.pk, "seat": job.seat.label, "backend": job.backend.name}
+    # A fresh backend prompt id per attempt: a retried job must not collide with what the backend kept.
+    job.backend_prompt_id = str(job.prompt_id) if job.attempts <= 1 else str(uuid.uuid4())
+    Job.objects.filter(pk=job.pk).update(backend_prompt_id=job.backend_prompt_id, heartbeat_at=timezone.now())
+    spec = RunSpec(
+        prompt=job.prompt,
+        backend_prompt_id=job.backend_prompt_id,
+        client_id=f"comfyume-{job.prompt_id.hex[:12]}-{job.attempts}",
+        extra_data=job.extra_data,
+    )
+    run = JobRun(job)
+    try:
+        outcome = provider_for(job.backend).run(spec, run)
+    except BackendError as exc:
+        return _backend_failed(job, exc, log_extra)
+    except Exception as exc:
+        log.exception("Job %s crashed in dispatch", job.pk, extra=log_extra)
+        job.refresh_status()
+        if job.status in Job.ACTIVE:
+            finish_job(job, Job.Status.FAILED, reason=f"Internal error while running the job: {exc.__class__.__name__}")
+        return job.status
+    _record(job, outcome, run)
+    events.flush()
+    return job.status
+
+
+def _record(job: Job, outcome: RunOutcome, run: JobRun) -> None:
+    job.refresh_from_db(fields=["status", "cancel_requested_at"])
+    if job.status not in Job.ACTIVE:
+        return
+    fields: dict[str, Any] = {"gpu_seconds": outcome.gpu_seconds, "outputs": outcome.outputs}
+    if outcome.status == "succeeded":
+        finish_job(job, Job.Status.SUCCEEDED, reason="", **fields)
+    elif outcome.stop_reason == "timeout":
+        finish_job(
+            job, Job.Status.TIMED_OUT, reason=f"Stopped after the {job.workshop.job_timeout} s time limit.", **fields
+        )
+    elif outcome.status == "interrupted" and job.status == Job.Status.RUNNING:
+        cancelled = outcome.stop_reason == "cancel" or job.cancel_requested_at is not None
+        who = "Cancelled while running." if cancelled else "Interrupted on the GPU."
+        finish_job(job, Job.Status.INTERRUPTED, reason=who, error=outcome.error, **fields)
+    elif outcome.status == "interrupted":
+        finish_job(job, Job.Status.CANCELLED, reason="Cancelled before it started.")
+    else:
+        message = (outcome.error or {}).get("exception_message") or "The workflow failed on the GPU."
+        finish_job(job, Job.Status.FAILED, reason=str(message).strip()[:500], error=outcome.error, **fields)
+    if run.finished_event_at is not None:
+        metrics.observe("finish_to_record_seconds", time.monotonic() - run.finished_event_at)
+    metrics.observe("end_to_end_seconds", (timezone.now() - job.created_at).total_seconds())
+
+
+def _backend_failed(job: Job, exc: BackendError, log_extra: dict[str, Any]) -> str:
+    job.refresh_status()
+    if job.status not in Job.ACTIVE:
+        return job.status
+    if exc.permanent and exc.payload:
+        # ComfyUI rejected the prompt itself: no retry helps. Tell the participant's UI the way ComfyUI would.
+        error = exc.payload.get("error") or {}
+        finish_job(job, Job.Status.FAILED, reason=str(error.get("message", exc))[:500], error=exc.payload)
+        events.comfy_message(
+            job.seat_id,
+            job.workshop_id,
+            {
+                "type": "execution_error",
+                "data": {
+                    "prompt_id": str(job.prompt_id),
+                    "node_id": next(iter(exc.payload.get("node_errors") or {}), None),
+                    "node_type": "",
+                    "executed": [],
+                    "exception_message": f"{error.get('message', '')}: {error.get('details', '')}".strip(": "),
+                    "exception_type": str(error.get("type", "prompt_rejected")),
+                    "traceback": [],
+                    "current_inputs": {},
+                    "current_outputs": [],
+                },
+            },
+            job.seat.label,
+        )
+        return job.status
+    if exc.lost:
+        if job.attempts < settings.COMFYUME["MAX_ATTEMPTS"]:
+            log.warning("Job %s lost on its backend; requeued: %s", job.pk, exc, extra=log_extra)
+            requeue_job(job, f"The GPU lost the job ({exc}); it was queued again.")
+        else:
+            finish_job(job, Job.Status.FAILED, reason=f"The GPU lost the job twice ({exc}).")
+        return job.status
+    # Not reached, or 5xx before accepting: the backend is the problem, not the job.
+    backend = job.backend
+    assert backend is not None  # dispatch_job only runs jobs that have one
+    log.warning("Backend %s failed for job %s: %s", backend.name, job.pk, exc, extra=log_extra)
+    backend.mark(GpuBackend.State.FAILING, str(exc))
+    requeue_job(job, f"The GPU backend did not answer ({exc}); waiting for it.", count_attempt=False)
+    return job.status

@@ -1,0 +1,108 @@
+"""Live events: Channels group names and the per-process publisher.
+
+Every ComfyUI message about a job goes to two groups, the seat's and the workshop's (instructor view), in
+ComfyUI's own format (``{"type": ..., "data": ...}``), so a participant's ComfyUI shows highlighting,
+progress and outputs as if ComfyUI ran locally. Our own additions use the type ``comfyume.job``.
+
+Publishing happens from synchronous code (views, the RQ worker). One background event loop per process
+sends messages in order through the Redis channel layer, so a slow send never blocks the dispatch loop
+and messages for one job are never reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+log = logging.getLogger(__name__)
+
+
+def seat_group(seat_id: int) -> str:
+    return f"seat.{seat_id}"
+
+
+def workshop_group(workshop_id: int) -> str:
+    return f"workshop.{workshop_id}"
+
+
+class _Publisher:
+    """A daemon thread running an event loop that drains an ordered queue of group messages."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.queue: asyncio.Queue[tuple[list[str], dict[str, Any]] | None] = asyncio.Queue()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.pending = 0
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="comfyume-publisher", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_until_complete(self._drain())
+
+    async def _drain(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            groups, message = item
+            for group in groups:
+                try:
+                    await layer.group_send(group, message)
+                except Exception:  # a lost event must never take the dispatch loop down with it
+                    log.exception("Could not publish %s to %s", message.get("type"), group)
+            with self.lock:
+                self.pending -= 1
+                if self.pending == 0:
+                    self.idle.set()
+
+    def put(self, groups: list[str], message: dict[str, Any]) -> None:
+        with self.lock:
+            self.pending += 1
+            self.idle.clear()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (groups, message))
+
+
+_publisher: _Publisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def _get_publisher() -> _Publisher:
+    global _publisher
+    with _publisher_lock:
+        # A forked child (RQ's default worker) inherits the object but not the thread: start a new one.
+        if _publisher is None or _publisher.pid != os.getpid() or not _publisher.thread.is_alive():
+            _publisher = _Publisher()
+        return _publisher
+
+
+def publish(groups: list[str], message: dict[str, Any]) -> None:
+    """Send ``message`` (a Channels event with a ``type`` handler name) to ``groups``, in order, soon."""
+    _get_publisher().put(groups, message)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until everything published so far has been handed to the channel layer."""
+    if _publisher is None or _publisher.pid != os.getpid():
+        return True
+    return _publisher.idle.wait(timeout)
+
+
+def comfy_message(seat_id: int, workshop_id: int, message: dict[str, Any], seat_label: str = "") -> None:
+    """Forward one ComfyUI-format message about a seat's job to the seat and to the instructor view."""
+    publish(
+        [seat_group(seat_id), workshop_group(workshop_id)],
+        {"type": "comfy.message", "message": message, "seat": seat_label},
+    )

@@ -1,0 +1,63 @@
+"""Queue policies as pure functions: which waiting job gets the next free GPU slot.
+
+The scheduler hands in one candidate per seat (that seat's head of queue, see ``head_order``) with the
+seat's current load; the policy picks one. Keeping this free of the database makes every rule a line in
+a table test (jobs/tests/test_policy.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+FIFO = "fifo"
+ROUND_ROBIN = "round_robin"
+PRIORITY = "priority"
+POLICIES = (FIFO, ROUND_ROBIN, PRIORITY)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A seat's next job and what the policy needs to know about that seat."""
+
+    job_id: int  # grows with submission time, so it doubles as "age" (lower = older)
+    seat_id: int
+    seat_running: int  # the seat's jobs dispatching or running right now
+    seat_gpu_seconds: float  # GPU time the seat's finished jobs used in this workshop
+    priority: int = 0
+    instructor_lane: bool = False
+
+
+def head_order(policy: str) -> tuple[str, ...]:
+    """Order of one seat's own queued jobs: the first is the seat's candidate."""
+    if policy == PRIORITY:
+        return ("-instructor_lane", "-priority", "id")
+    return ("id",)
+
+
+def _key(policy: str, c: Candidate) -> tuple:
+    if policy == FIFO:
+        return (c.job_id,)
+    fair = (c.seat_running, c.seat_gpu_seconds, c.job_id)
+    if policy == ROUND_ROBIN:
+        return fair
+    if policy == PRIORITY:
+        return (not c.instructor_lane, -c.priority, *fair)
+    raise ValueError(f"Unknown queue policy {policy!r}; expected one of {', '.join(POLICIES)}")
+
+
+def pick_next(policy: str, candidates: Iterable[Candidate], max_running_per_seat: int) -> Candidate | None:
+    """The candidate to dispatch next, or None when every seat with work is at its running cap.
+
+    - fifo: the oldest job.
+    - round_robin: the seat with the fewest running jobs, then the least GPU time used, then the oldest
+      job — so a newcomer's first job goes before another seat's backlog.
+    - priority: instructor lane first, then higher priority, then round robin.
+    The per-seat running cap applies under every policy; under ``priority`` the instructor lane is exempt.
+    """
+    eligible = [
+        c for c in candidates if c.seat_running < max_running_per_seat or (policy == PRIORITY and c.instructor_lane)
+    ]
+    if not eligible:
+        return None
+    return min(eligible, key=lambda c: _key(policy, c))

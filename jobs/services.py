@@ -1,0 +1,227 @@
+"""Job operations: submit (with preflight and caps), cancel, finish, requeue — each one atomic.
+
+Views, the RQ task, the reconciler, admin actions and management commands call these; none of them
+changes a job's status any other way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from gpu_backends.client import BackendError
+from gpu_backends.models import GpuBackend
+from gpu_backends.providers import provider_for
+from gpu_backends.services import object_info_for
+from workshops.models import Seat, Workshop
+
+from . import events
+from .models import Job
+from .preflight import PromptValidationError, error_body, validate_prompt
+from .scheduler import schedule
+
+log = logging.getLogger(__name__)
+
+
+class SubmissionRejected(Exception):
+    """A prompt the hub will not queue; ``body`` is a ComfyUI-shaped error envelope."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body["error"]["message"])
+        self.status = status
+        self.body = body
+
+
+def _reject(status: int, type_: str, message: str, details: str = "") -> SubmissionRejected:
+    return SubmissionRejected(status, error_body(type_, message, details))
+
+
+def parse_prompt_request(raw: bytes) -> dict[str, Any]:
+    """Size and shape checks on a ``POST /prompt`` body, before anything touches the database."""
+    limit = settings.COMFYUME["MAX_PROMPT_BYTES"]
+    if len(raw) > limit:
+        raise _reject(
+            413,
+            "prompt_too_large",
+            f"This workflow is {len(raw) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
+            "Remove embedded images or large text from the workflow and try again.",
+        )
+    if not raw.strip():
+        raise _reject(400, "invalid_json", "The request body is empty; expected a JSON object with a 'prompt'.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _reject(400, "invalid_json", "The request body is not valid JSON.", str(exc)[:300]) from None
+    if not isinstance(body, dict):
+        raise _reject(400, "invalid_prompt", "The request body must be a JSON object with a 'prompt' key.")
+    if "prompt" not in body:
+        # ComfyUI's own answer, word for word.
+        raise _reject(400, "no_prompt", "No prompt provided", "No prompt provided")
+    return body
+
+
+def _check_caps(seat: Seat, workshop: Workshop) -> None:
+    waiting = Job.objects.filter(seat=seat, status=Job.Status.QUEUED).count()
+    if waiting >= workshop.max_queued_per_seat:
+        raise _reject(
+            429,
+            "seat_queue_full",
+            f"You already have {waiting} jobs waiting (the limit is {workshop.max_queued_per_seat}). "
+            "Wait for one to start before queueing another.",
+        )
+    depth = Job.objects.filter(workshop=workshop, status=Job.Status.QUEUED).count()
+    if depth >= workshop.max_queue_depth:
+        raise _reject(
+            429,
+            "workshop_queue_full",
+            f"The workshop queue is full ({depth} jobs waiting). Please try again in a minute.",
+        )
+
+
+def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = False, priority: int = 0) -> Job:
+    """Validate and queue a prompt for ``seat``; answers like ComfyUI's ``POST /prompt``.
+
+    Raises SubmissionRejected (400 ComfyUI node_errors, 413, 429, 503) and queues nothing in that case.
+    """
+    workshop = seat.workshop
+    if workshop.archived_at is not None:
+        raise _reject(403, "workshop_archived", "This workshop has ended; its queue is closed.")
+    prompt = body.get("prompt")
+    backend = workshop.primary_backend()
+    if backend is None:
+        raise _reject(503, "no_backend", "No GPU is set up for this workshop yet. Please tell the instructor.")
+    object_info = object_info_for(backend)
+    outputs: list[str] = []
+    if object_info is not None:
+        try:
+            outputs = validate_prompt(prompt, object_info)
+        except PromptValidationError as exc:
+            raise SubmissionRejected(400, exc.body) from None
+    elif not isinstance(prompt, dict) or not prompt:
+        raise _reject(400, "invalid_prompt", "The prompt must be a non-empty JSON object of nodes.")
+    extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    raw_client_id = body.get("client_id")
+    client_id = raw_client_id[:128] if isinstance(raw_client_id, str) else ""
+
+    with transaction.atomic():
+        # Lock the seat so two quick submits cannot both pass the per-seat cap.
+        Seat.objects.select_for_update().filter(pk=seat.pk).first()
+        _check_caps(seat, workshop)
+        job = Job.objects.create(
+            workshop=workshop,
+            seat=seat,
+            prompt=prompt,
+            extra_data=extra_data,
+            client_id=client_id,
+            outputs_to_execute=outputs,
+            instructor_lane=instructor_lane,
+            priority=priority,
+        )
+        transaction.on_commit(lambda: announce_job(job))
+        transaction.on_commit(schedule)
+    log.info("Queued job %s for %s", job.pk, seat, extra={"job_id": job.pk, "seat": seat.label})
+    return job
+
+
+def cancel_job(job: Job, *, by: str = "participant") -> bool:
+    """Cancel a waiting job at once; ask the backend to stop a running one. False if already over."""
+    reason = f"Cancelled by the {by}."
+    if job.status == Job.Status.QUEUED and job.transition(Job.Status.CANCELLED, reason=reason):
+        _after_finish(job)
+        return True
+    if job.status == Job.Status.DISPATCHING and job.transition(Job.Status.CANCELLED, reason=reason):
+        # Its dispatch task will find it cancelled and not start it; the slot is free now.
+        _after_finish(job)
+        return True
+    job.refresh_status()
+    if job.status not in Job.ACTIVE:
+        return False
+    Job.objects.filter(pk=job.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+    if job.backend_id and job.backend_prompt_id:
+        try:
+            provider_for(job.backend).cancel(job.backend_prompt_id)
+        except BackendError as exc:
+            # The dispatch loop sees cancel_requested_at within a second and interrupts it itself.
+            log.warning("Backend refused to cancel job %s: %s", job.pk, exc, extra={"job_id": job.pk})
+    return True
+
+
+def finish_job(job: Job, status: str, *, reason: str = "", error: dict | None = None, **fields: Any) -> bool:
+    """End a job (succeeded/failed/interrupted/timed_out), account its GPU time, free its slot."""
+    with transaction.atomic():
+        if not job.transition(status, reason=reason, error=error, **fields):
+            return False
+        if job.gpu_seconds:
+            Seat.objects.filter(pk=job.seat_id).update(gpu_seconds_used=F("gpu_seconds_used") + job.gpu_seconds)
+        transaction.on_commit(lambda: _after_finish(job))
+    return True
+
+
+def requeue_job(job: Job, reason: str, *, count_attempt: bool = True) -> bool:
+    """Put a dispatching/running job back in the queue (its backend was down, or its worker died)."""
+    fields: dict[str, Any] = {"backend": None, "heartbeat_at": None, "started_at": None, "dispatched_at": None}
+    if not count_attempt:
+        fields["attempts"] = max(job.attempts - 1, 0)
+    with transaction.atomic():
+        if not job.transition(Job.Status.QUEUED, reason=reason, **fields):
+            return False
+        transaction.on_commit(lambda: announce_job(job))
+        transaction.on_commit(schedule)
+    return True
+
+
+def _after_finish(job: Job) -> None:
+    announce_job(job)
+    schedule()
+
+
+# --- What participants and the instructor see -------------------------------------------------
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The job as the hub API and our ``comfyume.job`` events describe it."""
+    return {
+        "prompt_id": str(job.prompt_id),
+        "number": job.number,
+        "seat": job.seat.label if job.seat_id else None,
+        "status": job.status,
+        "status_label": Job.Status(job.status).label,
+        "reason": job.status_reason,
+        "backend": job.backend.name if job.backend_id and job.backend else None,
+        "attempts": job.attempts,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "gpu_seconds": round(job.gpu_seconds, 3),
+        "error": job.error,
+        "outputs": job.outputs,
+    }
+
+
+def seat_queue_remaining(seat_id: int) -> int:
+    return Job.objects.filter(seat_id=seat_id, status__in=(*Job.WAITING, *Job.ACTIVE)).count()
+
+
+def announce_job(job: Job) -> None:
+    """Tell the seat and the instructor view that a job changed state (plus ComfyUI's queue counter)."""
+    seat_label = job.seat.label
+    events.publish(
+        [events.seat_group(job.seat_id), events.workshop_group(job.workshop_id)],
+        {"type": "comfy.message", "seat": seat_label, "message": {"type": "comfyume.job", "data": job_summary(job)}},
+    )
+    events.comfy_message(
+        job.seat_id,
+        job.workshop_id,
+        {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": seat_queue_remaining(job.seat_id)}}}},
+        seat_label,
+    )
+
+
+def backend_is_available(workshop: Workshop) -> bool:
+    return workshop.backends.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE).exists()

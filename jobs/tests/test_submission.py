@@ -1,0 +1,171 @@
+"""Submitting prompts: ComfyUI's answers, caps, and a bad-input corpus that leaves nothing half-created."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs.models import Job, JobEvent
+
+TINY = json.loads((Path(__file__).resolve().parents[2] / "workshops" / "data" / "tiny_workflow_api.json").read_text())
+CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "comfyui-0.3.64" / "protocol_capture_1.json"
+
+
+@pytest.fixture
+def post(client, personas, settings):
+    # No backend slot: jobs stay queued, so these tests look at submission alone.
+    personas.backend.enabled = False
+    personas.backend.save()
+    token = personas.seat_a.issue_token()
+
+    def _post(raw: bytes | str, token: str = token):
+        return client.post(
+            "/api/hub/prompt", data=raw, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+        )
+
+    return _post
+
+
+def tiny(**changes):
+    prompt = json.loads(json.dumps(TINY))
+    for path, value in changes.items():
+        node, name = path.split("__")
+        prompt[node]["inputs"][name] = value
+    return prompt
+
+
+def body(prompt) -> str:
+    return json.dumps({"prompt": prompt, "client_id": "c1"})
+
+
+@pytest.mark.django_db
+def test_valid_prompt_answers_like_comfyui(post):
+    response = post(body(TINY))
+    assert response.status_code == 200
+    data = response.json()
+    assert data["node_errors"] == {} and isinstance(data["number"], int)
+    job = Job.objects.get(prompt_id=data["prompt_id"])
+    assert job.status == Job.Status.QUEUED and job.outputs_to_execute == ["3"] and job.client_id == "c1"
+
+
+@pytest.mark.django_db
+@pytest.mark.skipif(not CAPTURES.exists(), reason="needs ../shared/fixtures")
+def test_preflight_answers_exactly_as_the_recorded_comfyui(post):
+    recorded = json.loads(CAPTURES.read_text())["invalid"]
+    cases = {
+        "missing_input": {k: v for k, v in TINY.items()}
+        | {"3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "harness/tiny"}}},
+        "bad_value": tiny(**{"1__width": 999999}),
+        "bad_type": tiny(**{"1__width": "abc"}),
+    }
+    for name, prompt in cases.items():
+        response = post(body(prompt))
+        assert response.status_code == 400, name
+        assert response.json() == recorded[name]["body"], name
+    assert Job.objects.count() == 0
+
+
+BAD_INPUT = [
+    ("malformed json", b'{"prompt": {', 400, "invalid_json"),
+    ("zero bytes", b"", 400, "invalid_json"),
+    ("not a dict", b"[1, 2, 3]", 400, "invalid_prompt"),
+    ("no prompt key", b'{"client_id": "x"}', 400, "no_prompt"),
+    ("prompt not a dict", b'{"prompt": "draw a cat"}', 400, None),
+    ("unknown node", body({"1": {"class_type": "NoSuchNode", "inputs": {}}}).encode(), 400, "invalid_prompt"),
+    ("wrong type", body(tiny(**{"1__width": "wide"})).encode(), 400, "prompt_outputs_failed_validation"),
+    ("huge number", body(tiny(**{"1__width": 10**30})).encode(), 400, "prompt_outputs_failed_validation"),
+    ("link to a missing node", body(tiny(**{"3__images": ["9", 0]})).encode(), 400, "prompt_outputs_failed_validation"),
+    ("unicode junk", body({"ü": {"class_type": "💥", "inputs": {"ß": "∞"}}}).encode(), 400, None),
+    ("deep nesting", b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
+    ("empty prompt", body({}).encode(), 400, "prompt_no_outputs"),
+    ("invalid utf-8", b'{"prompt": "\xff\xfe"}', 400, "invalid_json"),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("name", "raw", "status", "error_type"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_gets_a_clear_4xx_and_creates_nothing(post, name, raw, status, error_type):
+    response = post(raw)
+    assert response.status_code == status
+    data = response.json()
+    assert isinstance(data["error"]["message"], str) and data["error"]["message"]
+    if error_type:
+        assert data["error"]["type"] == error_type
+    assert Job.objects.count() == 0 and JobEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_oversized_prompt_is_refused_with_413(post, settings):
+    settings.COMFYUME = {**settings.COMFYUME, "MAX_PROMPT_BYTES": 1000}
+    response = post(body(tiny(**{"3__filename_prefix": "x" * 2000})))
+    assert response.status_code == 413
+    assert "limit is" in response.json()["error"]["message"]
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_seat_cap_answers_429_in_words_a_participant_understands(post, personas):
+    personas.workshop.max_queued_per_seat = 2
+    personas.workshop.save()
+    assert post(body(TINY)).status_code == 200
+    assert post(body(TINY)).status_code == 200
+    response = post(body(TINY))
+    assert response.status_code == 429
+    assert "You already have 2 jobs waiting" in response.json()["error"]["message"]
+    assert Job.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_workshop_queue_depth_cap_answers_429(post, personas):
+    personas.workshop.max_queue_depth = 1
+    personas.workshop.save()
+    assert post(body(TINY)).status_code == 200
+    other_token = personas.seat_b.issue_token()
+    response = post(body(TINY), token=other_token)
+    assert response.status_code == 429 and "workshop queue is full" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_identity_comes_from_the_token_never_from_the_body(client, personas, post):
+    response = post(json.dumps({"prompt": TINY, "seat": "user002", "seat_id": personas.seat_b.pk}))
+    assert Job.objects.get(prompt_id=response.json()["prompt_id"]).seat == personas.seat_a
+    bad = client.post(
+        "/api/hub/prompt", data=body(TINY), content_type="application/json", HTTP_AUTHORIZATION="Bearer nope"
+    )
+    assert bad.status_code == 401
+    anonymous = client.post("/api/hub/prompt", data=body(TINY), content_type="application/json")
+    assert anonymous.status_code == 401
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_session_submit_needs_csrf(personas):
+    from django.test import Client
+
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(personas.seat_a.participant)
+    response = browser.post("/api/hub/prompt", data=body(TINY), content_type="application/json")
+    assert response.status_code == 403 and response.json()["error"]["type"] == "csrf_failed"
+    browser.get("/")  # sets the CSRF cookie, as the seat page does
+    token = browser.cookies["csrftoken"].value
+    response = browser.post("/api/hub/prompt", data=body(TINY), content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_staff_without_a_seat_cannot_submit(client, personas):
+    client.force_login(personas.instructor)
+    response = client.get("/api/hub/jobs")
+    assert response.status_code == 403
+
+
+@pytest.mark.django_db
+def test_archived_workshop_refuses_jobs(post, personas):
+    from django.utils import timezone
+
+    personas.workshop.archived_at = timezone.now()
+    personas.workshop.save()
+    assert post(body(TINY)).status_code == 403
+    assert Job.objects.count() == 0

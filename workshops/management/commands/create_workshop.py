@@ -1,0 +1,52 @@
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from gpu_backends.models import GpuBackend
+from workshops.models import QueuePolicy
+from workshops.services import WorkshopError, create_workshop, credentials_as_dicts
+
+
+class Command(BaseCommand):
+    help = "Create a workshop with N seats and a participant account per seat; print or save their credentials."
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--seats", type=int, required=True)
+        parser.add_argument("--title", default="")
+        parser.add_argument("--policy", default=QueuePolicy.ROUND_ROBIN, choices=QueuePolicy.values)
+        parser.add_argument("--backend", action="append", default=[], help="GPU backend name (repeatable)")
+        parser.add_argument(
+            "--credentials-json", type=Path, help="Write usernames, passwords and one-time join links here"
+        )
+
+    def handle(self, *args, slug, seats, title, policy, backend, credentials_json, **options):
+        backends = []
+        for name in backend:
+            found = GpuBackend.objects.filter(name=name).first()
+            if found is None:
+                raise CommandError(f"No GPU backend called {name!r}; add it first with add_backend.")
+            backends.append(found)
+        if credentials_json and credentials_json.exists():
+            raise CommandError(f"{credentials_json} exists already; refusing to overwrite credentials.")
+        try:
+            workshop, credentials = create_workshop(slug, seats=seats, title=title, policy=policy, backends=backends)
+        except WorkshopError as exc:
+            raise CommandError(str(exc)) from exc
+        rows = credentials_as_dicts(credentials)
+        if credentials_json:
+            credentials_json.parent.mkdir(parents=True, exist_ok=True)
+            credentials_json.write_text(json.dumps({"workshop": workshop.slug, "seats": rows}, indent=2))
+            credentials_json.chmod(0o600)
+            self.stdout.write(
+                self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats; credentials in {credentials_json}")
+            )
+        else:
+            self.stdout.write(self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats:"))
+            for row in rows:
+                self.stdout.write(f"  {row['username']}  {row['password']}  {row['join_url']}")
+        if not backends:
+            self.stdout.write(
+                self.style.WARNING("No GPU backend attached: attach one in the admin before jobs can run.")
+            )

@@ -1,0 +1,253 @@
+"""``make run``: the whole platform in the foreground on embedded defaults.
+
+Starts (and supervises) the embedded Redis when ``REDIS_URL`` is unset, the ComfyUI simulator, RQ workers,
+the reconciler and the web server (daphne); prepares the database, an admin account and a demo workshop;
+prints where to sign in; and stops every process it started on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import requests
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from comfyume import embedded_redis
+from gpu_backends.models import GpuBackend
+from workshops.models import Workshop
+from workshops.services import create_workshop, credentials_as_dicts
+
+MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+RESTART_BACKOFF = (1, 2, 5, 10, 30)
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Child:
+    """A supervised process: restarted with backoff when it dies, stopped as a group on shutdown."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    log: BinaryIO | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        self.log = self.log or open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        self.started_at = time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if not self.proc:
+            return
+        try:
+            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+class Command(BaseCommand):
+    help = "Run the whole platform in the foreground on embedded defaults (what `make run` does)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--workers", type=int, default=None, help="RQ workers (default: one per GPU slot)")
+        parser.add_argument("--demo-seats", type=int, default=int(os.environ.get("COMFYUME_DEMO_SEATS", "3")))
+        parser.add_argument("--no-simulator", action="store_true", help="do not start the ComfyUI simulator")
+
+    def handle(self, *args, port, host, workers, demo_seats, no_simulator, **options):
+        self.stopping = False
+        self.children: list[Child] = []
+        self.redis_proc = None
+        logs = settings.DATA_DIR / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        if not _port_free(port, host):
+            raise CommandError(f"Port {port} is in use. Stop what runs there or choose another: PORT=8001 make run")
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            if settings.EMBEDDED_REDIS:
+                self.stdout.write(f"Starting the embedded Redis ({settings.REDIS_URL})")
+                self.redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_DIR)
+            call_command("migrate", interactive=False, verbosity=0)
+            admin_password = self._ensure_admin()
+            sim_port = None if no_simulator else self._simulator_port()
+            demo = self._ensure_demo(demo_seats, sim_port)
+            if sim_port:
+                self._spawn("simulator", [*MANAGE, "run_comfyui_simulator", "--port", str(sim_port)], logs)
+            slots = sum(GpuBackend.objects.filter(enabled=True).values_list("max_concurrency", flat=True)) or 1
+            for i in range(workers or max(2, min(slots, 16))):
+                self._spawn(
+                    f"worker-{i + 1}",
+                    [*MANAGE, "rqworker", settings.RQ_QUEUE_NAME, "--worker-class", "rq.worker.SimpleWorker"],
+                    logs,
+                )
+            self._spawn("reconciler", [*MANAGE, "run_reconciler"], logs)
+            self._spawn(
+                "web", [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "comfyume.asgi:application"], logs
+            )
+            self._wait_until_up(host, port)
+            self._banner(host, port, admin_password, demo, logs)
+            self._supervise()
+        finally:
+            self._shutdown()
+
+    # --- setup -----------------------------------------------------------------------------
+    def _ensure_admin(self) -> str:
+        User = get_user_model()
+        path = settings.DATA_DIR / "admin_password"
+        password = os.environ.get("COMFYUME_ADMIN_PASSWORD") or (path.read_text().strip() if path.exists() else "")
+        if not password:
+            password = secrets.token_urlsafe(12)
+            path.write_text(password)
+            path.chmod(0o600)
+        user = User.objects.filter(username="admin").first()
+        if user is None:
+            User.objects.create_superuser("admin", "", password)
+        elif os.environ.get("COMFYUME_ADMIN_PASSWORD"):
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        return password
+
+    def _simulator_port(self) -> int:
+        wanted = int(os.environ.get("COMFYUME_SIMULATOR_PORT", "8188"))
+        return wanted if _port_free(wanted) else _free_port()
+
+    @transaction.atomic
+    def _ensure_demo(self, seats: int, sim_port: int | None) -> dict:
+        if sim_port:
+            backend, _ = GpuBackend.objects.update_or_create(
+                name="simulator",
+                defaults={
+                    "kind": GpuBackend.Kind.SIMULATOR,
+                    "url": f"http://127.0.0.1:{sim_port}",
+                    "gpu_type": "simulated",
+                    "max_concurrency": 2,
+                    "state": GpuBackend.State.UNKNOWN,
+                },
+            )
+        path = settings.DATA_DIR / "demo_credentials.json"
+        if not Workshop.objects.filter(slug="demo").exists():
+            workshop, credentials = create_workshop("demo", seats=seats, title="Demo workshop")
+            path.write_text(json.dumps(credentials_as_dicts(credentials), indent=2))
+            path.chmod(0o600)
+        workshop = Workshop.objects.get(slug="demo")
+        if sim_port:
+            workshop.backends.add(backend)
+        return {"workshop": workshop, "seats": json.loads(path.read_text()) if path.exists() else []}
+
+    # --- processes -------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], logs: Path) -> None:
+        child = Child(name, args, logs / f"{name}.log")
+        child.start()
+        self.children.append(child)
+
+    def _wait_until_up(self, host: str, port: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{host}:{port}/health"
+        while time.monotonic() < deadline and not self.stopping:
+            try:
+                requests.get(url, timeout=2)
+                return
+            except requests.RequestException:
+                time.sleep(0.25)
+            web = next(c for c in self.children if c.name == "web")
+            if web.proc and web.proc.poll() is not None:
+                raise CommandError(f"The web server exited at start; see {web.log_path}")
+        if not self.stopping:
+            raise CommandError(f"The web server did not answer {url} within {timeout:.0f} s")
+
+    def _banner(self, host: str, port: int, admin_password: str, demo: dict, logs: Path) -> None:
+        base = f"http://{host}:{port}"
+        w = self.stdout.write
+        w("")
+        w(self.style.SUCCESS(f"ComfyuME is running at {base}/"))
+        w(f"  Instructor (Django admin): {base}/admin/   user: admin   password: {admin_password}")
+        w(f"  Participant sign-in:       {base}/login/")
+        for seat in demo["seats"][:3]:
+            w(f"    {seat['username']} / {seat['password']}   one-time link: {seat['join_url']}")
+        if len(demo["seats"]) > 3:
+            w(f"    … {len(demo['seats']) - 3} more in {settings.DATA_DIR / 'demo_credentials.json'}")
+        sim = GpuBackend.objects.filter(name="simulator").first()
+        if sim:
+            w(f"  GPU backend: the ComfyUI simulator (not a GPU) at {sim.url}")
+        w(f"  Health: {base}/health   Metrics: {base}/metrics   Logs: {logs}/")
+        w("Press Ctrl-C to stop everything.")
+        self.stdout.flush()
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            for child in self.children:
+                if self.stopping or child.proc is None or child.proc.poll() is None:
+                    continue
+                code = child.proc.returncode
+                if time.monotonic() - child.started_at > 60:
+                    child.restarts = 0
+                delay = RESTART_BACKOFF[min(child.restarts, len(RESTART_BACKOFF) - 1)]
+                self.stderr.write(f"{child.name} exited with {code}; restarting in {delay} s (log: {child.log_path})")
+                time.sleep(delay)
+                if not self.stopping:
+                    child.restarts += 1
+                    child.start()
+            time.sleep(0.5)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        if self.children:
+            self.stdout.write("Stopping…")
+        for child in reversed(self.children):
+            child.stop()
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            child.wait_or_kill(deadline)
+        embedded_redis.stop(self.redis_proc)
+        if self.children:
+            self.stdout.write("Stopped every process ComfyuME started.")
