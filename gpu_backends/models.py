@@ -38,7 +38,7 @@ class GpuBackend(models.Model):
     state = models.CharField(max_length=20, choices=State.choices, default=State.UNKNOWN)
     state_changed_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True)
-    object_info = models.JSONField(null=True, blank=True, editable=False)
+    # When the node catalogue (NodeCatalogue) was last read; it also versions the per-process cache.
     object_info_fetched_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -62,3 +62,15 @@ class GpuBackend(models.Model):
         for key, value in fields.items():
             setattr(self, key, value)
         return changed
+
+
+class NodeCatalogue(models.Model):
+    """A backend's ``/object_info`` (about 0.5 MB of JSON): kept off the GpuBackend row, which the
+    scheduler reads on every claim, and parsed once per process (see services.object_info_for)."""
+
+    backend = models.OneToOneField(GpuBackend, on_delete=models.CASCADE, related_name="catalogue")
+    object_info = models.JSONField()
+    fetched_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"node catalogue of {self.backend}"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from .client import BackendError
-from .models import GpuBackend
+from .models import GpuBackend, NodeCatalogue
 from .providers import provider_for
 
 log = logging.getLogger(__name__)
@@ -30,24 +30,51 @@ def check_health(backend: GpuBackend) -> bool:
     return changed
 
 
+# Parsed catalogues by backend id, with the fetched_at they were read at: a catalogue is parsed once
+# per process and per refresh, not on every submit.
+_catalogues: dict[int, tuple[datetime, dict[str, Any]]] = {}
+
+
 def refresh_object_info(backend: GpuBackend) -> dict[str, Any]:
     """Fetch and cache the backend's node catalogue (which also lists the model files it has)."""
     info = provider_for(backend).fetch_object_info()
-    now = timezone.now()
-    GpuBackend.objects.filter(pk=backend.pk).update(object_info=info, object_info_fetched_at=now)
-    backend.object_info, backend.object_info_fetched_at = info, now
+    store_object_info(backend, info)
     return info
+
+
+def store_object_info(backend: GpuBackend, info: dict[str, Any]) -> None:
+    now = timezone.now()
+    NodeCatalogue.objects.update_or_create(backend=backend, defaults={"object_info": info, "fetched_at": now})
+    GpuBackend.objects.filter(pk=backend.pk).update(object_info_fetched_at=now)
+    backend.object_info_fetched_at = now
+    _catalogues[backend.pk] = (now, info)
+
+
+def cached_object_info(backend: GpuBackend) -> dict[str, Any] | None:
+    """The stored catalogue, parsed at most once per refresh in this process; None if never read."""
+    fetched = backend.object_info_fetched_at
+    if fetched is None:
+        return None
+    cached = _catalogues.get(backend.pk)
+    if cached and cached[0] == fetched:
+        return cached[1]
+    row = NodeCatalogue.objects.filter(backend=backend).values_list("object_info", "fetched_at").first()
+    if row is None:
+        return None
+    _catalogues[backend.pk] = (row[1], row[0])
+    return row[0]
 
 
 def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
     """The catalogue to preflight against, without waiting on a slow backend in the submit path.
 
-    The reconciler keeps the cached copy fresh (``OBJECT_INFO_TTL``); only a backend that has never been
+    The reconciler keeps the stored copy fresh (``OBJECT_INFO_TTL``); only a backend that has never been
     read is asked here. None when it cannot answer: the job is still accepted (the backend validates it
     again when it arrives), so a backend that is down keeps jobs queued instead of refusing them.
     """
-    if backend.object_info:
-        return backend.object_info
+    info = cached_object_info(backend)
+    if info is not None:
+        return info
     if backend.state == GpuBackend.State.FAILING:
         return None
     try:
@@ -60,4 +87,4 @@ def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
 def object_info_is_stale(backend: GpuBackend) -> bool:
     ttl = timedelta(seconds=settings.COMFYUME["OBJECT_INFO_TTL"])
     fetched = backend.object_info_fetched_at
-    return not backend.object_info or fetched is None or timezone.now() - fetched >= ttl
+    return fetched is None or timezone.now() - fetched >= ttl

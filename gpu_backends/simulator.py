@@ -81,6 +81,12 @@ MAX_HISTORY = 10000
 TEXT_500 = "500 Internal Server Error\n\nServer got itself in trouble"  # aiohttp's answer to a crash
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 VIDEO_CLASSES = {"SaveVideo", "SaveWEBM"}
+# Nodes whose VALIDATE_INPUTS checks a file on the backend's disk (nodes.py); jobs.preflight leaves them to us.
+FILE_INPUTS = {
+    "LoadImage": ("image", "Invalid image file: {}"),
+    "LoadImageMask": ("image", "Invalid image file: {}"),
+    "LoadLatent": ("latent", "Invalid latent file: {}"),
+}
 BATCH_KEYS = ("batch_size", "length", "frames", "num_frames", "video_frames", "amount")
 MAX_IMAGES, MAX_FRAMES, MAX_FRAME_SIDE = 64, 48, 512
 _CLOSE_ALL = "__close_all_sockets__"
@@ -350,6 +356,49 @@ class Simulator:
     def is_output(self, class_type: str) -> bool:
         return bool(self.base_object_info.get(class_type, {}).get("output_node"))
 
+    def file_exists(self, name: str) -> bool:
+        """folder_paths.exists_annotated_filepath, kept inside our own directories."""
+        name, base = _annotated(name, self.dirs)
+        base = base or self.dirs["input"]
+        path = os.path.realpath(os.path.join(base, name))
+        return os.path.commonpath((path, str(base))) == str(base) and os.path.exists(path)
+
+    def check_input_files(self, prompt: dict[str, Any], outputs: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """ComfyUI's disk checks (LoadImage's VALIDATE_INPUTS...) for the nodes the outputs need.
+
+        Returns the outputs still valid and node_errors in ComfyUI's shape for the missing files.
+        """
+        node_errors: dict[str, Any] = {}
+        good = []
+        for output in outputs:
+            needed, stack = set(), [output]
+            while stack:
+                node_id = stack.pop()
+                if node_id in needed or node_id not in prompt:
+                    continue
+                needed.add(node_id)
+                stack.extend(v[0] for v in prompt[node_id].get("inputs", {}).values() if is_link(v))
+            failed = False
+            for node_id in sorted(needed):
+                check = FILE_INPUTS.get(prompt[node_id]["class_type"])
+                value = prompt[node_id].get("inputs", {}).get(check[0]) if check else None
+                if not check or not isinstance(value, str) or self.file_exists(value):
+                    continue
+                failed = True
+                error = {
+                    "type": "custom_validation_failed",
+                    "message": "Custom validation failed for node",
+                    "details": f"{check[0]} - {check[1].format(value)}",
+                    "extra_info": {"input_name": check[0]},
+                }
+                entry = node_errors.setdefault(
+                    node_id, {"errors": [error], "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]}
+                )
+                entry["dependent_outputs"].append(output)
+            if not failed:
+                good.append(output)
+        return good, node_errors
+
     # ---------- messages ----------
     def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """Like ComfyUI's send_sync: ordered through one queue; sid None means every socket."""
@@ -554,7 +603,7 @@ class Simulator:
 
     @staticmethod
     def _current_inputs(prompt: dict[str, Any], node_id: str) -> dict[str, list[Any]]:
-        out = {}
+        out: dict[str, list[Any]] = {}
         for name, value in prompt[node_id]["inputs"].items():
             if is_link(value):
                 out[name] = [f"<output {value[1]} of node {value[0]}: simulated, no tensor>"]
@@ -947,14 +996,28 @@ async def post_prompt(request: web.Request) -> web.Response:
     except Exception:
         log.exception("ComfyUI simulator: validation crashed")
         return _text_500()
-    outputs = list(validated)
-    node_errors = getattr(validated, "node_errors", None) or {}  # of outputs that failed next to valid ones
+    node_errors = dict(getattr(validated, "node_errors", None) or {})  # of outputs that failed next to valid ones
+    outputs, file_errors = sim.check_input_files(prompt, list(validated))
+    node_errors.update(file_errors)
+    if not outputs:  # details: the failed output nodes' own errors, as ComfyUI summarises them
+        own = [
+            e
+            for node_id, entry in node_errors.items()
+            if node_id in entry["dependent_outputs"]
+            for e in entry["errors"]
+        ]
+        details = "\n".join(f"{e['message']}: {e['details']}" for e in own)
+        body = error_body(
+            "prompt_outputs_failed_validation", "Prompt outputs failed validation", details, None, node_errors
+        )
+        return web.json_response(body, status=400)
     targets = body.get("partial_execution_targets")
     if isinstance(targets, list):
         outputs = [o for o in outputs if o in targets]
         if not outputs:
             return web.json_response(error_body("prompt_no_outputs", "Prompt has no outputs"), status=400)
-    extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+    raw_extra = body.get("extra_data")
+    extra_data: dict[str, Any] = raw_extra if isinstance(raw_extra, dict) else {}
     if "client_id" in body:
         extra_data["client_id"] = body["client_id"]
     sim.put([number, prompt_id, prompt, extra_data, outputs])

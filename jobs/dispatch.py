@@ -79,18 +79,23 @@ class JobRun:
         subfolder = f"{self.prompt_id}/{ref.subfolder}".rstrip("/") if ref.subfolder else self.prompt_id
         key = safe_key("workshops", self.job.workshop.slug, self.job.seat.label, subfolder, ref.filename)
         stored = self.store.put(key, chunks)
-        Artifact.objects.update_or_create(
+        artifact = Artifact(
             key=stored.key,
-            defaults={
-                "job": self.job,
-                "node_id": node_id,
-                "filename": ref.filename,
-                "subfolder": subfolder,
-                "kind": Artifact.kind_for(content_type),
-                "size": stored.size,
-                "sha256": stored.sha256,
-                "content_type": content_type,
-            },
+            job=self.job,
+            node_id=node_id,
+            filename=ref.filename,
+            subfolder=subfolder,
+            kind=Artifact.kind_for(content_type),
+            size=stored.size,
+            sha256=stored.sha256,
+            content_type=content_type,
+        )
+        # One upsert: a job recovered from history may store the same file a second time.
+        Artifact.objects.bulk_create(
+            [artifact],
+            update_conflicts=True,
+            unique_fields=["key"],
+            update_fields=["node_id", "size", "sha256", "content_type", "kind"],
         )
         return {"filename": ref.filename, "subfolder": subfolder, "type": "output"}
 

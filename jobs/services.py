@@ -123,10 +123,15 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
             instructor_lane=instructor_lane,
             priority=priority,
         )
-        transaction.on_commit(lambda: announce_job(job))
-        transaction.on_commit(schedule)
+        transaction.on_commit(lambda: _schedule_or_announce(job))
     log.info("Queued job %s for %s", job.pk, seat, extra={"job_id": job.pk, "seat": seat.label})
     return job
+
+
+def _schedule_or_announce(job: Job) -> None:
+    """After a submit: try to start it at once; a job that got a slot was announced by its claim."""
+    if job.pk not in schedule():
+        announce_job(job)
 
 
 def cancel_job(job: Job, *, by: str = "participant") -> bool:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from PIL import Image
 
 from gpu_backends.models import GpuBackend
+from gpu_backends.services import store_object_info
 from jobs import reconciler
 from jobs.models import Job
 from jobs.services import cancel_job
@@ -95,7 +96,7 @@ def test_round_robin_dispatches_a_newcomer_before_another_seats_backlog(client, 
 
 def test_backend_down_keeps_jobs_queued_until_it_returns(client, personas, sim):
     real_url = personas.backend.url
-    GpuBackend.objects.filter(pk=personas.backend.pk).update(url="http://127.0.0.1:9", object_info=None)
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(url="http://127.0.0.1:9", object_info_fetched_at=None)
     response = submit(client, personas.seat_a)
     assert response.status_code == 200  # accepted: the backend will validate it when it is back
     run_worker()
@@ -224,10 +225,9 @@ def django_rq_queue_is_drained_without_running_it_again(job):
 
 def test_backend_rejection_at_dispatch_fails_with_its_node_errors(client, personas, sim):
     # The cached catalogue says the model exists; the backend has since lost it.
-    info = dict(personas.backend.object_info or requests.get(f"{sim.url}/object_info", timeout=5).json())
-    info["EmptyImage"] = json.loads(json.dumps(info["EmptyImage"]))
+    info = requests.get(f"{sim.url}/object_info", timeout=5).json()
     info["EmptyImage"]["input"]["required"]["width"][1]["max"] = 10**6
-    GpuBackend.objects.filter(pk=personas.backend.pk).update(object_info=info, object_info_fetched_at=timezone.now())
+    store_object_info(personas.backend, info)
     prompt = json.loads(json.dumps(TINY))
     prompt["1"]["inputs"]["width"] = 999999
     job = Job.objects.get(prompt_id=submit(client, personas.seat_a, prompt=prompt).json()["prompt_id"])
