@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -14,8 +13,9 @@ from django.test import Client
 from comfyume.asgi import application
 from jobs import events
 from tests.fixtures import run_worker
+from tests.recorded import TINY_PATH, load
 
-TINY = json.loads((Path(__file__).resolve().parents[2] / "workshops" / "data" / "tiny_workflow_api.json").read_text())
+TINY = load(TINY_PATH)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,8 +22,9 @@ from jobs.services import cancel_job
 from storage.models import Artifact
 from storage.stores import default_store
 from tests.fixtures import run_worker
+from tests.recorded import TINY_PATH, load
 
-TINY = json.loads((Path(__file__).resolve().parents[2] / "workshops" / "data" / "tiny_workflow_api.json").read_text())
+TINY = load(TINY_PATH)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,16 +4,15 @@ import copy
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 
 from jobs.preflight import PromptValidationError, ValidatedOutputs, error_body, validate_prompt
+from tests.recorded import OBJECT_INFO_PATH, TINY_PATH, load, recorded_invalid
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "comfyui-0.3.64"
-OBJECT_INFO = json.loads((FIXTURES / "object_info.json").read_text())
-TINY = json.loads((FIXTURES / "tiny_workflow_api.json").read_text())
-RECORDED = json.loads((FIXTURES / "protocol_capture_1.json").read_text())["invalid"]
+OBJECT_INFO = load(OBJECT_INFO_PATH)
+TINY = load(TINY_PATH)
+RECORDED = recorded_invalid()
 
 KNOWN_ERROR_TYPES = {"invalid_prompt", "prompt_no_outputs", "prompt_outputs_failed_validation"}
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from jobs.models import Job, JobEvent
+from tests.recorded import TINY_PATH, load, recorded_invalid
 
-TINY = json.loads((Path(__file__).resolve().parents[2] / "workshops" / "data" / "tiny_workflow_api.json").read_text())
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "comfyui-0.3.64" / "protocol_capture_1.json"
+TINY = load(TINY_PATH)
 
 
 @pytest.fixture
@@ -51,9 +50,8 @@ def test_valid_prompt_answers_like_comfyui(post):
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(not CAPTURES.exists(), reason="needs ../shared/fixtures")
 def test_preflight_answers_exactly_as_the_recorded_comfyui(post):
-    recorded = json.loads(CAPTURES.read_text())["invalid"]
+    recorded = recorded_invalid()
     cases = {
         "missing_input": {k: v for k, v in TINY.items()}
         | {"3": {"class_type": "SaveImage", "inputs": {"filename_prefix": "harness/tiny"}}},

@@ -1,0 +1,18 @@
+"""Recorded facts from a real ComfyUI 0.3.64 (copied from shared/fixtures so a clean clone tests alone)."""
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "tests" / "data" / "comfyui-0.3.64"
+OBJECT_INFO_PATH = ROOT / "gpu_backends" / "data" / "object_info.json"
+TINY_PATH = ROOT / "workshops" / "data" / "tiny_workflow_api.json"
+
+
+def load(path: Path):
+    return json.loads(path.read_text())
+
+
+def recorded_invalid() -> dict:
+    """ComfyUI's 400 bodies for invalid prompts, by case name."""
+    return load(CAPTURES / "protocol_capture_1.json")["invalid"]
