@@ -44,6 +44,7 @@ class GpuBackend(models.Model):
 
     class Meta:
         ordering = ["order", "name"]
+        verbose_name = "GPU backend"
 
     def __str__(self) -> str:
         return self.name

@@ -17,7 +17,7 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "seat", "status", "backend", "attempts", "gpu_seconds", "created_at", "finished_at")
+    list_display = ("id", "seat", "status", "backend", "attempts", "gpu_time", "created_at", "finished_at")
     list_filter = ("status", "workshop", "backend", "instructor_lane")
     list_select_related = ("seat__workshop", "backend")
     search_fields = ("prompt_id", "seat__label")
@@ -27,6 +27,10 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description="GPU time", ordering="gpu_seconds")
+    def gpu_time(self, obj):
+        return f"{obj.gpu_seconds:.1f} s"
 
     @admin.action(description="Cancel selected jobs")
     def cancel_selected(self, request, queryset):

@@ -12,4 +12,7 @@ import tempfile
 _RUN_DIR = tempfile.mkdtemp(prefix="cfme-")
 os.environ.setdefault("COMFYUME_DATA_DIR", _RUN_DIR)
 os.environ.setdefault("COMFYUME_REDIS_PREFIX", f"cfme-test-{os.getpid()}")
+# Helper threads (sockets, workers) must not keep PostgreSQL connections open past their work, or the
+# test database cannot be dropped at the end.
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 atexit.register(shutil.rmtree, _RUN_DIR, ignore_errors=True)

@@ -56,6 +56,7 @@ class Migration(migrations.Migration):
                 ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
+                "verbose_name": "GPU backend",
                 "ordering": ["order", "name"],
             },
         ),

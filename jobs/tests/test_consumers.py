@@ -7,7 +7,9 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 from django.test import Client
 
 from comfyume.asgi import application
@@ -18,6 +20,14 @@ from tests.recorded import TINY_PATH, load
 TINY = load(TINY_PATH)
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def _close_executor_connections():
+    """Consumers run ORM calls in asgiref's shared executor thread; close its connection after each test
+    so PostgreSQL lets the test database be dropped at the end."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def _session_cookie(user) -> bytes:
@@ -39,8 +49,8 @@ async def _receive_until(comm, predicate, timeout=10.0):
 
 
 async def test_seat_socket_gets_comfyui_events_of_its_own_job_only(personas):
-    token_a = await sync_to_async(personas.seat_a.issue_token)()
-    token_b = await sync_to_async(personas.seat_b.issue_token)()
+    token_a = await database_sync_to_async(personas.seat_a.issue_token)()
+    token_b = await database_sync_to_async(personas.seat_b.issue_token)()
     comm_a = WebsocketCommunicator(
         application, "/ws/hub/seat/", headers=[(b"authorization", f"Bearer {token_a}".encode())]
     )
@@ -87,8 +97,8 @@ async def test_seat_socket_gets_comfyui_events_of_its_own_job_only(personas):
 
 
 async def test_instructor_socket_sees_every_seat_and_participants_are_refused(personas):
-    instructor_cookie = await sync_to_async(_session_cookie)(personas.instructor)
-    participant_cookie = await sync_to_async(_session_cookie)(personas.seat_a.participant)
+    instructor_cookie = await database_sync_to_async(_session_cookie)(personas.instructor)
+    participant_cookie = await database_sync_to_async(_session_cookie)(personas.seat_a.participant)
     origin = (b"origin", b"http://127.0.0.1")
     path = f"/ws/hub/workshops/{personas.workshop.slug}/"
 
@@ -110,7 +120,7 @@ async def test_instructor_socket_sees_every_seat_and_participants_are_refused(pe
 
 
 async def test_cookie_socket_from_another_origin_is_refused(personas):
-    cookie = await sync_to_async(_session_cookie)(personas.seat_a.participant)
+    cookie = await database_sync_to_async(_session_cookie)(personas.seat_a.participant)
     comm = WebsocketCommunicator(
         application, "/ws/hub/seat/", headers=[(b"cookie", cookie), (b"origin", b"https://evil.example")]
     )
