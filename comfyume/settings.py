@@ -110,7 +110,8 @@ TEMPLATES = [
 ]
 
 # --- Database: SQLite under DATA_DIR unless DATABASE_URL names another. ---
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'comfyume.sqlite3'}")}
+DATABASE_URL = env.str("DATABASE_URL", default="") or f"sqlite:///{DATA_DIR / 'comfyume.sqlite3'}"
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions take the write lock at BEGIN, so two schedulers cannot both read the same free
     # GPU slot and then both claim it; WAL lets readers go on meanwhile.

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+
+def validate_backend_url(value: str) -> None:
+    """http(s)://host[:port][/path] — single-label hosts allowed (``http://comfyui:8188`` on a private network)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter a URL like http://gpu-box:8188 (http or https, with a host).")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValidationError("The port in this URL is not a number.") from None
+    if parts.query or parts.fragment:
+        raise ValidationError("The backend URL must not have a query string or a fragment.")
 
 
 class GpuBackend(models.Model):
@@ -26,7 +41,9 @@ class GpuBackend(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.COMFYUI)
-    url = models.URLField(max_length=500, help_text="Base URL, e.g. http://gpu-box:8188")
+    url = models.CharField(
+        max_length=500, validators=[validate_backend_url], help_text="Base URL, e.g. http://gpu-box:8188"
+    )
     gpu_type = models.CharField(max_length=64, blank=True, help_text="e.g. H200, B300")
     price_per_hour = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0"))
     max_concurrency = models.PositiveIntegerField(

@@ -26,9 +26,8 @@ HISTORY_LIMIT = 200
 
 def _job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
     """The one place a job is looked up for a seat: another seat's job is simply not found."""
-    try:
-        key = uuid.UUID(str(prompt_id))
-    except ValueError:
+    key = _uuid(prompt_id)
+    if key is None:
         return None
     return Job.objects.select_related("seat", "backend").filter(prompt_id=key, seat=request.seat).first()
 
@@ -64,9 +63,11 @@ def job_detail(request: SeatRequest, prompt_id: str) -> JsonResponse:
         return api_error(404, "not_found", "No such job for this seat.")
     data = job_summary(job)
     if job.status == Job.Status.QUEUED:
-        data["position"] = (
-            Job.objects.filter(workshop_id=job.workshop_id, status=Job.Status.QUEUED, id__lt=job.pk).count() + 1
-        )
+        # Jobs of the workshop still waiting that were queued before this one: its place under fifo, an
+        # upper bound under round robin (where a seat with less GPU time goes sooner).
+        data["queued_ahead"] = Job.objects.filter(
+            workshop_id=job.workshop_id, status=Job.Status.QUEUED, id__lt=job.pk
+        ).count()
     data["artifacts"] = [
         {"filename": a.filename, "subfolder": a.subfolder, "kind": a.kind, "size": a.size, "sha256": a.sha256}
         for a in job.artifacts.all()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
@@ -34,6 +35,9 @@ class _Publisher:
     """A daemon thread running an event loop that drains an ordered queue of group messages."""
 
     def __init__(self) -> None:
+        # The publisher thread must get the GIL promptly while the dispatch loop stores a file; Python's
+        # default 5 ms switch interval delayed each forwarded event by several milliseconds.
+        sys.setswitchinterval(0.0005)
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue[tuple[list[str], dict[str, Any]] | None] = asyncio.Queue()

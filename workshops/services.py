@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from gpu_backends.models import GpuBackend
@@ -66,7 +67,10 @@ def create_workshop(
     if Workshop.objects.filter(slug=slug).exists():
         raise WorkshopError(f"A workshop called {slug!r} exists already.")
     workshop = Workshop(slug=slug, title=title or slug.replace("-", " ").title(), queue_policy=policy)
-    workshop.full_clean()
+    try:
+        workshop.full_clean()
+    except ValidationError as exc:
+        raise WorkshopError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
     workshop.save()
     if backends:
         workshop.backends.set(backends)

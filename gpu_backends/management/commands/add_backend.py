@@ -33,6 +33,12 @@ class Command(BaseCommand):
     def handle(self, *args, name, kind, url, max_concurrency, gpu_type, price_per_hour, order, workshop, **options):
         if max_concurrency < 1:
             raise CommandError("--max-concurrency must be at least 1")
+        workshops = []
+        for slug in workshop:
+            found = Workshop.objects.filter(slug=slug).first()
+            if found is None:
+                raise CommandError(f"No workshop called {slug!r}")
+            workshops.append(found)
         backend = GpuBackend.objects.filter(name=name).first() or GpuBackend(name=name)
         created = backend.pk is None
         backend.kind, backend.url, backend.max_concurrency = kind, url, max_concurrency
@@ -42,9 +48,6 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from exc
         backend.save()
-        for slug in workshop:
-            found = Workshop.objects.filter(slug=slug).first()
-            if found is None:
-                raise CommandError(f"No workshop called {slug!r}")
+        for found in workshops:
             found.backends.add(backend)
         self.stdout.write(self.style.SUCCESS(f"{'Added' if created else 'Updated'} backend {name} ({kind}, {url})"))

@@ -1,0 +1,88 @@
+"""Management commands a script drives: create_workshop, add_backend — and their bad input."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.contrib.auth import authenticate
+from django.core.management import CommandError, call_command
+
+from gpu_backends.models import GpuBackend
+from workshops.models import JoinLink, Seat, Workshop, hash_token
+
+
+def run(*args) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_create_workshop_writes_working_credentials(tmp_path):
+    run("add_backend", "gpu-1", "--kind", "comfyui", "--url", "http://10.0.0.5:8188", "--max-concurrency", "2")
+    path = tmp_path / "creds.json"
+    out = run("create_workshop", "may", "--seats", "3", "--policy", "priority", "--backend", "gpu-1",
+              "--credentials-json", str(path))  # fmt: skip
+    assert "Created may with 3 seats" in out and str(path) in out
+    data = json.loads(path.read_text())
+    assert [s["seat"] for s in data["seats"]] == ["user001", "user002", "user003"]
+    assert oct(path.stat().st_mode)[-3:] == "600"
+    workshop = Workshop.objects.get(slug="may")
+    assert workshop.queue_policy == "priority" and list(workshop.backends.values_list("name", flat=True)) == ["gpu-1"]
+    first = data["seats"][0]
+    user = authenticate(username=first["username"], password=first["password"])
+    assert user is not None and user.seat.label == "user001"
+    token = first["join_url"].rstrip("/").rsplit("/", 1)[1]
+    assert JoinLink.objects.get(token_hash=hash_token(token)).seat == user.seat
+    assert first["password"] not in path.read_text().replace(first["password"], "", 1)  # each password once
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["create_workshop", "w", "--seats", "0"], "1 to 500 seats"),
+        (["create_workshop", "w", "--seats", "501"], "1 to 500 seats"),
+        (["create_workshop", "w", "--seats", "2", "--backend", "nope"], "No GPU backend called 'nope'"),
+        (["create_workshop", "not a slug!", "--seats", "2"], "slug"),
+        (["add_backend", "b", "--kind", "comfyui", "--url", "not-a-url"], "url"),
+        (["add_backend", "b", "--kind", "comfyui", "--url", "http://x:1", "--max-concurrency", "0"], "at least 1"),
+        (["add_backend", "b", "--kind", "comfyui", "--url", "http://x:1", "--price-per-hour", "cheap"], "number"),
+        (["add_backend", "b", "--kind", "comfyui", "--url", "http://x:1", "--workshop", "nope"], "No workshop"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_creates_nothing(args, message):
+    with pytest.raises((CommandError, SystemExit)) as excinfo:
+        call_command(*args, stdout=StringIO(), stderr=StringIO())
+    if isinstance(excinfo.value, CommandError):
+        assert message.lower() in str(excinfo.value).lower()
+    assert Workshop.objects.count() == 0 and Seat.objects.count() == 0
+    if args[0] == "add_backend" and "--workshop" not in args:
+        assert GpuBackend.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_create_workshop_refuses_an_existing_slug_or_credentials_file(tmp_path):
+    run("create_workshop", "dup", "--seats", "1")
+    with pytest.raises(CommandError, match="exists already"):
+        call_command("create_workshop", "dup", "--seats", "1", stdout=StringIO())
+    existing = tmp_path / "c.json"
+    existing.write_text("keep me")
+    with pytest.raises(CommandError, match="refusing to overwrite"):
+        call_command("create_workshop", "other", "--seats", "1", "--credentials-json", str(existing), stdout=StringIO())
+    assert existing.read_text() == "keep me" and not Workshop.objects.filter(slug="other").exists()
+
+
+@pytest.mark.django_db
+def test_add_backend_updates_an_existing_one():
+    run("add_backend", "b", "--kind", "simulator", "--url", "http://127.0.0.1:8188")
+    out = run("add_backend", "b", "--kind", "comfyui", "--url", "http://gpu:8188", "--max-concurrency", "4",
+              "--gpu-type", "H200", "--price-per-hour", "3.50")  # fmt: skip
+    backend = GpuBackend.objects.get(name="b")
+    assert "Updated backend b" in out
+    assert (backend.kind, backend.max_concurrency, backend.gpu_type, str(backend.price_per_hour)) == (
+        "comfyui",
+        4,
+        "H200",
+        "3.50",
+    )
