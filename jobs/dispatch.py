@@ -112,16 +112,27 @@ class JobRun:
         return None
 
 
-def dispatch_job(job_id: int) -> str:
-    """Run one claimed job to its end. Returns the final status (for RQ's records)."""
+def dispatch_job(job_id: int, attempt: int | None = None) -> str:
+    """Run one claimed job to its end. Returns the final status (for RQ's records).
+
+    ``attempt`` is the claim this task was enqueued for. A task left over from an earlier claim (its job
+    was requeued by the reconciler and claimed again) must not run the new claim as well: the first
+    heartbeat is taken with a conditional UPDATE, so exactly one task runs each claim.
+    """
     close_old_connections()
     job = Job.objects.select_related("seat", "workshop", "backend").filter(pk=job_id).first()
     if job is None or job.status != Job.Status.DISPATCHING or job.backend is None:
         return job.status if job else "missing"
+    if attempt is not None and job.attempts != attempt:
+        return "superseded"
     log_extra = {"job_id": job.pk, "seat": job.seat.label, "backend": job.backend.name}
     # A fresh backend prompt id per attempt: a retried job must not collide with what the backend kept.
     job.backend_prompt_id = str(job.prompt_id) if job.attempts <= 1 else str(uuid.uuid4())
-    Job.objects.filter(pk=job.pk).update(backend_prompt_id=job.backend_prompt_id, heartbeat_at=timezone.now())
+    taken = Job.objects.filter(
+        pk=job.pk, status=Job.Status.DISPATCHING, attempts=job.attempts, heartbeat_at__isnull=True
+    ).update(backend_prompt_id=job.backend_prompt_id, heartbeat_at=timezone.now())
+    if taken != 1:
+        return "taken by another worker"
     spec = RunSpec(
         prompt=job.prompt,
         backend_prompt_id=job.backend_prompt_id,

@@ -129,6 +129,7 @@ def enqueue_dispatch(job_id: int, attempt: int, timeout: int) -> None:
         queue.enqueue(
             dispatch_job,
             job_id,
+            attempt,
             job_id=f"dispatch-{job_id}-{attempt}",
             job_timeout=timeout + 300,
             result_ttl=3600,

@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from jobs import scheduler
 from jobs.models import IllegalTransition, Job
@@ -91,3 +92,21 @@ def test_paused_workshop_accepts_but_starts_nothing(personas):
         personas.workshop.paused = False
         personas.workshop.save()
         assert len(scheduler.schedule()) == 1  # one slot on the test backend
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_leftover_dispatch_task_does_not_run_a_newer_claim(personas, sim):
+    from jobs.dispatch import dispatch_job
+
+    _queue(personas, 1)
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        scheduler.schedule()
+    job = Job.objects.get()
+    assert job.attempts == 1
+    # As if the reconciler had requeued it and it was claimed again: attempt 2 is the live claim.
+    Job.objects.filter(pk=job.pk).update(attempts=2)
+    assert dispatch_job(job.pk, 1) == "superseded"
+    assert dispatch_job(job.pk, 2) == "succeeded"
+    # A duplicate task for the same claim finds it taken and does nothing.
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.DISPATCHING, heartbeat_at=timezone.now())
+    assert dispatch_job(job.pk, 2) == "taken by another worker"
