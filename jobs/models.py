@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -118,12 +118,14 @@ class Job(models.Model):
             fields.setdefault("heartbeat_at", now)
         elif to in self.TERMINAL:
             fields.setdefault("finished_at", now)
-        updated = Job.objects.filter(pk=self.pk, status=source).update(**fields)
-        if updated != 1:
-            return False
+        # One transaction (one commit, one fsync on PostgreSQL) for the change and its history row.
+        with transaction.atomic():
+            updated = Job.objects.filter(pk=self.pk, status=source).update(**fields)
+            if updated != 1:
+                return False
+            JobEvent.objects.create(job=self, from_status=source, to_status=to, reason=reason[:500])
         for key, value in fields.items():
             setattr(self, key, value)
-        JobEvent.objects.create(job=self, from_status=source, to_status=to, reason=reason[:500])
         return True
 
     def refresh_status(self) -> str:

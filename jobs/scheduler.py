@@ -14,7 +14,8 @@ import logging
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from gpu_backends.models import GpuBackend
 from workshops.models import Seat, Workshop
@@ -69,11 +70,21 @@ def candidates(workshop: Workshop) -> list[Candidate]:
 
 
 def _waiting_workshops(backend: GpuBackend):
+    """Workshops sharing this backend that have work waiting, the one with the fewest jobs running
+    first, so one workshop's backlog cannot starve another's."""
     queued = Job.objects.filter(workshop=OuterRef("pk"), status=Job.Status.QUEUED)
+    active = (
+        Job.objects.filter(workshop=OuterRef("pk"), status__in=Job.ACTIVE)
+        .order_by()
+        .values("workshop")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
     return (
         Workshop.objects.filter(backends=backend, paused=False, archived_at__isnull=True)
         .filter(Exists(queued))
-        .order_by("pk")
+        .annotate(active=Coalesce(Subquery(active, output_field=IntegerField()), Value(0)))
+        .order_by("active", "pk")
     )
 
 

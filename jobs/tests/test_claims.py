@@ -110,3 +110,21 @@ def test_a_leftover_dispatch_task_does_not_run_a_newer_claim(personas, sim):
     # A duplicate task for the same claim finds it taken and does nothing.
     Job.objects.filter(pk=job.pk).update(status=Job.Status.DISPATCHING, heartbeat_at=timezone.now())
     assert dispatch_job(job.pk, 2) == "taken by another worker"
+
+
+@pytest.mark.django_db
+def test_workshops_sharing_a_backend_take_turns(personas):
+    personas.backend.max_concurrency = 4
+    personas.backend.save()
+    for workshop in (personas.workshop, personas.other_workshop):
+        workshop.max_running_per_seat = 10
+        workshop.save()
+    _queue(personas, 10)  # a backlog in the first workshop
+    Job.objects.bulk_create(
+        [Job(workshop=personas.other_workshop, seat=personas.seat_c, prompt=TINY) for _ in range(3)]
+    )
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        scheduler.schedule()
+    running = Job.objects.filter(status=Job.Status.DISPATCHING)
+    assert running.filter(workshop=personas.workshop).count() == 2
+    assert running.filter(workshop=personas.other_workshop).count() == 2
