@@ -144,6 +144,18 @@ def test_participant_queues_a_job_and_sees_its_image(platform, browser):
     page.close()
 
 
+def test_participant_signs_in_with_the_password_on_their_card(platform, browser):
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    page = browser.new_page()
+    page.goto(f"{platform['base']}/login/")
+    page.fill("#id_username", seats[2]["username"])
+    page.fill("#id_password", seats[2]["password"])
+    page.click("button[type=submit]")
+    page.wait_for_selector("text=Your seat: user003")
+    page.wait_for_selector("#live.ok", timeout=15000)
+    page.close()
+
+
 def test_wrong_password_is_refused_with_a_clear_message(platform, browser):
     page = browser.new_page()
     page.goto(f"{platform['base']}/login/")
