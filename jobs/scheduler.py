@@ -14,8 +14,6 @@ import logging
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Exists, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
 
 from gpu_backends.models import GpuBackend
 from workshops.models import Seat, Workshop
@@ -53,8 +51,12 @@ def _candidates_sql(policy: str) -> str:
 
 def candidates(workshop: Workshop) -> list[Candidate]:
     """One candidate per seat that has a queued job: that seat's head of queue under the policy."""
+    return _candidates(workshop.pk, workshop.queue_policy)
+
+
+def _candidates(workshop_id: int, policy: str) -> list[Candidate]:
     with connection.cursor() as cursor:
-        cursor.execute(_candidates_sql(workshop.queue_policy), [Job.Status.QUEUED.value, workshop.pk])
+        cursor.execute(_candidates_sql(policy), [Job.Status.QUEUED.value, workshop_id])
         rows = cursor.fetchall()
     return [
         Candidate(
@@ -69,23 +71,27 @@ def candidates(workshop: Workshop) -> list[Candidate]:
     ]
 
 
-def _waiting_workshops(backend: GpuBackend):
-    """Workshops sharing this backend that have work waiting, the one with the fewest jobs running
-    first, so one workshop's backlog cannot starve another's."""
-    queued = Job.objects.filter(workshop=OuterRef("pk"), status=Job.Status.QUEUED)
-    active = (
-        Job.objects.filter(workshop=OuterRef("pk"), status__in=Job.ACTIVE)
-        .order_by()
-        .values("workshop")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
-    return (
-        Workshop.objects.filter(backends=backend, paused=False, archived_at__isnull=True)
-        .filter(Exists(queued))
-        .annotate(active=Coalesce(Subquery(active, output_field=IntegerField()), Value(0)))
-        .order_by("active", "pk")
-    )
+def _waiting_workshops_sql() -> str:
+    job, workshop = Job._meta.db_table, Workshop._meta.db_table
+    through = Workshop.backends.through._meta.db_table
+    active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
+    return f"""
+        SELECT w.id, w.queue_policy, w.max_running_per_seat,
+               (SELECT COUNT(*) FROM {job} a WHERE a.workshop_id = w.id AND a.status IN ({active})) AS active
+        FROM {workshop} w
+        JOIN {through} wb ON wb.workshop_id = w.id
+        WHERE wb.gpubackend_id = %s AND NOT w.paused AND w.archived_at IS NULL
+          AND EXISTS (SELECT 1 FROM {job} q WHERE q.workshop_id = w.id AND q.status = %s)
+        ORDER BY active, w.id
+    """
+
+
+def _waiting_workshops(backend_id: int) -> list[tuple[int, str, int]]:
+    """Workshops sharing this backend that have work waiting, the one with the fewest jobs running first
+    (so one workshop's backlog cannot starve another's): (id, policy, max running per seat)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_waiting_workshops_sql(), [backend_id, Job.Status.QUEUED.value])
+        return [(workshop_id, policy, cap) for workshop_id, policy, cap, _ in cursor.fetchall()]
 
 
 def claim_next(backend_id: int) -> Job | None:
@@ -100,15 +106,16 @@ def claim_next(backend_id: int) -> Job | None:
         active = Job.objects.filter(backend=backend, status__in=Job.ACTIVE).count()
         if active >= backend.max_concurrency:
             return None
-        for workshop in _waiting_workshops(backend):
-            pick = pick_next(workshop.queue_policy, candidates(workshop), workshop.max_running_per_seat)
+        for workshop_id, policy, cap in _waiting_workshops(backend_id):
+            pick = pick_next(policy, _candidates(workshop_id, policy), cap)
             if pick is None:
                 continue
             job = Job.objects.select_related("seat", "workshop").get(pk=pick.job_id)
             if job.status != Job.Status.QUEUED:
                 continue
             if job.transition(Job.Status.DISPATCHING, backend=backend, attempts=job.attempts + 1):
-                transaction.on_commit(functools.partial(enqueue_dispatch, job.pk, job.attempts, workshop.job_timeout))
+                timeout = job.workshop.job_timeout
+                transaction.on_commit(functools.partial(enqueue_dispatch, job.pk, job.attempts, timeout))
                 job.slots_left = backend.max_concurrency - active - 1  # type: ignore[attr-defined]
                 return job
         return None

@@ -1,15 +1,17 @@
 """The ComfyUI simulator against what a real ComfyUI 0.3.64 was recorded doing.
 
-The CAPTURED_* constants below are copied from shared/fixtures/comfyui-0.3.64/protocol_capture_1.json
-(``tiny_ws``, ``tiny_history``, ``cached_ws``, ``runtime_err_ws``, ``invalid``) and protocol_capture_2.json
-(``upscale``, ``interrupt``), with prompt ids replaced by "PID" and timestamps by 0 where noted, so this repo's
-tests do not need ../shared. Each test starts its own simulator on a free port with a temporary output_dir.
+The CAPTURED_* constants below are read from this repo's copy of the recordings, tests/data/comfyui-0.3.64/
+protocol_capture_1.json (``tiny_post``, ``tiny_ws``, ``tiny_history``, ``cached_ws``, ``runtime_err_ws``,
+``invalid``) and protocol_capture_2.json (``upscale``, ``interrupt``), through tests.recorded; the tiny workflow is
+workshops/data/tiny_workflow_api.json. Recorded prompt ids and timestamps are normalised away by ``normalized`` where
+a test compares whole messages. Each test starts its own simulator on a free port with a temporary output_dir.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import os
 import time
@@ -23,478 +25,53 @@ import websocket
 from PIL import Image
 
 from gpu_backends.simulator import SimulatorConfig, SimulatorThread
+from tests.recorded import CAPTURES, TINY_PATH, load, recorded_invalid
 
-TINY_WORKFLOW = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16711680}},
-    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness/tiny"}},
-}
+TINY_WORKFLOW: dict[str, Any] = load(TINY_PATH)
 
-# protocol_capture_2.json "upscale": what a node reporting 16 progress ticks sends between its `executing` and
-# the next node's `executing` (ticks, its finish, the next node's start).
-CAPTURED_PROGRESS_SEGMENT = ["progress_state", "progress"] * 16 + ["progress_state", "progress_state"]
+CAPTURE_1: dict[str, Any] = load(CAPTURES / "protocol_capture_1.json")
+CAPTURE_2: dict[str, Any] = load(CAPTURES / "protocol_capture_2.json")
 
-# protocol_capture_1.json tiny_ws (prompt id -> "PID", timestamps -> 0)
-CAPTURED_TINY_WS = [
-    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}},
-    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}},
-    {"type": "execution_start", "data": {"prompt_id": "PID", "timestamp": 0}},
-    {"type": "execution_cached", "data": {"nodes": [], "prompt_id": "PID", "timestamp": 0}},
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 0.0,
-                    "max": 1.0,
-                    "state": "running",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                }
-            },
-        },
-    },
-    {"type": "executing", "data": {"node": "1", "display_node": "1", "prompt_id": "PID"}},
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                }
-            },
-        },
-    },
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                },
-                "2": {
-                    "value": 0.0,
-                    "max": 1.0,
-                    "state": "running",
-                    "node_id": "2",
-                    "prompt_id": "PID",
-                    "display_node_id": "2",
-                    "parent_node_id": None,
-                    "real_node_id": "2",
-                },
-            },
-        },
-    },
-    {"type": "executing", "data": {"node": "2", "display_node": "2", "prompt_id": "PID"}},
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                },
-                "2": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "2",
-                    "prompt_id": "PID",
-                    "display_node_id": "2",
-                    "parent_node_id": None,
-                    "real_node_id": "2",
-                },
-            },
-        },
-    },
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                },
-                "2": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "2",
-                    "prompt_id": "PID",
-                    "display_node_id": "2",
-                    "parent_node_id": None,
-                    "real_node_id": "2",
-                },
-                "3": {
-                    "value": 0.0,
-                    "max": 1.0,
-                    "state": "running",
-                    "node_id": "3",
-                    "prompt_id": "PID",
-                    "display_node_id": "3",
-                    "parent_node_id": None,
-                    "real_node_id": "3",
-                },
-            },
-        },
-    },
-    {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": "PID"}},
-    {
-        "type": "executed",
-        "data": {
-            "node": "3",
-            "display_node": "3",
-            "output": {"images": [{"filename": "tiny_00001_.png", "subfolder": "harness", "type": "output"}]},
-            "prompt_id": "PID",
-        },
-    },
-    {
-        "type": "progress_state",
-        "data": {
-            "prompt_id": "PID",
-            "nodes": {
-                "1": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "1",
-                    "prompt_id": "PID",
-                    "display_node_id": "1",
-                    "parent_node_id": None,
-                    "real_node_id": "1",
-                },
-                "2": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "2",
-                    "prompt_id": "PID",
-                    "display_node_id": "2",
-                    "parent_node_id": None,
-                    "real_node_id": "2",
-                },
-                "3": {
-                    "value": 1.0,
-                    "max": 1.0,
-                    "state": "finished",
-                    "node_id": "3",
-                    "prompt_id": "PID",
-                    "display_node_id": "3",
-                    "parent_node_id": None,
-                    "real_node_id": "3",
-                },
-            },
-        },
-    },
-    {"type": "execution_success", "data": {"prompt_id": "PID", "timestamp": 0}},
-    {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}},
-    {"type": "executing", "data": {"node": None, "prompt_id": "PID"}},
-]
 
-CAPTURED_TINY_PROMPT_ID = "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8"
+def _kinds(recorded_ws: list[list[Any]]) -> list[str]:
+    """The message types of a recorded WebSocket stream ([seconds, type, message] rows)."""
+    return [kind for _, kind, _ in recorded_ws]
 
-CAPTURED_TINY_HISTORY_ENTRY = {
-    "prompt": [
-        0,
-        "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8",
-        {
-            "1": {
-                "class_type": "EmptyImage",
-                "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16711680},
-            },
-            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "harness/tiny"}},
-        },
-        {"client_id": "explore-36816362"},
-        ["3"],
-    ],
-    "outputs": {"3": {"images": [{"filename": "tiny_00001_.png", "subfolder": "harness", "type": "output"}]}},
-    "status": {
-        "status_str": "success",
-        "completed": True,
-        "messages": [
-            ["execution_start", {"prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177100}],
-            [
-                "execution_cached",
-                {"nodes": [], "prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177100},
-            ],
-            ["execution_success", {"prompt_id": "2b6f8ef1-de1c-45ae-821c-5a2d69e34ba8", "timestamp": 1795891177113}],
-        ],
-    },
-    "meta": {"3": {"node_id": "3", "display_node": "3", "parent_node": None, "real_node_id": "3"}},
-}
 
-CAPTURED_CACHED_WS_TYPES = [
-    "status",
-    "status",
-    "execution_start",
-    "execution_cached",
-    "executed",
-    "progress_state",
-    "execution_success",
-    "status",
-    "executing",
-]
+def _progress_segment(types: list[str]) -> list[str]:
+    """What the one node that reports progress ticks sends between its `executing` and the next node's
+    `executing` (ticks, its finish, the next node's start)."""
+    starts = [i for i, kind in enumerate(types) if kind == "executing"]
+    segments = [types[a + 1 : b] for a, b in itertools.pairwise(starts)]
+    (segment,) = [s for s in segments if "progress" in s]
+    return segment
 
-CAPTURED_RUNTIME_ERROR_WS_TYPES = [
-    "status",
-    "status",
-    "execution_start",
-    "execution_cached",
-    "progress_state",
-    "executing",
-    "execution_error",
-    "status",
-    "executing",
-]
 
-CAPTURED_EXECUTION_ERROR_KEYS = [
-    "prompt_id",
-    "node_id",
-    "node_type",
-    "executed",
-    "exception_message",
-    "exception_type",
-    "traceback",
-    "current_inputs",
-    "current_outputs",
-    "timestamp",
-]
+# protocol_capture_2.json "upscale": its one ticking node reports 16 progress ticks
+CAPTURED_PROGRESS_SEGMENT = _progress_segment(CAPTURE_2["upscale"]["types"])
 
-CAPTURED_INTERRUPTED_KEYS = ["prompt_id", "node_id", "node_type", "executed", "timestamp"]
+# protocol_capture_1.json tiny_ws, as sent (tests compare after ``normalized``, against CAPTURED_TINY_PROMPT_ID)
+CAPTURED_TINY_WS = [message for _, _, message in CAPTURE_1["tiny_ws"]]
 
-CAPTURED_INVALID = {
-    "missing_input": [
-        400,
-        {
-            "error": {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "Required input is missing: images",
-                "extra_info": {},
-            },
-            "node_errors": {
-                "3": {
-                    "errors": [
-                        {
-                            "type": "required_input_missing",
-                            "message": "Required input is missing",
-                            "details": "images",
-                            "extra_info": {"input_name": "images"},
-                        }
-                    ],
-                    "dependent_outputs": ["3"],
-                    "class_type": "SaveImage",
-                }
-            },
-        },
-    ],
-    "bad_value": [
-        400,
-        {
-            "error": {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "",
-                "extra_info": {},
-            },
-            "node_errors": {
-                "1": {
-                    "errors": [
-                        {
-                            "type": "value_bigger_than_max",
-                            "message": "Value 999999 bigger than max of 16384",
-                            "details": "width",
-                            "extra_info": {
-                                "input_name": "width",
-                                "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
-                                "received_value": 999999,
-                            },
-                        }
-                    ],
-                    "dependent_outputs": ["3"],
-                    "class_type": "EmptyImage",
-                }
-            },
-        },
-    ],
-    "bad_type": [
-        400,
-        {
-            "error": {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "",
-                "extra_info": {},
-            },
-            "node_errors": {
-                "1": {
-                    "errors": [
-                        {
-                            "type": "invalid_input_type",
-                            "message": "Failed to convert an input value to a INT value",
-                            "details": "width, abc, invalid literal for int() with base 10: 'abc'",
-                            "extra_info": {
-                                "input_name": "width",
-                                "input_config": ["INT", {"default": 512, "min": 1, "max": 16384, "step": 1}],
-                                "received_value": "abc",
-                                "exception_message": "invalid literal for int() with base 10: 'abc'",
-                            },
-                        }
-                    ],
-                    "dependent_outputs": ["3"],
-                    "class_type": "EmptyImage",
-                }
-            },
-        },
-    ],
-    "bad_link": [
-        400,
-        {
-            "error": {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "Exception when validating node: '9'",
-                "extra_info": {},
-            },
-            "node_errors": {
-                "3": {
-                    "errors": [
-                        {
-                            "type": "exception_during_validation",
-                            "message": "Exception when validating node",
-                            "details": "'9'",
-                            "extra_info": {
-                                "exception_type": "KeyError",
-                                "traceback": [
-                                    '  File "/comfyui/execution.py", '
-                                    "line 1010, in validate_prompt\n"
-                                    "    m = await "
-                                    "validate_inputs(prompt_id, prompt, "
-                                    "o, validated)\n"
-                                    "        "
-                                    "^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n",
-                                    '  File "/comfyui/execution.py", '
-                                    "line 788, in validate_inputs\n"
-                                    "    o_class_type = "
-                                    "prompt[o_id]['class_type']\n"
-                                    "                   "
-                                    "~~~~~~^^^^^^\n",
-                                ],
-                            },
-                        }
-                    ],
-                    "dependent_outputs": ["3"],
-                    "class_type": "SaveImage",
-                }
-            },
-        },
-    ],
-    "unknown_class": [
-        400,
-        {
-            "error": {
-                "type": "invalid_prompt",
-                "message": "Cannot execute because node NoSuchNode does not exist.",
-                "details": "Node ID '#1'",
-                "extra_info": {},
-            },
-            "node_errors": {},
-        },
-    ],
-    "no_output_node": [
-        400,
-        {
-            "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
-            "node_errors": {},
-        },
-    ],
-    "bad_combo": [
-        400,
-        {
-            "error": {
-                "type": "prompt_outputs_failed_validation",
-                "message": "Prompt outputs failed validation",
-                "details": "",
-                "extra_info": {},
-            },
-            "node_errors": {
-                "2": {
-                    "errors": [
-                        {
-                            "type": "value_not_in_list",
-                            "message": "Value not in list",
-                            "details": "upscale_method: 'magic' not in ['nearest-exact', "
-                            "'bilinear', 'area', 'bicubic', 'lanczos']",
-                            "extra_info": {
-                                "input_name": "upscale_method",
-                                "input_config": [["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}],
-                                "received_value": "magic",
-                            },
-                        }
-                    ],
-                    "dependent_outputs": ["3"],
-                    "class_type": "ImageScale",
-                }
-            },
-        },
-    ],
-    "missing_model_file": [
-        400,
-        {
-            "error": {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
-            "node_errors": {},
-        },
-    ],
-    "no_prompt_key": [
-        400,
-        {
-            "error": {
-                "type": "no_prompt",
-                "message": "No prompt provided",
-                "details": "No prompt provided",
-                "extra_info": {},
-            },
-            "node_errors": {},
-        },
-    ],
-    "prompt_not_dict": [500, "500 Internal Server Error\n\nServer got itself in trouble"],
-    "malformed_json": [500, "500 Internal Server Error\n\nServer got itself in trouble"],
-}
+CAPTURED_TINY_PROMPT_ID: str = CAPTURE_1["tiny_post"]["body"]["prompt_id"]
+
+CAPTURED_TINY_HISTORY_ENTRY: dict[str, Any] = CAPTURE_1["tiny_history"]["body"][CAPTURED_TINY_PROMPT_ID]
+
+# the client id the tiny run was recorded with (its history entry's extra_data)
+CAPTURED_TINY_CLIENT_ID: str = CAPTURED_TINY_HISTORY_ENTRY["prompt"][3]["client_id"]
+
+CAPTURED_CACHED_WS_TYPES = _kinds(CAPTURE_1["cached_ws"])
+
+CAPTURED_RUNTIME_ERROR_WS_TYPES = _kinds(CAPTURE_1["runtime_err_ws"])
+
+CAPTURED_EXECUTION_ERROR_KEYS = next(
+    list(message["data"]) for _, kind, message in CAPTURE_1["runtime_err_ws"] if kind == "execution_error"
+)
+
+CAPTURED_INTERRUPTED_KEYS = list(CAPTURE_2["interrupt"]["msg"]["data"])
+
+# POST /prompt answers by case name, as (status code, body)
+CAPTURED_INVALID = {case: (answer["code"], answer["body"]) for case, answer in recorded_invalid().items()}
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -598,7 +175,7 @@ def wait_for(check, timeout: float = 10, step: float = 0.02):
 
 
 def normalized(value: Any, prompt_id: str) -> Any:
-    """Prompt id -> "PID", timestamps -> 0, as in the CAPTURED_* constants."""
+    """Prompt id -> "PID", timestamps -> 0, so a run compares with a recorded one."""
     if isinstance(value, dict):
         return {k: 0 if k == "timestamp" else normalized(v, prompt_id) for k, v in value.items()}
     if isinstance(value, list):
@@ -622,19 +199,21 @@ def png_bytes(size=(40, 30), colour=(10, 200, 30)) -> bytes:
 
 # ------------------------------------------------------------------------------------------------- a run
 def test_tiny_run_sends_the_captured_message_sequence(sim, connect):
-    socket = connect("explore-36816362")
+    socket = connect(CAPTURED_TINY_CLIENT_ID)
     assert socket.hello == {
         "type": "status",
-        "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "explore-36816362"},
+        "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": CAPTURED_TINY_CLIENT_ID},
     }
-    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "explore-36816362"))
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, CAPTURED_TINY_CLIENT_ID))
     messages = socket.until_done(prompt_id)
-    assert [normalized(m, prompt_id) for m in messages] == CAPTURED_TINY_WS
+    assert [normalized(m, prompt_id) for m in messages] == [
+        normalized(m, CAPTURED_TINY_PROMPT_ID) for m in CAPTURED_TINY_WS
+    ]
 
 
 def test_history_entry_has_comfyuis_shape_and_view_serves_the_real_png(sim, connect):
-    socket = connect("explore-36816362")
-    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "explore-36816362"))
+    socket = connect(CAPTURED_TINY_CLIENT_ID)
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, CAPTURED_TINY_CLIENT_ID))
     socket.until_done(prompt_id)
     entry = history(sim, prompt_id)
     assert normalized(entry, prompt_id) == normalized(CAPTURED_TINY_HISTORY_ENTRY, CAPTURED_TINY_PROMPT_ID)
@@ -707,7 +286,7 @@ def test_invalid_prompt_gets_comfyuis_400_body(sim, case):
 
 def test_missing_prompt_key_gets_400_no_prompt(sim):
     response = requests.post(f"{sim.url}/prompt", json={"client_id": "x"}, timeout=10)
-    assert (response.status_code, response.json()) == tuple(CAPTURED_INVALID["no_prompt_key"])
+    assert (response.status_code, response.json()) == CAPTURED_INVALID["no_prompt_key"]
 
 
 def test_malformed_json_and_non_object_prompt_get_comfyuis_plain_text_500(sim):
