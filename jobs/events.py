@@ -58,25 +58,54 @@ class _Publisher:
     async def _drain(self) -> None:
         layer = get_channel_layer()
         while True:
-            item = await self.queue.get()
-            if item is None:
-                return
-            groups, message = item
-            for group in groups:
-                try:
-                    await layer.group_send(group, message)
-                except Exception:  # a lost event must never take the dispatch loop down with it
-                    log.exception("Could not publish %s to %s", message.get("type"), group)
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            items = [item for item in batch if item is not None]
+            for groups, message in coalesce(items):
+                # One message's groups are independent of each other; each group's order is kept because
+                # the next message waits for this one.
+                await asyncio.gather(*(self._send(layer, group, message) for group in groups))
             with self.lock:
-                self.pending -= 1
+                self.pending -= len(items)
                 if self.pending == 0:
                     self.idle.set()
+            if len(items) != len(batch):
+                return
+
+    @staticmethod
+    async def _send(layer: Any, group: str, message: dict[str, Any]) -> None:
+        try:
+            await layer.group_send(group, message)
+        except Exception:  # a lost event must never take the dispatch loop down with it
+            log.exception("Could not publish %s to %s", message.get("type"), group)
 
     def put(self, groups: list[str], message: dict[str, Any]) -> None:
         with self.lock:
             self.pending += 1
             self.idle.clear()
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (groups, message))
+
+
+def coalesce(items: list[tuple[list[str], dict[str, Any]]]) -> list[tuple[list[str], dict[str, Any]]]:
+    """Drop ``progress_state`` messages that a later one of the same prompt to the same groups supersedes.
+
+    Each progress_state is a snapshot of every node's state, so only the newest waiting one matters; when
+    the channel layer falls behind, skipping the stale ones lets the events after them (the final
+    ``executing {node: null}`` above all) through sooner. Every other message is kept, in order.
+    """
+    seen: set[tuple[Any, ...]] = set()
+    kept = []
+    for groups, message in reversed(items):
+        inner = message.get("message") or {}
+        if inner.get("type") == "progress_state":
+            key = (tuple(groups), (inner.get("data") or {}).get("prompt_id"))
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append((groups, message))
+    kept.reverse()
+    return kept
 
 
 _publisher: _Publisher | None = None
