@@ -235,3 +235,35 @@ def test_backend_rejection_at_dispatch_fails_with_its_node_errors(client, person
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error["node_errors"]["1"]["errors"][0]["type"] == "value_bigger_than_max"
+
+
+def test_job_lost_by_a_restarted_backend_is_retried_once_under_a_new_prompt_id(client, personas, tmp_path):
+    from gpu_backends.simulator import SimulatorConfig, SimulatorThread
+
+    first = SimulatorThread(SimulatorConfig(output_dir=tmp_path / "a", node_delay=0.01, hang_on_class={"ImageInvert"}))
+    first.start()
+    port = int(first.url.rsplit(":", 1)[1])
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(url=first.url)
+    job = Job.objects.get(prompt_id=submit(client, personas.seat_a).json()["prompt_id"])
+    worker = threading.Thread(target=run_worker, kwargs={"max_jobs": 1})
+    worker.start()
+    deadline = time.monotonic() + 10
+    while Job.objects.get(pk=job.pk).status != Job.Status.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The backend restarts on the same address and knows nothing of the job.
+    first.stop()
+    second = SimulatorThread(SimulatorConfig(output_dir=tmp_path / "b", node_delay=0.01), port=port).start()
+    try:
+        worker.join(timeout=30)
+        job.refresh_from_db()
+        # Requeued with its attempt counted, and claimed again at once (the slot is free).
+        assert (job.status, job.attempts) == (Job.Status.DISPATCHING, 2)
+        assert "lost the job" in job.events.filter(to_status="queued").get().reason
+        run_worker()
+        job.refresh_from_db()
+        assert job.status == Job.Status.SUCCEEDED and job.attempts == 2
+        assert job.backend_prompt_id != str(job.prompt_id)  # the retry did not reuse the lost prompt's id
+        assert list(requests.get(f"{second.url}/history", timeout=5).json()) == [job.backend_prompt_id]
+        assert Artifact.objects.filter(job=job).count() == 1
+    finally:
+        second.stop()
