@@ -65,8 +65,4 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait()
 
 
-def env_url(directory: Path) -> str:
-    return f"unix://{directory / 'redis.sock'}"
-
-
-__all__ = ["env_url", "start", "stop"]
+__all__ = ["start", "stop"]

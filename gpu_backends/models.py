@@ -66,10 +66,6 @@ class GpuBackend(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def is_simulator(self) -> bool:
-        return self.kind == self.Kind.SIMULATOR
-
     def mark(self, state: str, error: str = "") -> bool:
         """Record a health observation; returns True when the state changed."""
         changed = state != self.state

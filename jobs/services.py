@@ -197,6 +197,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "seat": job.seat.label if job.seat_id else None,
         "status": job.status,
         "status_label": Job.Status(job.status).label,
+        "can_cancel": job.can_cancel(),
         "reason": job.status_reason,
         "backend": job.backend.name if job.backend_id and job.backend else None,
         "attempts": job.attempts,
