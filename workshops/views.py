@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from jobs.auth import seat_for_user
 
 from .models import JoinLink, hash_token
 
-DEMO_WORKFLOW = Path(__file__).resolve().parent / "data" / "tiny_workflow_api.json"
+DEMO_WORKFLOW_PATH = Path(__file__).resolve().parent / "data" / "tiny_workflow_api.json"
+
+
+@functools.cache
+def demo_workflow() -> dict:
+    """The test workflow the seat page can queue, read once per process."""
+    return json.loads(DEMO_WORKFLOW_PATH.read_text())
 
 
 class SeatLoginView(LoginView):
@@ -43,7 +50,7 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "workshops/seat.html",
-        {"seat": seat, "workshop": seat.workshop, "demo_workflow": json.loads(DEMO_WORKFLOW.read_text())},
+        {"seat": seat, "workshop": seat.workshop, "demo_workflow": demo_workflow()},
     )
 
 

@@ -72,30 +72,34 @@ def _json(value: Any) -> str:
     return json.dumps(value)
 
 
-def save_png(
-    path: Path, image: Image.Image, *, prompt: dict | None, extra_pnginfo: dict | None, compress_level: int = 4
-) -> None:
-    """A PNG with ComfyUI's text chunks (``prompt``, one per ``extra_pnginfo`` key) plus the simulator label."""
+def _png_info(prompt: dict | None, extra_pnginfo: dict | None) -> PngInfo:
+    """ComfyUI's text chunks (``prompt``, one per ``extra_pnginfo`` key) plus the simulator label."""
     info = PngInfo()
     info.add_text("comfyume_simulator", METADATA_LABEL)
     if prompt is not None:
         info.add_text("prompt", _json(prompt))
     for key, value in (extra_pnginfo or {}).items():
         info.add_text(str(key), _json(value))
-    image.save(path, pnginfo=info, compress_level=compress_level)
+    return info
+
+
+def save_png(
+    path: Path, image: Image.Image, *, prompt: dict | None, extra_pnginfo: dict | None, compress_level: int = 4
+) -> None:
+    """A PNG with ComfyUI's text chunks plus the simulator label."""
+    image.save(path, pnginfo=_png_info(prompt, extra_pnginfo), compress_level=compress_level)
 
 
 def save_animated_png(
     path: Path, frames: list[Image.Image], *, fps: float, prompt: dict | None, extra_pnginfo: dict | None
 ) -> None:
-    info = PngInfo()
-    info.add_text("comfyume_simulator", METADATA_LABEL)
-    if prompt is not None:
-        info.add_text("prompt", _json(prompt))
-    for key, value in (extra_pnginfo or {}).items():
-        info.add_text(str(key), _json(value))
     frames[0].save(
-        path, pnginfo=info, compress_level=4, save_all=True, duration=int(1000.0 / fps), append_images=frames[1:]
+        path,
+        pnginfo=_png_info(prompt, extra_pnginfo),
+        compress_level=4,
+        save_all=True,
+        duration=int(1000.0 / fps),
+        append_images=frames[1:],
     )
 
 
