@@ -40,13 +40,16 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## browser-deps: Debian's chromium for the browser tests, when we may install it (root); else they skip
+## browser-deps: Debian's chromium and nginx for the browser and nginx tests, when we may install them (root);
+## else those tests skip
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
-	      && echo "Installed Debian's chromium for the browser tests."; \
-	  else echo "chromium not found and not root: browser tests will be skipped."; fi; }
+	@for pkg in chromium nginx; do \
+	  command -v $$pkg >/dev/null 2>&1 || [ -x /usr/sbin/$$pkg ] || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      (apt-get install -y -qq $$pkg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null)) \
+	        && echo "Installed Debian's $$pkg for the tests."; \
+	    else echo "$$pkg not found and not root: the tests that need it will be skipped."; fi; }; \
+	done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

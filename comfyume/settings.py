@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -226,3 +227,54 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # The address participants use (join links and printed credentials are built from it).
 PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}").rstrip("/")
+
+# --- Seat frontends: one light ComfyUI server per seat (docs/CONFIGURATION.md#seat-frontends) ---
+
+
+def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.str(name, default=default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+    return value
+
+
+SEAT_FRONTENDS = {
+    # How seat frontends run: "process" (local supervised processes) or "docker" (Docker Engine API).
+    "DRIVER": _one_of("COMFYUME_SEAT_DRIVER", "docker" if PRODUCTION else "process", ("process", "docker")),
+    # How a browser reaches a seat: "port" (each seat on its own port of this host, `make run` without nginx)
+    # or "path" (https://<host>/userNNN/ behind the nginx config `manage.py render_nginx` writes).
+    "ROUTING": _one_of("COMFYUME_SEAT_ROUTING", "path" if PRODUCTION else "port", ("port", "path")),
+    # Where seat frontends reach the hub (their API calls and session checks); not the public address.
+    # Production's default is the compose service name of the web process.
+    "HUB_URL": env.str(
+        "COMFYUME_HUB_INTERNAL_URL",
+        default="http://web:8000" if PRODUCTION else f"http://127.0.0.1:{env.int('PORT', default=8000)}",
+    ).rstrip("/"),
+    # The process driver: the interface seat frontends listen on and the first port it hands out.
+    "BIND_HOST": env.str("COMFYUME_SEAT_BIND_HOST", default="127.0.0.1"),
+    "PORT_BASE": env.int("COMFYUME_SEAT_PORT_BASE", default=8101),
+    # Where seats' userdata (workflows, settings) and uploaded images live (process driver).
+    "DATA_DIR": Path(env.str("COMFYUME_SEAT_DATA_DIR", default=str(DATA_DIR / "seats"))).resolve(),
+    # The docker driver: engine (DOCKER_HOST as the docker CLI reads it), image, limits, network.
+    "DOCKER_HOST": env.str("DOCKER_HOST", default="unix:///var/run/docker.sock"),
+    "IMAGE": env.str("COMFYUME_SEAT_IMAGE", default="comfyume/seat-frontend:latest"),
+    "MEMORY": env.str("COMFYUME_SEAT_MEMORY", default="256m"),
+    "CPUS": env.float("COMFYUME_SEAT_CPUS", default=0.5),
+    "NETWORK": env.str("COMFYUME_SEAT_NETWORK", default="comfyume-seats"),
+    # How long (seconds) a seat frontend trusts the hub's answer about a browser session.
+    "AUTH_CACHE_SECONDS": env.float("COMFYUME_SEAT_AUTH_CACHE_SECONDS", default=5.0),
+    # Largest image a participant may upload (MB).
+    "MAX_UPLOAD_MB": env.int("COMFYUME_MAX_UPLOAD_MB", default=50),
+}
+
+if SEAT_FRONTENDS["DRIVER"] == "docker" and urlsplit(SEAT_FRONTENDS["HUB_URL"]).hostname in ("127.0.0.1", "localhost"):
+    raise ImproperlyConfigured(
+        "COMFYUME_HUB_INTERNAL_URL points at localhost, which inside a seat container is the container itself; "
+        "set it to the hub's address on the seats' network (for example http://web:8000)."
+    )
+
+# Sign-in attempts allowed per client address and per username in a window of LOGIN_RATE_WINDOW seconds.
+LOGIN_RATE_LIMIT = env.int("COMFYUME_LOGIN_RATE_LIMIT", default=10)
+LOGIN_RATE_WINDOW = env.int("COMFYUME_LOGIN_RATE_WINDOW", default=300)
+# Let nginx's seat check and seat frontends accept `Authorization: Basic` with seat credentials.
+SEAT_HTTP_BASIC = env.bool("COMFYUME_SEAT_HTTP_BASIC", default=False)

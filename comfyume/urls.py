@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from comfyume import health
 from jobs import api
+from workshops import seat_api
 from workshops import views as workshop_views
 
 admin.site.site_header = "ComfyuME"
@@ -20,6 +21,9 @@ hub_api = [
     path("jobs", api.job_list, name="jobs"),
     path("jobs/<str:prompt_id>", api.job_detail, name="job"),
     path("jobs/<str:prompt_id>/cancel", api.job_cancel, name="job-cancel"),
+    path("seat", seat_api.seat_info, name="seat"),
+    path("status", seat_api.seat_status, name="status"),
+    path("inputs", seat_api.upload_input, name="inputs"),
 ]
 
 urlpatterns = [
@@ -27,6 +31,7 @@ urlpatterns = [
     path("login/", workshop_views.SeatLoginView.as_view(), name="login"),
     path("logout/", workshop_views.logout_view, name="logout"),
     path("join/<str:token>/", workshop_views.join, name="join"),
+    path("auth/seat", workshop_views.seat_access, name="seat-access"),
     path("api/hub/", include((hub_api, "hub"))),
     path("health", health.health, name="health"),
     path("metrics", health.metrics, name="metrics"),

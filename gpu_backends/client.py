@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
@@ -123,6 +123,25 @@ class ComfyUIClient:
         if response.status_code >= 400:
             raise BackendError(f"POST /prompt answered {response.status_code}", status=response.status_code)
         return self._json(response)
+
+    def upload_image(
+        self, handle: BinaryIO, *, filename: str, subfolder: str, content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
+        """POST /upload/image (overwrite): ``{name, subfolder, type}`` as ComfyUI stored it."""
+        response = self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, handle, content_type)},
+            data={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+        )
+        if response.status_code >= 400:
+            raise BackendError(
+                f"POST /upload/image answered {response.status_code}: {response.text[:200]}",
+                permanent=400 <= response.status_code < 500,
+                status=response.status_code,
+            )
+        answer = self._json(response)
+        return answer if isinstance(answer, dict) else {}
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of one prompt, or None while ComfyUI has not written it."""

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import websocket
 
@@ -44,6 +44,37 @@ class RunSpec:
     backend_prompt_id: str
     client_id: str
     extra_data: dict[str, Any] = field(default_factory=dict)
+    inputs: list[InputFile] = field(default_factory=list)
+
+
+@dataclass
+class InputFile:
+    """An image the participant uploaded that the prompt names (``name`` as in the prompt)."""
+
+    name: str
+    open: Callable[[], BinaryIO]
+    content_type: str = "application/octet-stream"
+
+
+def rewrite_inputs(prompt: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """The prompt with every input value naming an uploaded file replaced by its name on the backend
+    (ComfyUI also accepts the ``name [input]`` annotation, which is kept)."""
+    if not renamed:
+        return prompt
+    out: dict[str, Any] = {}
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
+            out[node_id] = node
+            continue
+        inputs = {}
+        for key, value in node["inputs"].items():
+            if isinstance(value, str):
+                bare, annotated = (value[: -len(" [input]")], True) if value.endswith(" [input]") else (value, False)
+                if bare in renamed:
+                    value = renamed[bare] + (" [input]" if annotated else "")
+            inputs[key] = value
+        out[node_id] = {**node, "inputs": inputs}
+    return out
 
 
 class RunSink(Protocol):
@@ -140,11 +171,26 @@ class ComfyUIProvider(Provider):
         self.client.delete_from_queue([backend_prompt_id])
         self.client.interrupt(backend_prompt_id)
 
+    def upload_inputs(self, spec: RunSpec) -> dict[str, str]:
+        """Put the job's uploaded images on the backend under a folder of their own, so seats sharing a
+        backend never see (or overwrite) each other's files. Returns prompt name -> backend name."""
+        renamed = {}
+        for item in spec.inputs:
+            folder, _, filename = item.name.rpartition("/")
+            subfolder = "/".join(p for p in ("comfyume", spec.backend_prompt_id, folder) if p)
+            with item.open() as handle:
+                answer = self.client.upload_image(
+                    handle, filename=filename, subfolder=subfolder, content_type=item.content_type
+                )
+            renamed[item.name] = f"{answer.get('subfolder') or subfolder}/{answer.get('name') or filename}"
+        return renamed
+
     def run(self, spec: RunSpec, sink: RunSink) -> RunOutcome:
+        prompt = rewrite_inputs(spec.prompt, self.upload_inputs(spec))
         ws = self.client.connect_ws(spec.client_id)
         try:
             response = self.client.submit(
-                spec.prompt, client_id=spec.client_id, prompt_id=spec.backend_prompt_id, extra_data=spec.extra_data
+                prompt, client_id=spec.client_id, prompt_id=spec.backend_prompt_id, extra_data=spec.extra_data
             )
             state = _RunState(prompt_id=spec.backend_prompt_id)
             if not sink.accepted(response):

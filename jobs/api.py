@@ -150,11 +150,23 @@ def interrupt(request: SeatRequest) -> JsonResponse:
     return JsonResponse({})
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
 @seat_required
 def history(request: SeatRequest, prompt_id: str | None = None) -> JsonResponse:
-    """ComfyUI's ``/history`` for this seat's finished jobs."""
-    jobs = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL).order_by("-id")
+    """ComfyUI's ``/history`` for this seat's finished jobs; POST ``{delete: [ids]}`` / ``{clear: true}``
+    removes them from the list (outputs stay, for the instructor's gallery)."""
+    if request.method == "POST":
+        try:
+            body = _json_body(request)
+        except ValueError as exc:
+            return api_error(400, "invalid_json", str(exc))
+        finished = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL)
+        if not body.get("clear"):
+            ids = [i for i in body.get("delete", []) if isinstance(i, str)]
+            finished = finished.filter(prompt_id__in=[u for u in (_uuid(i) for i in ids) if u])
+        finished.update(hidden=True)
+        return JsonResponse({})
+    jobs = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL, hidden=False).order_by("-id")
     if prompt_id is not None:
         key = _uuid(prompt_id)
         jobs = jobs.filter(prompt_id=key) if key else jobs.none()
@@ -189,6 +201,8 @@ def object_info(request: SeatRequest) -> HttpResponse:
 def view(request: SeatRequest) -> HttpResponseBase:
     """An output of this seat's jobs, as ComfyUI's ``/view?filename&subfolder&type=output`` names it."""
     filename, subfolder = request.GET.get("filename", ""), request.GET.get("subfolder", "")
+    if request.GET.get("type", "output") not in ("output", "temp"):
+        return api_error(400, "bad_type", "Only outputs are kept by the hub.")
     artifact = (
         Artifact.objects.filter(job__seat=request.seat, filename=filename, subfolder=subfolder).order_by("-id").first()
     )

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from gpu_backends.client import BackendError, FileRef
 from gpu_backends.models import GpuBackend
-from gpu_backends.providers import RunOutcome, RunSpec, provider_for
+from gpu_backends.providers import InputFile, RunOutcome, RunSpec, provider_for
 from storage.models import Artifact
 from storage.stores import default_store, safe_key
 
@@ -112,6 +112,15 @@ class JobRun:
         return None
 
 
+def _input_file(item: dict[str, Any]) -> InputFile:
+    store = default_store()
+    return InputFile(
+        name=item["name"],
+        open=lambda: store.open(item["key"]),
+        content_type=item.get("content_type") or "application/octet-stream",
+    )
+
+
 def dispatch_job(job_id: int, attempt: int | None = None) -> str:
     """Run one claimed job to its end. Returns the final status (for RQ's records).
 
@@ -138,6 +147,7 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
         backend_prompt_id=job.backend_prompt_id,
         client_id=f"comfyume-{job.prompt_id.hex[:12]}-{job.attempts}",
         extra_data=job.extra_data,
+        inputs=[_input_file(item) for item in job.inputs],
     )
     run = JobRun(job)
     try:

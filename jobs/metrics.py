@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db.models import Count, Sum
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from comfyume.redis_client import counters
+
 log = logging.getLogger(__name__)
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -24,15 +26,6 @@ HISTOGRAMS = {
     "finish_to_record_seconds": "The backend's final event to the job row recording the outcome.",
 }
 
-_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    return _client
-
 
 def _key(name: str) -> str:
     return f"{settings.REDIS_PREFIX}:metrics:{name}"
@@ -41,7 +34,7 @@ def _key(name: str) -> str:
 def observe(name: str, seconds: float) -> None:
     """Add one observation to a histogram. Metrics are best effort: Redis trouble never fails a job."""
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = counters().pipeline(transaction=False)
         key = _key(name)
         # Only the smallest bucket that holds the value; the scrape adds them up into Prometheus's
         # cumulative buckets. Three commands per observation instead of one per bucket.
@@ -107,7 +100,7 @@ class PipelineCollector:
 
     def _histograms(self) -> Iterator[Metric]:
         try:
-            pipe = _redis().pipeline(transaction=False)
+            pipe = counters().pipeline(transaction=False)
             for name in HISTOGRAMS:
                 pipe.hgetall(_key(name))
             stored = pipe.execute()

@@ -51,6 +51,10 @@ class Job(models.Model):
     extra_data = models.JSONField(default=dict, blank=True)
     client_id = models.CharField(max_length=128, blank=True, help_text="The submitting frontend's clientId.")
     outputs_to_execute = models.JSONField(default=list)
+    inputs = models.JSONField(
+        default=list, blank=True, help_text="Uploaded images the prompt names: [{name, key, sha256, size}]."
+    )
+    hidden = models.BooleanField(default=False, help_text="Removed from the participant's history list.")
     priority = models.IntegerField(default=0)
     instructor_lane = models.BooleanField(default=False, help_text="Goes before every participant job.")
 

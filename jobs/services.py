@@ -19,6 +19,7 @@ from gpu_backends.client import BackendError
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import provider_for
 from gpu_backends.services import object_info_for
+from storage.models import SeatInput
 from workshops.models import Seat, Workshop
 
 from . import events
@@ -84,6 +85,25 @@ def _check_caps(seat: Seat, workshop: Workshop) -> None:
         )
 
 
+def _uploaded_inputs(seat: Seat, prompt: Any) -> list[dict[str, Any]]:
+    """The seat's uploaded images that the prompt names (LoadImage and friends name them by file name,
+    optionally annotated `` [input]``); they go with the job to its GPU."""
+    if not isinstance(prompt, dict):
+        return []
+    names = set()
+    for node in prompt.values():
+        values = node.get("inputs") if isinstance(node, dict) else None
+        for value in values.values() if isinstance(values, dict) else ():
+            if isinstance(value, str) and 0 < len(value) <= 320:
+                names.add(value.removesuffix(" [input]"))
+    if not names:
+        return []
+    return [
+        {"name": i.name, "key": i.key, "sha256": i.sha256, "size": i.size, "content_type": i.content_type}
+        for i in SeatInput.objects.filter(seat=seat, name__in=names)
+    ]
+
+
 def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = False, priority: int = 0) -> Job:
     """Validate and queue a prompt for ``seat``; answers like ComfyUI's ``POST /prompt``.
 
@@ -109,6 +129,7 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
     raw_client_id = body.get("client_id")
     client_id = raw_client_id[:128] if isinstance(raw_client_id, str) else ""
 
+    inputs = _uploaded_inputs(seat, prompt)
     with transaction.atomic():
         # Lock the seat so two quick submits cannot both pass the per-seat cap.
         Seat.objects.select_for_update().filter(pk=seat.pk).first()
@@ -120,6 +141,7 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
             extra_data=extra_data,
             client_id=client_id,
             outputs_to_execute=outputs,
+            inputs=inputs,
             instructor_lane=instructor_lane,
             priority=priority,
         )

@@ -38,3 +38,22 @@ class Artifact(models.Model):
         if content_type.startswith("video/"):
             return Artifact.Kind.VIDEO
         return Artifact.Kind.OTHER
+
+
+class SeatInput(models.Model):
+    """An image a participant uploaded in their ComfyUI. Jobs that name it take it to their GPU."""
+
+    seat = models.ForeignKey("workshops.Seat", on_delete=models.CASCADE, related_name="inputs")
+    name = models.CharField(max_length=300, help_text="As ComfyUI names it: photo.png or pasted/image.png.")
+    key = models.CharField(max_length=500)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_type = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["seat", "name"]
+        constraints = [models.UniqueConstraint(fields=["seat", "name"], name="unique_input_name_per_seat")]
+
+    def __str__(self) -> str:
+        return f"{self.seat}: {self.name}"

@@ -49,6 +49,32 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free ports (seat frontends take one each)."""
+    for _ in range(50):
+        base = _free_port()
+        ports = range(base, base + count)
+        if all(_port_is_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -68,6 +94,7 @@ def platform(tmp_path_factory):
         COMFYUME_REDIS_PREFIX=f"cfme-e2e-{os.getpid()}",
         COMFYUME_SIMULATOR_PORT=str(_free_port()),
         COMFYUME_ADMIN_PASSWORD="e2e-admin-password",
+        COMFYUME_SEAT_PORT_BASE=str(_free_port_range(3)),
         PORT=str(port),
         PYTHONUNBUFFERED="1",
     )
@@ -86,7 +113,13 @@ def platform(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail(f"run_platform did not start within 90 s:\n{_tail(log)}")
-    yield {"base": base, "proc": proc, "log": log, "data_dir": data_dir}
+    yield {
+        "base": base,
+        "proc": proc,
+        "log": log,
+        "data_dir": data_dir,
+        "seat_base": int(env["COMFYUME_SEAT_PORT_BASE"]),
+    }
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -121,21 +154,38 @@ def test_banner_prints_where_to_sign_in(platform):
     assert requests.get(f"{platform['base']}/health", timeout=5).json()["status"] in ("ok", "degraded")
 
 
-def test_participant_queues_a_job_and_sees_its_image(platform, browser):
+def _sign_in(page, platform, seat: dict) -> None:
+    page.goto(f"{platform['base']}/login/")
+    page.fill("#id_username", seat["username"])
+    page.fill("#id_password", seat["password"])
+    page.click("button[type=submit]")
+
+
+def _wait_for_comfyui(page) -> None:
+    page.wait_for_selector("#graph-canvas", timeout=30000)
+    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=30000)
+
+
+def test_participant_queues_in_their_comfyui_and_sees_the_image(platform, browser):
+    """The join link signs the participant in and lands them in their own ComfyUI with the workshop's default
+    template open; Run queues it through the hub and the simulator, and the image and banner appear."""
     ARTIFACTS.mkdir(exist_ok=True)
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
-    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page = browser.new_page(viewport={"width": 1300, "height": 850})
     page.goto(seats[0]["join_url"])
-    page.wait_for_selector("text=Your seat: user001")
-    page.wait_for_selector("#live.ok", timeout=15000)  # the live socket is open
-    page.click("#queue-test")
-    page.wait_for_selector("#jobs .status.succeeded", timeout=60000)
+    _wait_for_comfyui(page)
+    assert page.url == f"http://127.0.0.1:{platform['seat_base']}/"
+    # The workshop's default template is open, as a workflow from the seat's own workflow list.
+    page.wait_for_function("() => document.body.textContent.includes('Tiny test (invert an image)')", timeout=15000)
+    page.click("button[aria-label='Run']")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#jobs .outputs img')].some(i => i.complete && i.naturalWidth > 0)",
+        "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
+    )
+    page.wait_for_function(
+        "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length > 0)",
         timeout=15000,
     )
-    page.screenshot(path=str(ARTIFACTS / "participant-job-done.png"), full_page=True)
-    assert "Done" in page.inner_text("#jobs")
+    page.screenshot(path=str(ARTIFACTS / "participant-comfyui-done.png"))
     # The join link was spent: following it again does not sign anyone in.
     other = browser.new_page()
     response = other.goto(seats[0]["join_url"])
@@ -144,15 +194,80 @@ def test_participant_queues_a_job_and_sees_its_image(platform, browser):
     page.close()
 
 
+def test_saved_workflow_survives_a_crash_of_the_seat_frontend(platform, browser):
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    page = browser.new_page(viewport={"width": 1300, "height": 850})
+    _sign_in(page, platform, seats[1])
+    _wait_for_comfyui(page)
+    # What the frontend's "Save" does: its own userdata call.
+    page.evaluate(
+        """async () => {
+            const api = window.comfyAPI.api.api;
+            const graph = window.comfyAPI.app.app.graph.serialize();
+            const res = await api.storeUserData('workflows/my-edit.json', JSON.stringify(graph), {overwrite: true});
+            if (!res.ok) throw new Error('save failed ' + res.status);
+        }"""
+    )
+    pid_file = platform["data_dir"] / "seats" / "demo" / "user002" / "frontend.pid"
+    old_pid = int(pid_file.read_text())
+    os.kill(old_pid, signal.SIGKILL)  # the seat's frontend dies
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if (
+                int(pid_file.read_text()) != old_pid
+                and requests.get(f"http://127.0.0.1:{platform['seat_base'] + 1}/comfyume/health", timeout=1).ok
+            ):
+                break
+        except (OSError, ValueError, requests.RequestException):
+            pass
+        time.sleep(0.3)
+    else:
+        pytest.fail("the supervisor did not restart the seat frontend")
+    page.reload()
+    _wait_for_comfyui(page)
+    listed = page.evaluate(
+        "async () => (await window.comfyAPI.api.api.listUserDataFullInfo('workflows')).map(f => f.path)"
+    )
+    assert "my-edit.json" in listed
+    page.close()
+
+
+def test_a_participant_cannot_open_another_seat(platform, browser):
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    page = browser.new_page()
+    _sign_in(page, platform, seats[2])
+    _wait_for_comfyui(page)
+    response = page.goto(f"http://127.0.0.1:{platform['seat_base']}/")  # user001's ComfyUI
+    assert response.status == 403
+    assert "This is not your seat" in page.inner_text("body")
+    api = page.request.get(f"http://127.0.0.1:{platform['seat_base']}/api/userdata?dir=workflows")
+    assert api.status == 403
+    page.close()
+
+
+def test_seat_page_still_queues_a_test_workflow(platform, browser):
+    """The hub's own seat page (``/?seat``) remains a fallback with a live job list."""
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    _sign_in(page, platform, seats[2])
+    _wait_for_comfyui(page)
+    page.goto(f"{platform['base']}/?seat")
+    page.wait_for_selector("text=Your seat: user003")
+    page.wait_for_selector("#live.ok", timeout=15000)
+    page.click("#queue-test")
+    page.wait_for_selector("#jobs .status.succeeded", timeout=60000)
+    page.screenshot(path=str(ARTIFACTS / "participant-job-done.png"), full_page=True)
+    assert "Done" in page.inner_text("#jobs")
+    page.close()
+
+
 def test_participant_signs_in_with_the_password_on_their_card(platform, browser):
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page()
-    page.goto(f"{platform['base']}/login/")
-    page.fill("#id_username", seats[2]["username"])
-    page.fill("#id_password", seats[2]["password"])
-    page.click("button[type=submit]")
-    page.wait_for_selector("text=Your seat: user003")
-    page.wait_for_selector("#live.ok", timeout=15000)
+    _sign_in(page, platform, seats[2])
+    _wait_for_comfyui(page)
+    assert page.url.startswith(f"http://127.0.0.1:{platform['seat_base'] + 2}/")
     page.close()
 
 
@@ -176,14 +291,14 @@ def test_instructor_sees_the_job_in_the_admin(platform, browser):
     page.wait_for_selector("#result_list")
     page.screenshot(path=str(ARTIFACTS / "admin-jobs.png"), full_page=True)
     rows = page.inner_text("#result_list")
-    assert "demo/user001" in rows and "Done" in rows
+    assert "demo/user001" in rows and "demo/user003" in rows and "Done" in rows
     page.close()
 
 
 def test_sigterm_stops_every_process_it_started(platform):
     proc = platform["proc"]
-    children = _children(proc.pid)
-    assert len(children) >= 5  # redis, simulator, workers, reconciler, web
+    children = _descendants(proc.pid)
+    assert len(children) >= 9  # redis, simulator, workers, reconciler, web, seat supervisor + 3 seat frontends
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10

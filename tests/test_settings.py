@@ -54,3 +54,15 @@ def test_embedded_secret_key_is_kept_across_starts(tmp_path):
     first = (tmp_path / "secret_key").read_text()
     start(tmp_path)
     assert (tmp_path / "secret_key").read_text() == first and len(first) > 40
+
+
+def test_unknown_seat_driver_is_refused_naming_it(tmp_path):
+    result = start(tmp_path, COMFYUME_SEAT_DRIVER="kubernetes")
+    assert result.returncode != 0
+    assert "COMFYUME_SEAT_DRIVER must be one of process, docker, not 'kubernetes'" in result.stderr
+
+
+def test_docker_seats_cannot_reach_a_hub_on_localhost(tmp_path):
+    result = start(tmp_path, COMFYUME_SEAT_DRIVER="docker", COMFYUME_HUB_INTERNAL_URL="http://127.0.0.1:8000")
+    assert result.returncode != 0
+    assert "COMFYUME_HUB_INTERNAL_URL points at localhost" in result.stderr

@@ -45,6 +45,17 @@ class Workshop(models.Model):
     )
     paused = models.BooleanField(default=False, help_text="While paused, jobs are accepted but none starts.")
     backends = models.ManyToManyField("gpu_backends.GpuBackend", blank=True, related_name="workshops")
+    templates: models.ManyToManyField = models.ManyToManyField(
+        "WorkflowTemplate", blank=True, related_name="workshops", help_text="In every seat's workflow list."
+    )
+    default_template = models.ForeignKey(
+        "WorkflowTemplate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Opened for a participant whose canvas is empty.",
+    )
     archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -114,3 +125,76 @@ class JoinLink(models.Model):
 
     def is_usable(self) -> bool:
         return self.used_at is None and self.expires_at > timezone.now()
+
+
+class Announcement(models.Model):
+    """A message from the instructor, shown at once in every participant's ComfyUI of the workshop."""
+
+    workshop = models.ForeignKey(Workshop, on_delete=models.CASCADE, related_name="announcements")
+    message = models.CharField(max_length=500)
+    active = models.BooleanField(default=True, help_text="Shown to participants (untick to withdraw it).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.message[:60]
+
+
+class WorkflowTemplate(models.Model):
+    """A workflow (ComfyUI's UI format, subgraphs included) that workshops put in every seat's workflow list."""
+
+    name = models.CharField(max_length=120, unique=True, help_text="Shown in the workflow list as <name>.json.")
+    description = models.TextField(blank=True)
+    workflow = models.JSONField(help_text="The workflow as ComfyUI saves it (UI format).")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.json"
+
+
+class SeatFrontend(models.Model):
+    """The seat's own ComfyUI frontend server: what the instructor asked for and what is running.
+
+    The seat-frontend supervisor (``manage.py run_seat_frontends``) reconciles ``desired`` with the driver's
+    view of the world; admin actions only change ``desired`` and bump the request counters, so they are
+    instant and safe to repeat.
+    """
+
+    class Desired(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    class State(models.TextChoices):
+        STOPPED = "stopped", "Stopped"
+        STARTING = "starting", "Starting"
+        RUNNING = "running", "Running"
+        FAILED = "failed", "Failed (restarting)"
+
+    seat = models.OneToOneField(Seat, on_delete=models.CASCADE, related_name="frontend")
+    desired = models.CharField(max_length=10, choices=Desired.choices, default=Desired.RUNNING)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.STOPPED)
+    driver = models.CharField(max_length=20, blank=True, help_text="The driver that last started it.")
+    port = models.PositiveIntegerField(null=True, blank=True, unique=True)
+    address = models.CharField(max_length=200, blank=True, help_text="host:port where nginx and the hub reach it.")
+    # An admin action bumps a counter; the supervisor carries it out and records the value it handled.
+    restart_requested = models.PositiveIntegerField(default=0)
+    restart_done = models.PositiveIntegerField(default=0)
+    reset_requested = models.PositiveIntegerField(default=0)
+    reset_done = models.PositiveIntegerField(default=0)
+    restarts = models.PositiveIntegerField(default=0, help_text="Times it died and was started again.")
+    last_error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"frontend of {self.seat}"

@@ -1,12 +1,17 @@
-"""Participants' pages: sign in (password or one-time join link) and their seat's page."""
+"""Participants' pages: sign in (password or one-time join link), their seat's page, and the seat access
+check that nginx and seat frontends ask before serving a seat."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
-from django.contrib.auth import login, logout
+from django.conf import settings
+from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.views import LoginView
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -16,7 +21,8 @@ from django.views.decorators.http import require_POST
 
 from jobs.auth import seat_for_user
 
-from .models import JoinLink, hash_token
+from . import frontends, ratelimit
+from .models import JoinLink, Seat, hash_token
 
 DEMO_WORKFLOW_PATH = Path(__file__).resolve().parent / "data" / "tiny_workflow_api.json"
 
@@ -28,8 +34,28 @@ def demo_workflow() -> dict:
 
 
 class SeatLoginView(LoginView):
+    """Username + password, with failed attempts limited per address and per username."""
+
     template_name = "workshops/login.html"
     redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        address, username = ratelimit.client_address(request), request.POST.get("username", "")
+        wait = ratelimit.retry_after(address, username)
+        if wait:
+            minutes = max(1, -(-wait // 60))
+            form = self.get_form()
+            form.errors.clear()
+            context = self.get_context_data(form=form, rate_limited=minutes)
+            response = self.render_to_response(context, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        response = super().post(request, *args, **kwargs)
+        if request.user.is_authenticated:
+            ratelimit.clear(address, username)
+        else:
+            ratelimit.record_failure(address, username)
+        return response
 
 
 @require_POST
@@ -39,7 +65,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Staff go to the admin; a participant sees their seat; anyone else signs in."""
+    """Staff go to the admin; a participant goes to their ComfyUI (or their seat page while it starts)."""
     if not request.user.is_authenticated:
         return redirect("login")
     seat = seat_for_user(request.user)
@@ -47,10 +73,17 @@ def home(request: HttpRequest) -> HttpResponse:
         if request.user.is_staff:
             return redirect("admin:index")
         return render(request, "workshops/no_seat.html", status=403)
+    url = frontends.seat_url(seat, request)
+    if url and "seat" not in request.GET:
+        return redirect(url)
+    return seat_page(request, seat, comfyui_url=url)
+
+
+def seat_page(request: HttpRequest, seat: Seat, *, comfyui_url: str | None) -> HttpResponse:
     return render(
         request,
         "workshops/seat.html",
-        {"seat": seat, "workshop": seat.workshop, "demo_workflow": demo_workflow()},
+        {"seat": seat, "workshop": seat.workshop, "demo_workflow": demo_workflow(), "comfyui_url": comfyui_url},
     )
 
 
@@ -69,3 +102,55 @@ def join(request: HttpRequest, token: str) -> HttpResponse:
         link.save(update_fields=["used_at"])
         login(request, link.seat.participant, backend="django.contrib.auth.backends.ModelBackend")
     return redirect("home")
+
+
+# --- Seat access: nginx's auth_request and every seat frontend ask here --------------------------
+
+
+def _basic_user(request: HttpRequest) -> Any:
+    """The user of an ``Authorization: Basic`` header (when enabled), rate limited like the sign-in form."""
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not settings.SEAT_HTTP_BASIC:
+        return None
+    try:
+        username, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    address = ratelimit.client_address(request)
+    if ratelimit.retry_after(address, username):
+        return None
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        ratelimit.record_failure(address, username)
+    return user
+
+
+def _access_answer(status: int, reason: str, user: Any = None) -> HttpResponse:
+    response = HttpResponse(status=status)
+    response["X-Comfyume-Reason"] = reason
+    if user is not None:
+        response["X-Comfyume-User"] = user.get_username()
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def seat_access(request: HttpRequest) -> HttpResponse:
+    """May this browser use this seat? 204 yes, 401 not signed in, 403 someone else's seat, 404 no such seat.
+
+    The seat is named by the asking seat frontend's own token (``X-Comfyume-Seat-Token``) or, for nginx, by
+    the ``/userNNN/`` prefix of ``X-Original-URI`` within the workshop in ``X-Comfyume-Workshop``. The
+    person comes only from the browser's session cookie (or HTTP Basic, when enabled) — never from a URL.
+    """
+    seat = frontends.seat_for_access_check(
+        token=request.headers.get("X-Comfyume-Seat-Token", ""),
+        original_uri=request.headers.get("X-Original-URI", ""),
+        workshop_slug=request.headers.get("X-Comfyume-Workshop", ""),
+    )
+    if seat is None:
+        return _access_answer(404, "no-such-seat")
+    user = request.user if request.user.is_authenticated else _basic_user(request)
+    if user is None:
+        return _access_answer(401, "sign-in")
+    if user.is_staff or seat.participant_id == user.pk:
+        return _access_answer(204, "ok", user)
+    return _access_answer(403, "other-seat", user)

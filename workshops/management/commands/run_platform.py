@@ -28,11 +28,18 @@ from django.db import transaction
 
 from comfyume import embedded_redis
 from gpu_backends.models import GpuBackend
-from workshops.models import Workshop
+from workshops import frontends
+from workshops.models import WorkflowTemplate, Workshop
 from workshops.services import create_workshop, credentials_as_dicts
+
+DEMO_TEMPLATE = settings.BASE_DIR / "workshops" / "data" / "templates" / "tiny-invert.json"
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
+
+
+def workshop_ports(workshop: Workshop) -> list[int | None]:
+    return list(workshop.seats.values_list("frontend__port", flat=True))
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -108,6 +115,8 @@ class Command(BaseCommand):
         logs.mkdir(parents=True, exist_ok=True)
         if not _port_free(port, host):
             raise CommandError(f"Port {port} is in use. Stop what runs there or choose another: PORT=8001 make run")
+        # Children (seat frontends through their supervisor, links in pages) reach the hub on this port.
+        os.environ["PORT"] = str(port)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -128,6 +137,7 @@ class Command(BaseCommand):
                     logs,
                 )
             self._spawn("reconciler", [*MANAGE, "run_reconciler"], logs)
+            self._spawn("seat-frontends", [*MANAGE, "run_seat_frontends"], logs)
             self._spawn(
                 "web", [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "comfyume.asgi:application"], logs
             )
@@ -179,6 +189,18 @@ class Command(BaseCommand):
         workshop = Workshop.objects.get(slug="demo")
         if sim_port:
             workshop.backends.add(backend)
+        template, _ = WorkflowTemplate.objects.get_or_create(
+            name="Tiny test (invert an image)",
+            defaults={
+                "description": "Runs in a second on any backend: an empty image, inverted, saved.",
+                "workflow": json.loads(DEMO_TEMPLATE.read_text()),
+            },
+        )
+        workshop.templates.add(template)
+        if workshop.default_template_id is None:
+            workshop.default_template = template
+            workshop.save(update_fields=["default_template"])
+        frontends.start_seats(workshop)
         return {"workshop": workshop, "seats": json.loads(path.read_text()) if path.exists() else []}
 
     # --- processes -------------------------------------------------------------------------
@@ -213,6 +235,10 @@ class Command(BaseCommand):
             w(f"    {seat['username']} / {seat['password']}   one-time link: {seat['join_url']}")
         if len(demo["seats"]) > 3:
             w(f"    … {len(demo['seats']) - 3} more in {settings.DATA_DIR / 'demo_credentials.json'}")
+        if settings.SEAT_FRONTENDS["ROUTING"] == "port":
+            ports = sorted(p for p in workshop_ports(demo["workshop"]) if p)
+            if ports:
+                w(f"  Seat ComfyUIs: http://{host}:{ports[0]}/ … (participants are sent there after signing in)")
         sim = GpuBackend.objects.filter(name="simulator").first()
         if sim:
             w(f"  GPU backend: the ComfyUI simulator (not a GPU) at {sim.url}")

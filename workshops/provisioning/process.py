@@ -1,0 +1,130 @@
+"""The ``process`` driver: each seat's frontend is a local process (``python -m workshops.seat_frontend``).
+
+Used by ``make run`` and single-host installs. A process is started with only the environment it needs
+(no database URL, no secret key) and its output appended to ``<data>/logs/<name>.log``. Its pid is kept in
+the seat's directory, so a restarted supervisor still finds, watches and stops the processes it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import FrontendStatus, ProvisioningError, SeatSpec
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+LOG_ROTATE_BYTES = 5 * 1024 * 1024
+_PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own dead child not yet reaped) is not alive.
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+class ProcessDriver:
+    name = "process"
+
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+
+    def seat_dir(self, spec: SeatSpec) -> Path:
+        return self.data_dir / spec.workshop / spec.label
+
+    def log_path(self, spec: SeatSpec) -> Path:
+        return self.data_dir / "logs" / f"{spec.name}.log"
+
+    def _pid_file(self, spec: SeatSpec) -> Path:
+        return self.seat_dir(spec) / "frontend.pid"
+
+    def _pid(self, spec: SeatSpec) -> int | None:
+        try:
+            pid = int(self._pid_file(spec).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def status(self, spec: SeatSpec) -> FrontendStatus:
+        pid = self._pid(spec)
+        if pid is None:
+            return FrontendStatus(running=False, detail="not running")
+        return FrontendStatus(running=True, address=f"{self.host}:{spec.port}", detail=f"pid {pid}")
+
+    def start(self, spec: SeatSpec) -> FrontendStatus:
+        current = self.status(spec)
+        if current.running:
+            return current
+        if spec.port is None:
+            raise ProvisioningError(f"{spec.name} has no port allocated.", permanent=True)
+        seat_dir = self.seat_dir(spec)
+        seat_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path(spec)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if log_path.exists() and log_path.stat().st_size > LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_suffix(".log.1"))
+        env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+        env.update(spec.env)
+        env.update(
+            {
+                "COMFYUME_SEAT_HOST": self.host,
+                "COMFYUME_SEAT_PORT": str(spec.port),
+                "COMFYUME_SEAT_DATA_DIR": str(seat_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        with open(log_path, "ab") as log:
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "workshops.seat_frontend"],
+                    cwd=BASE_DIR,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise ProvisioningError(f"Could not start {spec.name}: {exc}") from exc
+        self._pid_file(spec).write_text(str(proc.pid))
+        return FrontendStatus(running=True, address=f"{self.host}:{spec.port}", detail=f"pid {proc.pid}")
+
+    def stop(self, spec: SeatSpec, timeout: float = 5.0) -> None:
+        pid = self._pid(spec)
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self._pid_file(spec).unlink(missing_ok=True)
+
+    def reset(self, spec: SeatSpec) -> None:
+        """Move the seat's data aside (``<data>/trash/``) rather than deleting it: a reset by mistake can be undone."""
+        seat_dir = self.seat_dir(spec)
+        if not seat_dir.exists():
+            return
+        trash = self.data_dir / "trash" / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(seat_dir), str(trash))

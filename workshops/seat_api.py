@@ -1,0 +1,130 @@
+"""Hub endpoints a seat frontend calls with its token: the seat's workshop settings and templates, the job
+status its banner shows, and the images its participant uploads (kept here so they travel with jobs)."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from typing import Any
+
+from django.db import transaction
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from gpu_backends.models import GpuBackend
+from jobs.auth import SeatRequest, api_error, seat_required
+from jobs.models import Job
+from jobs.services import job_summary
+from storage.models import SeatInput
+from storage.stores import StorageError, default_store, safe_key
+
+from .models import Announcement, Seat, WorkflowTemplate
+
+MAX_INPUT_NAME = 300
+
+
+def announcement_payload(note: Announcement) -> dict[str, Any]:
+    return {"id": note.pk, "message": note.message, "created_at": note.created_at.isoformat()}
+
+
+def active_announcements(workshop_id: int, limit: int = 3) -> list[dict[str, Any]]:
+    notes = Announcement.objects.filter(workshop_id=workshop_id, active=True).order_by("-created_at")[:limit]
+    return [announcement_payload(n) for n in notes]
+
+
+@require_GET
+@seat_required
+def seat_info(request: SeatRequest) -> JsonResponse:
+    """The seat frontend's view of its workshop: labels, templates for the workflow list, the default one."""
+    seat: Seat = request.seat
+    workshop = seat.workshop
+    templates = list(workshop.templates.all())
+    default: WorkflowTemplate | None = workshop.default_template
+    return JsonResponse(
+        {
+            "label": seat.label,
+            "display_name": seat.display_name,
+            "workshop": {"slug": workshop.slug, "title": workshop.title},
+            "default_template": default.filename if default else None,
+            "templates": [
+                {"name": t.name, "filename": t.filename, "description": t.description, "workflow": t.workflow}
+                for t in templates
+            ],
+        }
+    )
+
+
+def _backend_state(seat: Seat) -> dict[str, Any]:
+    backends = list(seat.workshop.backends.filter(enabled=True).order_by("order", "pk"))
+    if not backends:
+        return {"state": "none", "name": None}
+    usable = [b for b in backends if b.state in GpuBackend.DISPATCHABLE]
+    best = usable[0] if usable else backends[0]
+    return {"state": best.state, "name": best.name, "since": best.state_changed_at.isoformat()}
+
+
+@require_GET
+@seat_required
+def seat_status(request: SeatRequest) -> JsonResponse:
+    """What the status banner shows: the seat's waiting and running jobs (with their place in the queue),
+    its latest finished one, the GPU's state, a paused queue and the instructor's announcements."""
+    seat: Seat = request.seat
+    workshop = seat.workshop
+    open_jobs = list(
+        Job.objects.select_related("seat", "backend")
+        .filter(seat=seat, status__in=(*Job.WAITING, *Job.ACTIVE))
+        .order_by("id")
+    )
+    last_done = (
+        Job.objects.select_related("seat", "backend")
+        .filter(seat=seat, status__in=Job.TERMINAL)
+        .order_by("-finished_at", "-id")
+        .first()
+    )
+    jobs = []
+    for job in open_jobs:
+        data = job_summary(job)
+        if job.status == Job.Status.QUEUED:
+            # Jobs of the workshop queued before this one: its exact place under fifo, an upper bound otherwise.
+            data["queued_ahead"] = Job.objects.filter(
+                workshop_id=workshop.pk, status=Job.Status.QUEUED, id__lt=job.pk
+            ).count()
+        jobs.append(data)
+    if last_done is not None:
+        jobs.append(job_summary(last_done))
+    return JsonResponse(
+        {
+            "jobs": jobs,
+            "paused": workshop.paused,
+            "backend": _backend_state(seat),
+            "announcements": active_announcements(workshop.pk),
+        }
+    )
+
+
+@require_POST
+@seat_required
+def upload_input(request: SeatRequest) -> JsonResponse:
+    """Keep an image the participant uploaded: ``multipart: name, image``. Same name again replaces it."""
+    upload = request.FILES.get("image")
+    name = str(request.POST.get("name", "")).strip().strip("/")
+    if upload is None or not name or len(name) > MAX_INPUT_NAME:
+        return api_error(400, "bad_upload", "Send the image as 'image' and its ComfyUI name as 'name'.")
+    seat: Seat = request.seat
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    try:
+        # Content-addressed: a queued job keeps the image it was submitted with even if the name is reused.
+        key = safe_key("workshops", seat.workshop.slug, seat.label, "inputs", digest.hexdigest()[:32], name)
+        stored = default_store().put(key, upload.chunks())
+    except StorageError as exc:
+        return api_error(400, "bad_upload", str(exc))
+    content_type = upload.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    with transaction.atomic():
+        SeatInput.objects.update_or_create(
+            seat=seat,
+            name=name,
+            defaults={"key": stored.key, "size": stored.size, "sha256": stored.sha256, "content_type": content_type},
+        )
+    return JsonResponse({"name": name, "size": stored.size, "sha256": stored.sha256})

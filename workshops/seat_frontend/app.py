@@ -1,0 +1,654 @@
+"""The seat frontend's routes: ComfyUI's server API for one seat, as the pinned web frontend calls it.
+
+See ``../shared/fixtures/comfyui-0.3.64/frontend_SUMMARY.md`` for what the frontend requests and which
+answers it depends on. Identity never comes from a URL or a body: the middleware asks the hub about the
+browser's session for every request except the frontend package's own public files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import html
+import json
+import logging
+import platform
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from .config import SeatConfig
+from .files import FileProblem, SeatFiles
+from .hub import AccessGate, EventRelay, HubClient, HubUnavailable
+
+log = logging.getLogger("comfyume.seat")
+
+FRONTEND_VERSION = "1.27.10"
+COMFYUI_VERSION = "0.3.64"
+OUR_STATIC = Path(__file__).resolve().parent / "static"
+EXTENSION_URL = "/extensions/comfyume/status.js"
+# The frontend package's own files: the same for every seat and free of seat data, so they skip the session
+# check (a page load fetches ~480 of them). Everything else, index.html included, is checked.
+PUBLIC_PREFIXES = ("/assets/", "/fonts/", "/cursor/", "/extensions/comfyume/")
+PUBLIC_PATHS = {"/materialdesignicons.min.css", "/favicon.ico", "/comfyume/health"}
+# Settings a new seat starts with: no first-run template browser (the workshop's default template opens
+# instead) and no calls to comfy.org from a participant's browser.
+INITIAL_SETTINGS = {"Comfy.TutorialCompleted": True}
+
+CONFIG: web.AppKey[SeatConfig] = web.AppKey("config", SeatConfig)
+FILES: web.AppKey[SeatFiles] = web.AppKey("files", SeatFiles)
+HUB: web.AppKey[HubClient] = web.AppKey("hub", HubClient)
+GATE: web.AppKey[AccessGate] = web.AppKey("gate", AccessGate)
+EVENTS: web.AppKey[EventRelay] = web.AppKey("events", EventRelay)
+WEB_ROOT: web.AppKey[Path] = web.AppKey("web_root", Path)
+TASKS: web.AppKey[list] = web.AppKey("tasks", list)
+SEAT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("seat_info", dict)
+OBJECT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("object_info", dict)
+
+
+def frontend_web_root() -> Path:
+    """The pinned ``comfyui-frontend-package``'s static files."""
+    return Path(str(resources.files("comfyui_frontend_package") / "static"))
+
+
+def comfy_error(status: int, type_: str, message: str) -> web.Response:
+    """An error in the shape ComfyUI's dialogs read (``error.message``, ``node_errors``)."""
+    body = {"error": {"type": type_, "message": message, "details": "", "extra_info": {}}, "node_errors": {}}
+    return web.json_response(body, status=status)
+
+
+def hub_down() -> web.Response:
+    return comfy_error(502, "hub_unavailable", "The workshop server did not answer. Try again in a moment.")
+
+
+def _relative_path(request: web.Request) -> str:
+    base = request.app[CONFIG].base_path.rstrip("/")
+    path = request.path
+    return path[len(base) :] if base and path.startswith(base) else path
+
+
+def _same_site(request: web.Request) -> bool:
+    """A state-changing request or socket must come from a page of this host (no cross-site forgery)."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return True
+    return urlsplit(origin).hostname == (request.host.rsplit(":", 1)[0] if request.host else None)
+
+
+def _wants_page(request: web.Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+def _login_redirect(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    target = config.login_url.replace("{host}", request.host.rsplit(":", 1)[0])
+    if target.startswith("/"):  # same host (behind nginx): come back here after signing in
+        target = f"{target}?next={quote(request.path_qs)}"
+    raise web.HTTPFound(target)
+
+
+FORBIDDEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Not your seat</title>
+<style>body{{font:16px system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}</style>
+</head><body><h1>This is not your seat</h1><p>This ComfyUI belongs to seat <strong>{label}</strong>. You are
+signed in as <strong>{user}</strong>, which may not open it.</p><p><a href="{home}">Go to your own seat</a></p>
+</body></html>"""
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    path = _relative_path(request)
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    changes = request.method not in ("GET", "HEAD", "OPTIONS")
+    if (changes or request.headers.get("Upgrade", "").lower() == "websocket") and not _same_site(request):
+        return comfy_error(403, "cross_site", "Requests from another site are not allowed.")
+    access = await request.app[GATE].check(request)
+    if access.status == 204:
+        return await handler(request)
+    if access.status == 401:
+        if _wants_page(request):
+            _login_redirect(request)
+        return comfy_error(401, "not_signed_in", "Sign in to your seat first.")
+    if access.status == 403:
+        if _wants_page(request):
+            config = request.app[CONFIG]
+            home = config.login_url.replace("{host}", request.host.rsplit(":", 1)[0]).rsplit("/login/", 1)[0] + "/"
+            page = FORBIDDEN_PAGE.format(
+                label=html.escape(config.label), user=html.escape(access.user), home=html.escape(home)
+            )
+            return web.Response(status=403, text=page, content_type="text/html")
+        return comfy_error(403, "other_seat", "This is not your seat.")
+    return hub_down()
+
+
+def _problem(exc: FileProblem) -> web.Response:
+    return web.Response(status=exc.status, text=str(exc))
+
+
+def _bool(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    return raw.lower() not in ("false", "0", "")
+
+
+# --- Pages and static files --------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = (request.app[WEB_ROOT] / "index.html").read_text()
+    # Before the app boots: if this browser last showed another seat (staff opening several seats share an
+    # origin behind nginx), drop that seat's open tabs so this seat starts from its own saved workflows.
+    label = json.dumps(request.app[CONFIG].label)
+    guard = (
+        "<script>(()=>{try{const k='comfyume.seat',s=" + label + ";"
+        "if(localStorage.getItem(k)!==s){for(const key of Object.keys(localStorage)){"
+        "if(key==='workflow'||key.startsWith('Comfy.')||key.startsWith('workflow:'))localStorage.removeItem(key)}"
+        "for(const key of Object.keys(sessionStorage)){if(key.startsWith('workflow')||key.startsWith('Comfy.'))"
+        "sessionStorage.removeItem(key)}localStorage.setItem(k,s)}}catch(e){}})()</script>"
+    )
+    page = page.replace("<head>", "<head>" + guard, 1)
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+async def our_static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    path = (OUR_STATIC / name).resolve()
+    if OUR_STATIC not in path.parents or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "seat": request.app[CONFIG].label})
+
+
+# --- Fixed answers the frontend needs ----------------------------------------------------------------
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "system": {
+                "os": "posix",
+                "python_version": platform.python_version(),
+                "embedded_python": False,
+                "comfyui_version": COMFYUI_VERSION,
+                "pytorch_version": "(runs on the workshop's GPUs)",
+                "required_frontend_version": FRONTEND_VERSION,
+                "argv": ["comfyume-seat"],
+                "ram_total": 0,
+                "ram_free": 0,
+            },
+            "devices": [
+                {
+                    "name": "ComfyuME shared GPU queue",
+                    "type": "cuda",
+                    "index": 0,
+                    "vram_total": 0,
+                    "vram_free": 0,
+                    "torch_vram_total": 0,
+                    "torch_vram_free": 0,
+                }
+            ],
+        }
+    )
+
+
+def _fixed(value: Any) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(value)
+
+    return handler
+
+
+async def empty_ok(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def features(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"supports_preview_metadata": False, "max_upload_size": request.app[CONFIG].max_upload_bytes}
+    )
+
+
+async def unknown_api(request: web.Request) -> web.Response:
+    return comfy_error(404, "not_found", f"{request.method} {_relative_path(request)} is not part of this server.")
+
+
+# --- Userdata and settings ---------------------------------------------------------------------------
+
+
+async def users(request: web.Request) -> web.Response:
+    return web.json_response({"storage": "server", "migrated": True})
+
+
+async def list_userdata(request: web.Request) -> web.Response:
+    files = request.app[FILES]
+    try:
+        result = files.list_dir(
+            request.query.get("dir", ""),
+            recurse=_bool(request, "recurse", False),
+            full_info=_bool(request, "full_info", False),
+            split=_bool(request, "split", False),
+        )
+    except FileProblem as exc:
+        return _problem(exc)
+    return web.json_response(result)
+
+
+async def get_userdata(request: web.Request) -> web.StreamResponse:
+    try:
+        path = request.app[FILES].read_user_file(request.match_info["file"])
+    except FileProblem as exc:
+        return web.Response(status=exc.status) if exc.status == 404 else _problem(exc)
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def post_userdata(request: web.Request) -> web.Response:
+    files = request.app[FILES]
+    body = await request.read()
+    try:
+        path = files.write_user_file(request.match_info["file"], body, overwrite=_bool(request, "overwrite", True))
+    except FileProblem as exc:
+        return _problem(exc)
+    return _saved_answer(request, files, path)
+
+
+def _saved_answer(request: web.Request, files: SeatFiles, path: Path) -> web.Response:
+    """ComfyUI answers a write or move with the file's info (``full_info=true``) or its path."""
+    if _bool(request, "full_info", False):
+        return web.json_response(files.file_info(path, files.user_dir))
+    return web.json_response(files.relative(path))
+
+
+async def delete_userdata(request: web.Request) -> web.Response:
+    try:
+        request.app[FILES].delete_user_file(request.match_info["file"])
+    except FileProblem as exc:
+        return _problem(exc)
+    return web.Response(status=204)
+
+
+async def move_userdata(request: web.Request) -> web.Response:
+    files = request.app[FILES]
+    try:
+        path = files.move_user_file(
+            request.match_info["file"], request.match_info["dest"], overwrite=_bool(request, "overwrite", True)
+        )
+    except FileProblem as exc:
+        return _problem(exc)
+    return _saved_answer(request, files, path)
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    return web.json_response(request.app[FILES].settings())
+
+
+async def get_setting(request: web.Request) -> web.Response:
+    return web.json_response(request.app[FILES].settings().get(request.match_info["id"]))
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except ValueError:
+        raise web.HTTPBadRequest(text="The request body is not valid JSON.") from None
+
+
+async def post_settings(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return web.Response(status=400, text="Settings must be a JSON object.")
+    request.app[FILES].update_settings(body)
+    return web.Response(status=200)
+
+
+async def post_setting(request: web.Request) -> web.Response:
+    request.app[FILES].update_settings({request.match_info["id"]: await _json_body(request)})
+    return web.Response(status=200)
+
+
+# --- Uploads and files the browser views --------------------------------------------------------------
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    config, files, hub = request.app[CONFIG], request.app[FILES], request.app[HUB]
+    try:
+        form = await request.post()
+    except ValueError:
+        return web.Response(status=400, text="Expected a multipart form with an image.")
+    image = form.get("image")
+    if not isinstance(image, web.FileField):
+        return web.Response(status=400, text="The form has no image file.")
+    upload_type = str(form.get("type") or "input")
+    if upload_type != "input":
+        return web.Response(status=400, text="Images can only be uploaded as inputs.")
+    subfolder = str(form.get("subfolder") or "")
+    body = image.file.read(config.max_upload_bytes + 1)
+    if len(body) > config.max_upload_bytes:
+        return web.Response(status=413, text=f"The image is larger than {config.max_upload_bytes // 2**20} MB.")
+    overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
+    try:
+        name, path = files.save_upload(image.filename or "", subfolder, body, overwrite=overwrite)
+    except FileProblem as exc:
+        return _problem(exc)
+    # The hub keeps a copy so the image travels with the job to whichever GPU runs it.
+    full_name = f"{subfolder.strip('/')}/{name}" if subfolder.strip("/") else name
+    data = aiohttp.FormData()
+    data.add_field("name", full_name)
+    data.add_field("image", body, filename=name, content_type=image.content_type or "application/octet-stream")
+    try:
+        status, _, answer = await hub.call("POST", "/api/hub/inputs", data=data)
+    except HubUnavailable:
+        status, answer = 502, b""
+    if status != 200:
+        path.unlink(missing_ok=True)
+        log.warning("Hub refused upload %s: %s %s", full_name, status, answer[:200])
+        return web.Response(
+            status=502 if status >= 500 else status, text="The workshop server could not keep the image."
+        )
+    return web.json_response({"name": name, "subfolder": subfolder, "type": "input"})
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    filename = request.query.get("filename", "")
+    subfolder = request.query.get("subfolder", "")
+    kind = request.query.get("type", "output")
+    if kind == "input":
+        try:
+            path = request.app[FILES].input_file(filename, subfolder)
+        except FileProblem as exc:
+            return _problem(exc)
+        if not path.is_file():
+            return web.Response(status=404)
+        return web.FileResponse(path)
+    if kind not in ("output", "temp"):
+        return web.Response(status=400, text="Unknown type.")
+    hub = request.app[HUB]
+    params = {"filename": filename, "subfolder": subfolder, "type": kind}
+    try:
+        async with hub.session.get(hub.url("/api/hub/view"), params=params) as upstream:
+            if upstream.status != 200:
+                return web.Response(status=upstream.status)
+            response = web.StreamResponse(
+                headers={"Content-Type": upstream.headers.get("Content-Type", "application/octet-stream")}
+            )
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            response.headers["Cache-Control"] = "private, max-age=3600"
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(256 * 1024):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except (aiohttp.ClientError, TimeoutError):
+        return web.Response(status=502)
+
+
+# --- The queue: everything goes through the hub -------------------------------------------------------
+
+
+async def _relay(request: web.Request, method: str, path: str, *, body: bytes | None = None) -> web.Response:
+    hub = request.app[HUB]
+    try:
+        status, content_type, answer = await hub.call(
+            method,
+            path,
+            params=dict(request.query),
+            data=body,
+        )
+    except HubUnavailable:
+        return hub_down()
+    if status == 401:  # our token was refused: the seat was restarted elsewhere or reset
+        return comfy_error(503, "seat_restarting", "This seat is restarting. Reload the page in a moment.")
+    return web.Response(status=status, body=answer, content_type=content_type or "application/json")
+
+
+async def prompt(request: web.Request) -> web.Response:
+    body = await request.read()
+    response = await _relay(request, "POST", "/api/hub/prompt", body=body)
+    if response.status == 200:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            client_id = json.loads(body).get("client_id")
+            prompt_id = json.loads(response.body).get("prompt_id")  # type: ignore[arg-type]
+            if client_id and prompt_id:
+                request.app[EVENTS].remember_prompt(str(prompt_id), str(client_id))
+    return response
+
+
+async def prompt_info(request: web.Request) -> web.Response:
+    return web.json_response({"exec_info": {"queue_remaining": request.app[EVENTS].queue_remaining}})
+
+
+def _passthrough(method: str, hub_path: str) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read() if method == "POST" else None
+        return await _relay(request, method, hub_path.format(**request.match_info), body=body)
+
+    return handler
+
+
+OBJECT_INFO_TTL = 60.0
+
+
+async def object_info(request: web.Request) -> web.Response:
+    """The active backend's node catalogue (cached here for a minute: the frontend asks on every load)."""
+    cache = request.app[OBJECT_INFO]
+    now = asyncio.get_running_loop().time()
+    if cache.get("expires", 0) < now:
+        response = await _relay(request, "GET", "/api/hub/object_info")
+        if response.status != 200:
+            return response
+        cache.update(body=response.body, expires=now + OBJECT_INFO_TTL)
+    body = cache["body"]
+    node = request.match_info.get("node")
+    if node:
+        info = json.loads(body)
+        return web.json_response({node: info[node]} if node in info else {})
+    return web.Response(body=body, content_type="application/json")
+
+
+# --- Our own endpoints for the status banner -----------------------------------------------------------
+
+
+async def comfyume_status(request: web.Request) -> web.Response:
+    return await _relay(request, "GET", "/api/hub/status")
+
+
+async def comfyume_seat(request: web.Request) -> web.Response:
+    seat_info = request.app[SEAT_INFO]
+    return web.json_response({"label": request.app[CONFIG].label, **seat_info})
+
+
+# --- The browser's WebSocket ----------------------------------------------------------------------------
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    events = request.app[EVENTS]
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1024 * 1024)
+    await ws.prepare(request)
+    sid = request.query.get("clientId") or uuid.uuid4().hex
+    previous = events.sockets.get(sid)
+    if previous is not None:
+        await previous.close()
+    events.sockets[sid] = ws
+    try:
+        await ws.send_json(events.status_message(sid))
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(msg.data).get("type") == "feature_flags":
+                    await ws.send_json(
+                        {
+                            "type": "feature_flags",
+                            "data": {
+                                "supports_preview_metadata": False,
+                                "max_upload_size": request.app[CONFIG].max_upload_bytes,
+                            },
+                        }
+                    )
+    finally:
+        if events.sockets.get(sid) is ws:
+            del events.sockets[sid]
+    return ws
+
+
+# --- Workshop templates in the workflow list -------------------------------------------------------------
+
+
+def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[str]:
+    """Write the workshop's templates into ``workflows/``. A template the participant has changed is left
+    alone (we remember what we wrote); a new version replaces an untouched copy. Returns what was written."""
+    state_path = files.state_dir / "templates.json"
+    try:
+        written: dict[str, str] = json.loads(state_path.read_text())
+    except (FileNotFoundError, ValueError):
+        written = {}
+    changed = []
+    for template in templates:
+        filename = str(template.get("filename", ""))
+        if not filename.endswith(".json") or "/" in filename or filename.startswith("."):
+            continue
+        body = json.dumps(template.get("workflow", {}), indent=2).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        try:
+            path = files.user_file(f"workflows/{filename}")
+        except FileProblem:
+            continue
+        if path.exists():
+            current = hashlib.sha256(path.read_bytes()).hexdigest()
+            if current == digest or written.get(filename) != current:
+                continue  # already there, or the participant's own edit
+        files.write_user_file(f"workflows/{filename}", body, overwrite=True)
+        written[filename] = digest
+        changed.append(filename)
+    state_path.write_text(json.dumps(written))
+    return changed
+
+
+async def refresh_seat(app: web.Application) -> None:
+    """Fetch the seat's workshop settings and templates from the hub (at start and when told to)."""
+    info = await app[HUB].json("/api/hub/seat")
+    loop = asyncio.get_running_loop()
+    changed = await loop.run_in_executor(None, sync_templates, app[FILES], info.get("templates", []))
+    if changed:
+        log.info("Workshop templates written: %s", ", ".join(changed))
+    # The dict is mutated, not replaced: aiohttp freezes the application's own keys once it runs.
+    seat_info = app[SEAT_INFO]
+    seat_info.clear()
+    seat_info.update({k: v for k, v in info.items() if k != "templates"})
+
+
+async def _startup(app: web.Application) -> None:
+    files = app[FILES]
+    if not (files.user_dir / "comfy.settings.json").exists():
+        files.update_settings(INITIAL_SETTINGS)
+    events = app[EVENTS]
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("type") == "comfyume.templates":
+            app[TASKS].append(asyncio.ensure_future(refresh_seat(app)))
+
+    events.listeners.append(on_message)
+
+    async def first_refresh() -> None:
+        delay = 0.5
+        while True:
+            try:
+                await refresh_seat(app)
+                return
+            except (HubUnavailable, ValueError) as exc:
+                log.warning("Could not read the seat's workshop settings (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    app[TASKS].extend([asyncio.ensure_future(events.run()), asyncio.ensure_future(first_refresh())])
+
+
+async def _cleanup(app: web.Application) -> None:
+    for task in app[TASKS]:
+        task.cancel()
+    for ws in list(app[EVENTS].sockets.values()):
+        await ws.close()
+    await app[HUB].close()
+
+
+def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Application:
+    """The seat frontend; under ``config.base_path`` (behind nginx) or at the root of its port."""
+    app = web.Application(middlewares=[access_middleware], client_max_size=config.max_upload_bytes + 2**20)
+    app[CONFIG] = config
+    app[FILES] = SeatFiles(config.data_dir)
+    app[HUB] = HubClient(config)
+    app[GATE] = AccessGate(app[HUB], config.auth_cache_seconds)
+    app[EVENTS] = EventRelay(app[HUB])
+    app[WEB_ROOT] = web_root or frontend_web_root()
+    app[TASKS] = []
+    app[SEAT_INFO] = {}
+    app[OBJECT_INFO] = {}
+    app.on_startup.append(_startup)
+    app.on_cleanup.append(_cleanup)
+
+    r = app.router
+    r.add_get("/", index)
+    r.add_get("/index.html", index)
+    r.add_get("/comfyume/health", health)
+    r.add_get("/extensions/comfyume/{name}", our_static)
+    r.add_get("/ws", websocket)
+    api: list[tuple[str, str, Any]] = [
+        ("GET", "/users", users),
+        ("GET", "/system_stats", system_stats),
+        ("GET", "/extensions", _fixed([EXTENSION_URL])),
+        ("GET", "/embeddings", _fixed([])),
+        ("GET", "/features", features),
+        ("GET", "/i18n", _fixed({})),
+        ("GET", "/workflow_templates", _fixed({})),
+        ("GET", "/experiment/models", _fixed([])),
+        ("GET", "/experiment/models/{folder}", _fixed([])),
+        ("GET", "/settings", get_settings),
+        ("POST", "/settings", post_settings),
+        ("GET", "/settings/{id}", get_setting),
+        ("POST", "/settings/{id}", post_setting),
+        ("GET", "/userdata", list_userdata),
+        ("GET", "/userdata/{file}", get_userdata),
+        ("POST", "/userdata/{file}", post_userdata),
+        ("DELETE", "/userdata/{file}", delete_userdata),
+        ("POST", "/userdata/{file}/move/{dest}", move_userdata),
+        ("POST", "/upload/image", upload_image),
+        ("GET", "/view", view),
+        ("GET", "/object_info", object_info),
+        ("GET", "/object_info/{node}", object_info),
+        ("POST", "/prompt", prompt),
+        ("GET", "/prompt", prompt_info),
+        ("GET", "/queue", _passthrough("GET", "/api/hub/queue")),
+        ("POST", "/queue", _passthrough("POST", "/api/hub/queue")),
+        ("GET", "/history", _passthrough("GET", "/api/hub/history")),
+        ("POST", "/history", _passthrough("POST", "/api/hub/history")),
+        ("GET", "/history/{prompt_id}", _passthrough("GET", "/api/hub/history/{prompt_id}")),
+        ("POST", "/interrupt", _passthrough("POST", "/api/hub/interrupt")),
+        ("POST", "/free", empty_ok),
+        ("GET", "/comfyume/status", comfyume_status),
+        ("GET", "/comfyume/seat", comfyume_seat),
+    ]
+    for method, path, handler in api:
+        r.add_route(method, f"/api{path}", handler)
+    r.add_get("/internal/logs", _fixed(""))
+    r.add_get("/internal/logs/raw", _fixed({"entries": [], "size": {"cols": 80, "rows": 24}}))
+    r.add_route("PATCH", "/internal/logs/subscribe", empty_ok)
+    r.add_get("/internal/folder_paths", _fixed({}))
+    r.add_get("/templates/index.json", _fixed([]))
+    r.add_route("*", "/api/{tail:.*}", unknown_api)
+    r.add_static("/", app[WEB_ROOT], show_index=False, follow_symlinks=False)
+
+    if config.base_path == "/":
+        return app
+    outer = web.Application(client_max_size=config.max_upload_bytes + 2**20)
+    outer.add_subapp(config.base_path.rstrip("/"), app)
+    return outer

@@ -1,0 +1,209 @@
+"""The seat's own files: userdata (workflows, settings) under ``user/`` and uploaded images under ``input/``.
+
+Every path a browser names is resolved inside its root (symlinks followed) before it is touched, so
+``..``, absolute paths and encoded tricks end in a 4xx and nothing outside the seat's directory is read or
+written. Answers follow ComfyUI's ``app/user_manager.py`` and ``/upload/image`` exactly where the web
+frontend depends on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SETTINGS_FILE = "comfy.settings.json"
+MAX_USERDATA_BYTES = 20 * 1024 * 1024
+# First bytes of the image formats ComfyUI's LoadImage opens (Pillow's common formats).
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
+
+class FileProblem(Exception):
+    """A request about a file that cannot be honoured: ``status`` is the HTTP answer, the text says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root/relative`` if it stays inside ``root`` (after following symlinks), else FileProblem 403."""
+    if "\x00" in relative or len(relative) > 1024:
+        raise FileProblem(400, "Invalid path")
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise FileProblem(403, "Invalid path")
+    return candidate
+
+
+def image_type(head: bytes) -> str | None:
+    for signature, content_type in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return content_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@dataclass
+class SeatFiles:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        for sub in ("user", "input", "state"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def user_dir(self) -> Path:
+        return self.root / "user"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    # --- userdata ----------------------------------------------------------------------------------
+
+    def file_info(self, path: Path, base: Path) -> dict[str, Any]:
+        stat = path.stat()
+        return {
+            "path": path.relative_to(base).as_posix(),
+            "size": stat.st_size,
+            "modified": stat.st_mtime,
+            "created": stat.st_ctime,
+        }
+
+    def list_dir(self, directory: str, *, recurse: bool, full_info: bool, split: bool) -> list[Any]:
+        """``GET /userdata?dir=``: files (not hidden ones, like ComfyUI's glob) relative to ``dir``."""
+        if not directory:
+            raise FileProblem(400, "Directory not provided")
+        base = resolve_inside(self.user_dir, directory)
+        if not base.is_dir():
+            raise FileProblem(404, "Directory not found")
+        found = base.rglob("*") if recurse else base.glob("*")
+        files = sorted(
+            p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
+        )
+        if full_info:
+            return [self.file_info(p, base) for p in files]
+        relative = [p.relative_to(base).as_posix() for p in files]
+        if split:
+            return [[r, *r.split("/")] for r in relative]
+        return relative
+
+    def user_file(self, name: str) -> Path:
+        path = resolve_inside(self.user_dir, name)
+        if path == self.user_dir:
+            raise FileProblem(400, "Invalid path")
+        return path
+
+    def read_user_file(self, name: str) -> Path:
+        path = self.user_file(name)
+        if not path.is_file():
+            raise FileProblem(404, "File not found")
+        return path
+
+    def write_user_file(self, name: str, body: bytes, *, overwrite: bool) -> Path:
+        if len(body) > MAX_USERDATA_BYTES:
+            raise FileProblem(413, f"The file is larger than {MAX_USERDATA_BYTES // (1024 * 1024)} MB.")
+        path = self.user_file(name)
+        if path.exists() and not overwrite:
+            raise FileProblem(409, "File already exists")
+        if path.is_dir():
+            raise FileProblem(400, "A folder has that name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, body)
+        return path
+
+    def delete_user_file(self, name: str) -> None:
+        path = self.user_file(name)
+        if not path.is_file():
+            raise FileProblem(404, "File not found")
+        path.unlink()
+
+    def move_user_file(self, source: str, dest: str, *, overwrite: bool) -> Path:
+        src = self.read_user_file(source)
+        target = self.user_file(dest)
+        if target.exists() and not overwrite:
+            raise FileProblem(409, "File already exists")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)
+        return target
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.user_dir).as_posix()
+
+    # --- settings ----------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        path = self.user_dir / SETTINGS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def update_settings(self, changes: dict[str, Any]) -> None:
+        current = self.settings()
+        current.update(changes)
+        _atomic_write(self.user_dir / SETTINGS_FILE, json.dumps(current, indent=4).encode())
+
+    # --- uploaded images -----------------------------------------------------------------------------
+
+    def input_file(self, filename: str, subfolder: str = "") -> Path:
+        folder = resolve_inside(self.input_dir, subfolder) if subfolder else self.input_dir
+        if not filename or "/" in filename or "\\" in filename:
+            raise FileProblem(400, "Invalid file name")
+        return resolve_inside(folder, filename)
+
+    def save_upload(self, filename: str, subfolder: str, body: bytes, *, overwrite: bool) -> tuple[str, Path]:
+        """Store an uploaded image as ComfyUI does: same name + same content is reused, same name + other
+        content becomes ``name (1).png`` unless ``overwrite``. Returns the final name and its path."""
+        filename = os.path.basename(filename.replace("\\", "/")).strip()
+        if not filename or filename.startswith("."):
+            raise FileProblem(400, "The upload has no usable file name.")
+        if image_type(body[:16]) is None:
+            raise FileProblem(400, f"{filename} is not an image (PNG, JPEG, WEBP, GIF, BMP or TIFF).")
+        path = self.input_file(filename, subfolder)
+        stem, dot, ext = filename.rpartition(".")
+        if not dot:
+            stem, ext = filename, ""
+        counter = 1
+        while path.exists() and not overwrite:
+            if _sha256_file(path) == hashlib.sha256(body).hexdigest():
+                return filename, path
+            filename = f"{stem} ({counter}){dot}{ext}"
+            path = self.input_file(filename, subfolder)
+            counter += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, body)
+        return filename, path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, body: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(body)
+    os.replace(tmp, path)

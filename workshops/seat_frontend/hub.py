@@ -1,0 +1,202 @@
+"""Talking to the hub: its API with the seat's token, the session check, and the seat's live events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .config import SeatConfig
+
+log = logging.getLogger("comfyume.seat")
+
+# ComfyUI sends execution events only to the socket whose clientId queued the prompt.
+EXECUTION_TYPES = {
+    "execution_start",
+    "execution_cached",
+    "executing",
+    "progress",
+    "progress_state",
+    "executed",
+    "execution_success",
+    "execution_error",
+    "execution_interrupted",
+}
+
+
+class HubUnavailable(Exception):
+    """The hub did not answer (down, restarting, network)."""
+
+
+class HubClient:
+    def __init__(self, config: SeatConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._plain: aiohttp.ClientSession | None = None
+
+    @property
+    def plain_session(self) -> aiohttp.ClientSession:
+        """Without the seat's token: for the session check, where the browser's own credentials count."""
+        if self._plain is None:
+            # No cookie jar: one browser's cookies must never be kept and sent on behalf of another.
+            self._plain = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10, connect=5), cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._plain
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"Authorization": f"Bearer {self.config.token}"},
+                timeout=aiohttp.ClientTimeout(total=60, connect=5),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        for session in (self._session, self._plain):
+            if session is not None:
+                await session.close()
+
+    def url(self, path: str) -> str:
+        return f"{self.config.hub_url}{path}"
+
+    async def call(
+        self, method: str, path: str, *, params: Any = None, data: Any = None, json_body: Any = None
+    ) -> tuple[int, str, bytes]:
+        """One hub API call: (status, content type, body)."""
+        try:
+            async with self.session.request(method, self.url(path), params=params, data=data, json=json_body) as r:
+                return r.status, r.content_type, await r.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HubUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def json(self, path: str, **kwargs: Any) -> Any:
+        status, _, body = await self.call("GET", path, **kwargs)
+        if status != 200:
+            raise HubUnavailable(f"GET {path} answered {status}")
+        return json.loads(body)
+
+
+@dataclass
+class Access:
+    status: int  # 204 allowed, 401 sign in, 403 someone else's seat, 502 hub unavailable
+    user: str = ""
+
+
+class AccessGate:
+    """Asks the hub whether a browser's session may use this seat; answers are cached briefly per session."""
+
+    def __init__(self, hub: HubClient, ttl: float) -> None:
+        self.hub = hub
+        self.ttl = ttl
+        self._cache: OrderedDict[str, tuple[float, Access]] = OrderedDict()
+
+    async def check(self, request: web.Request) -> Access:
+        cookie = request.headers.get("Cookie", "")
+        authorization = request.headers.get("Authorization", "")
+        if not cookie and not authorization:
+            return Access(401)
+        key = hashlib.sha256(f"{cookie}\n{authorization}".encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached and cached[0] > now:
+            return cached[1]
+        headers = {
+            "X-Comfyume-Seat-Token": self.hub.config.token,
+            "X-Original-URI": request.path_qs,
+            "X-Original-Method": request.method,
+        }
+        if cookie:
+            headers["Cookie"] = cookie
+        if authorization:
+            headers["Authorization"] = authorization
+        try:
+            async with self.hub.plain_session.get(self.hub.url("/auth/seat"), headers=headers) as r:
+                status = r.status if r.status in (204, 401, 403) else 502
+                access = Access(status, r.headers.get("X-Comfyume-User", ""))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("Session check failed: %s", exc)
+            return Access(502)
+        if access.status != 502:
+            # Refusals are cached only for a moment, so signing in works at once.
+            self._cache[key] = (now + (self.ttl if access.status == 204 else 1.0), access)
+            while len(self._cache) > 1000:
+                self._cache.popitem(last=False)
+        return access
+
+
+class EventRelay:
+    """One socket to the hub for the seat; its messages fan out to the browser sockets of this seat."""
+
+    def __init__(self, hub: HubClient) -> None:
+        self.hub = hub
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.prompt_clients: OrderedDict[str, str] = OrderedDict()
+        self.queue_remaining = 0
+        self.connected = asyncio.Event()
+        self.listeners: list[Any] = []  # callables(message) for messages the server itself acts on
+
+    def remember_prompt(self, prompt_id: str, client_id: str) -> None:
+        self.prompt_clients[prompt_id] = client_id
+        while len(self.prompt_clients) > 1000:
+            self.prompt_clients.popitem(last=False)
+
+    def status_message(self, sid: str | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": self.queue_remaining}}}
+        if sid is not None:
+            data["sid"] = sid
+        return {"type": "status", "data": data}
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        raw = message.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        if kind == "status":
+            with contextlib.suppress(TypeError, ValueError):
+                self.queue_remaining = int(data["status"]["exec_info"]["queue_remaining"])
+        for listener in self.listeners:
+            listener(message)
+        targets = list(self.sockets.values())
+        if kind in EXECUTION_TYPES:
+            owner = self.prompt_clients.get(str(data.get("prompt_id", "")))
+            if owner in self.sockets:
+                targets = [self.sockets[owner]]
+        text = json.dumps(message)
+        for ws in targets:
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_str(text)
+
+    async def run(self) -> None:
+        """Keep the hub socket open for the life of the server, reconnecting with backoff."""
+        url = self.hub.url("/ws/hub/seat/").replace("http", "ws", 1)
+        delay = 0.5
+        while True:
+            try:
+                async with self.hub.session.ws_connect(url, heartbeat=30) as ws:
+                    self.connected.set()
+                    delay = 0.5
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            with contextlib.suppress(ValueError):
+                                await self.deliver(json.loads(msg.data))
+                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                            break
+                    if ws.close_code == 4401:
+                        log.error("The hub refused this seat's token; the seat needs a restart from the admin.")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("Hub events unavailable (%s); retrying in %.1f s", exc, delay)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

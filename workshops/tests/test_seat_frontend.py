@@ -1,0 +1,336 @@
+"""The seat frontend against a live hub: who may use a seat (the isolation matrix), ComfyUI's userdata and
+upload semantics, bad input, and a prompt that travels with an uploaded image to the simulator and back."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from django.conf import settings
+from django.test import Client
+from PIL import Image
+
+from jobs.models import Job
+from storage.models import SeatInput
+from tests.fixtures import run_worker
+from tests.seat_server import SeatServerThread, seat_config
+from workshops.models import Seat
+
+TINY = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "seat"}},
+}
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 10, 10)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@pytest.fixture
+def seat_server(transactional_db, live_server, personas, tmp_path):
+    """Seat A's frontend (its data under tmp_path/seat) and the people who may or may not use it."""
+    token = personas.seat_a.issue_token()
+    server = SeatServerThread(seat_config(live_server.url, token, tmp_path / "seat")).start()
+    cookies = {
+        "own": session_cookie(personas.seat_a.participant),
+        "same_workshop": session_cookie(personas.seat_b.participant),
+        "other_workshop": session_cookie(personas.seat_c.participant),
+        "staff": session_cookie(personas.instructor),
+        "anonymous": "",
+    }
+    yield server, cookies
+    server.stop()
+
+
+def call(server: SeatServerThread, who: str, cookies: dict, method: str, path: str, **kwargs) -> requests.Response:
+    headers = {"Cookie": cookies[who]} if cookies[who] else {}
+    headers.update(kwargs.pop("headers", {}))
+    return requests.request(
+        method, server.url.rstrip("/") + path, headers=headers, timeout=10, allow_redirects=False, **kwargs
+    )
+
+
+# Every seat endpoint a browser can reach, with a request that would read or change the seat's data.
+ENDPOINTS = [
+    ("GET", "/", {"headers": {"Accept": "text/html"}}),
+    ("GET", "/api/userdata?dir=workflows&recurse=true&full_info=true", {}),
+    ("GET", "/api/userdata/workflows%2Fsecret.json", {}),
+    ("POST", "/api/userdata/workflows%2Fintruder.json", {"data": b"{}"}),
+    ("DELETE", "/api/userdata/workflows%2Fsecret.json", {}),
+    ("POST", "/api/userdata/workflows%2Fsecret.json/move/workflows%2Fmoved.json", {}),
+    ("GET", "/api/settings", {}),
+    ("POST", "/api/settings/Comfy.Intruder", {"data": b"true"}),
+    ("POST", "/api/upload/image", {"files": {"image": ("in.png", png_bytes(), "image/png")}}),
+    ("GET", "/api/view?filename=mine.png&type=input", {}),
+    ("GET", "/api/view?filename=seat_00001_.png&type=output", {}),
+    ("POST", "/api/prompt", {"json": {"prompt": TINY, "client_id": "x"}}),
+    ("GET", "/api/queue", {}),
+    ("POST", "/api/queue", {"json": {"clear": True}}),
+    ("GET", "/api/history?max_items=64", {}),
+    ("POST", "/api/interrupt", {"json": {}}),
+    ("GET", "/api/object_info", {}),
+    ("GET", "/api/comfyume/status", {}),
+    (
+        "GET",
+        "/ws",
+        {
+            "headers": {
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            }
+        },
+    ),
+]
+
+
+def _seed(server: SeatServerThread) -> Path:
+    root = server.config.data_dir
+    (root / "user" / "workflows").mkdir(parents=True, exist_ok=True)
+    (root / "user" / "workflows" / "secret.json").write_text('{"mine": true}')
+    (root / "input" / "mine.png").write_bytes(png_bytes())
+    return root
+
+
+@pytest.mark.parametrize("who", ["same_workshop", "other_workshop", "anonymous"])
+def test_nobody_else_reaches_a_seat(seat_server, who):
+    server, cookies = seat_server
+    root = _seed(server)
+    for method, path, kwargs in ENDPOINTS:
+        response = call(server, who, cookies, method, path, **kwargs)
+        expected = {401, 302} if who == "anonymous" else {403}
+        assert response.status_code in expected, (who, method, path, response.status_code, response.text[:200])
+        assert "mine" not in response.text
+    # Nothing was written, moved or deleted, and no job was queued.
+    assert (root / "user" / "workflows" / "secret.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in (root / "user" / "workflows").iterdir()) == ["secret.json"]
+    assert "Comfy.Intruder" not in (root / "user" / "comfy.settings.json").read_text()
+    assert sorted(p.name for p in (root / "input").iterdir()) == ["mine.png"]
+    assert not Job.objects.exists()
+
+
+def test_anonymous_page_visit_is_sent_to_sign_in(seat_server):
+    server, cookies = seat_server
+    response = call(server, "anonymous", cookies, "GET", "/", headers={"Accept": "text/html"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"{server.config.hub_url}/login/"
+
+
+def test_another_participant_sees_a_page_saying_whose_seat_it_is(seat_server):
+    server, cookies = seat_server
+    response = call(server, "same_workshop", cookies, "GET", "/", headers={"Accept": "text/html"})
+    assert response.status_code == 403
+    assert "This is not your seat" in response.text and "ws1-user002" in response.text
+
+
+@pytest.mark.parametrize("who", ["own", "staff"])
+def test_the_participant_and_staff_use_the_seat(seat_server, who):
+    server, cookies = seat_server
+    _seed(server)
+    page = call(server, who, cookies, "GET", "/", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and '<div id="vue-app">' in page.text
+    listing = call(server, who, cookies, "GET", "/api/userdata?dir=workflows&recurse=true&full_info=true")
+    assert [f["path"] for f in listing.json()] == ["secret.json"]
+    assert call(server, who, cookies, "GET", "/api/userdata/workflows%2Fsecret.json").json() == {"mine": True}
+    assert call(server, who, cookies, "GET", "/api/view?filename=mine.png&type=input").content == png_bytes()
+    assert call(server, who, cookies, "GET", "/api/queue").json() == {"queue_running": [], "queue_pending": []}
+
+
+def test_cross_site_requests_are_refused_even_with_a_valid_session(seat_server):
+    server, cookies = seat_server
+    response = call(
+        server, "own", cookies, "POST", "/api/settings/Comfy.X", data=b"1", headers={"Origin": "https://evil.example"}
+    )
+    assert response.status_code == 403
+    assert "Comfy.X" not in server.config.data_dir.joinpath("user", "comfy.settings.json").read_text()
+
+
+def test_the_frontend_package_files_need_no_session(seat_server):
+    server, cookies = seat_server
+    page = call(server, "own", cookies, "GET", "/", headers={"Accept": "text/html"})
+    script = page.text.split('type="module" crossorigin src="./')[1].split('"')[0]
+    assert call(server, "anonymous", cookies, "GET", f"/{script}").status_code == 200
+    assert call(server, "anonymous", cookies, "GET", "/extensions/comfyume/status.js").status_code == 200
+
+
+# --- ComfyUI's userdata semantics, as the web frontend relies on them -------------------------------------
+
+
+def test_userdata_round_trip_as_the_frontend_does_it(seat_server):
+    server, cookies = seat_server
+
+    def req(method: str, path: str, **kwargs) -> requests.Response:
+        return call(server, "own", cookies, method, path, **kwargs)
+
+    assert req("GET", "/api/userdata?dir=workflows&recurse=true&split=false&full_info=true").status_code == 404
+    saved = req("POST", "/api/userdata/workflows%2Fa.json?overwrite=false&full_info=true", data=b'{"v": 1}')
+    assert saved.status_code == 200 and saved.json()["path"] == "workflows/a.json" and saved.json()["size"] == 8
+    again = req("POST", "/api/userdata/workflows%2Fa.json?overwrite=false&full_info=true", data=b'{"v": 2}')
+    assert again.status_code == 409
+    index = req("POST", "/api/userdata/workflows%2F.index.json?overwrite=true&full_info=false", data=b"{}")
+    assert index.json() == "workflows/.index.json"
+    listing = req("GET", "/api/userdata?dir=workflows&recurse=true&split=false&full_info=true").json()
+    assert [f["path"] for f in listing] == ["a.json"]  # hidden files are not listed, as in ComfyUI
+    moved = req("POST", "/api/userdata/workflows%2Fa.json/move/workflows%2Fb.json?overwrite=false")
+    assert moved.json() == "workflows/b.json"
+    assert req("GET", "/api/userdata/workflows%2Fb.json").json() == {"v": 1}
+    assert req("DELETE", "/api/userdata/workflows%2Fb.json").status_code == 204
+    assert req("DELETE", "/api/userdata/workflows%2Fb.json").status_code == 404
+    assert req("POST", "/api/settings/Comfy.Theme", json="dark").status_code == 200
+    assert req("GET", "/api/settings").json()["Comfy.Theme"] == "dark"
+    assert req("GET", "/api/settings/Comfy.TutorialCompleted").json() is True  # a new seat skips the tour
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/api/userdata/..%2F..%2F..%2Fetc%2Fpasswd"),
+        ("GET", "/api/userdata/%2Fetc%2Fpasswd"),
+        ("POST", "/api/userdata/..%2Fescape.json"),
+        ("POST", "/api/userdata/workflows%2F..%2F..%2Fescape.json"),
+        ("POST", "/api/userdata/workflows%2Fa.json/move/..%2F..%2Fescape.json"),
+        ("GET", "/api/userdata?dir=..%2F.."),
+        ("GET", "/api/view?filename=..%2F..%2Fuser%2Fcomfy.settings.json&type=input"),
+        ("GET", "/api/view?filename=x.png&subfolder=..%2F..&type=input"),
+        ("GET", "/api/view?filename=x.png&type=../../etc"),
+    ],
+)
+def test_paths_out_of_the_seat_are_refused(seat_server, method, path, tmp_path):
+    server, cookies = seat_server
+    call(server, "own", cookies, "POST", "/api/userdata/workflows%2Fa.json", data=b"{}")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    response = call(server, "own", cookies, method, path, data=b"{}" if method == "POST" else None)
+    assert 400 <= response.status_code < 500
+    assert "root:" not in response.text and "TutorialCompleted" not in response.text
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_bad_uploads_get_a_clear_error_and_write_nothing(seat_server):
+    server, cookies = seat_server
+    inputs = server.config.data_dir / "input"
+    oversized = b"\x89PNG\r\n\x1a\n" + os.urandom(server.config.max_upload_bytes + 10)
+    cases = [
+        ({"image": ("big.png", oversized, "image/png")}, {}, 413),
+        ({"image": ("notes.txt", b"just some text", "text/plain")}, {}, 400),
+        ({"image": ("evil.png", png_bytes(), "image/png")}, {"type": "output"}, 400),
+        ({"image": ("evil.png", png_bytes(), "image/png")}, {"subfolder": "../../user"}, 403),
+        ({}, {"type": "input"}, 400),
+    ]
+    for files, data, status in cases:
+        response = call(server, "own", cookies, "POST", "/api/upload/image", files=files or None, data=data)
+        assert response.status_code == status, (files.keys(), data, response.status_code, response.text)
+    assert list(inputs.iterdir()) == []
+    assert not SeatInput.objects.exists()
+
+
+def test_unknown_endpoints_answer_404_in_comfyuis_error_shape(seat_server):
+    server, cookies = seat_server
+    response = call(server, "own", cookies, "GET", "/api/no/such/thing")
+    assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
+    assert call(server, "own", cookies, "POST", "/api/settings", data=b"not json").status_code == 400
+
+
+# --- A job from the seat's ComfyUI, with an uploaded image, through the hub to the simulator ---------------
+
+
+def test_an_uploaded_image_travels_with_the_job_to_the_gpu(seat_server, personas, sim):
+    server, cookies = seat_server
+    upload = call(
+        server,
+        "own",
+        cookies,
+        "POST",
+        "/api/upload/image",
+        files={"image": ("photo.png", png_bytes((1, 2, 3)), "image/png")},
+        data={"type": "input", "subfolder": "pasted"},
+    )
+    assert upload.json() == {"name": "photo.png", "subfolder": "pasted", "type": "input"}
+    # The same name with other content becomes "photo (1).png", as in ComfyUI.
+    second = call(
+        server,
+        "own",
+        cookies,
+        "POST",
+        "/api/upload/image",
+        files={"image": ("photo.png", png_bytes((9, 9, 9)), "image/png")},
+        data={"subfolder": "pasted"},
+    )
+    assert second.json()["name"] == "photo (1).png"
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "pasted/photo.png"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "seat"}},
+    }
+    answer = call(server, "own", cookies, "POST", "/api/prompt", json={"prompt": prompt, "client_id": "tab-1"})
+    assert answer.status_code == 200, answer.text
+    job = Job.objects.get(prompt_id=answer.json()["prompt_id"])
+    assert job.seat == personas.seat_a and job.client_id == "tab-1"
+    assert [i["name"] for i in job.inputs] == ["pasted/photo.png"]
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, (job.status_reason, job.error)
+    on_backend = Path(sim.config.output_dir).parent
+    copies = list(on_backend.rglob("photo.png"))
+    assert any(f"comfyume/{job.backend_prompt_id}/pasted" in str(p) for p in copies)
+    assert any(p.read_bytes() == png_bytes((1, 2, 3)) for p in copies)
+    history = call(server, "own", cookies, "GET", "/api/history?max_items=64").json()
+    image = history[str(job.prompt_id)]["outputs"]["3"]["images"][0]
+    query = f"filename={quote(image['filename'])}&subfolder={quote(image['subfolder'])}&type=output"
+    view = call(server, "own", cookies, "GET", f"/api/view?{query}")
+    assert view.status_code == 200 and view.content.startswith(b"\x89PNG")
+    # Seat B never sees seat A's output, even by its exact name.
+    other = call(server, "same_workshop", cookies, "GET", f"/api/view?{query}")
+    assert other.status_code == 403
+
+
+def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server, personas):
+    from workshops.models import WorkflowTemplate
+    from workshops.seat_frontend.app import sync_templates
+    from workshops.seat_frontend.files import SeatFiles
+
+    server, _cookies = seat_server
+    template = WorkflowTemplate.objects.create(name="Flux", workflow={"nodes": [], "v": 1})
+    personas.workshop.templates.add(template)
+    personas.workshop.default_template = template
+    personas.workshop.save()
+    info = requests.get(
+        f"{server.config.hub_url}/api/hub/seat",
+        headers={"Authorization": f"Bearer {server.config.token}"},
+        timeout=5,
+    ).json()
+    assert info["default_template"] == "Flux.json"
+    files = SeatFiles(server.config.data_dir)
+    assert sync_templates(files, info["templates"]) == ["Flux.json"]
+    path = files.user_dir / "workflows" / "Flux.json"
+    assert json.loads(path.read_text())["v"] == 1
+    # A new version replaces an untouched copy…
+    info["templates"][0]["workflow"]["v"] = 2
+    assert sync_templates(files, info["templates"]) == ["Flux.json"]
+    # …but never the participant's own edit.
+    path.write_text('{"edited": true}')
+    info["templates"][0]["workflow"]["v"] = 3
+    assert sync_templates(files, info["templates"]) == []
+    assert json.loads(path.read_text()) == {"edited": True}
+
+
+def test_seat_ids_come_from_the_token_never_from_the_body(seat_server, personas):
+    server, cookies = seat_server
+    body = {"prompt": TINY, "client_id": "x", "seat": personas.seat_b.label, "seat_id": personas.seat_b.pk}
+    answer = call(server, "own", cookies, "POST", "/api/prompt", json=body)
+    assert Job.objects.get(prompt_id=answer.json()["prompt_id"]).seat_id == personas.seat_a.pk
+    assert not Job.objects.filter(seat=Seat.objects.get(pk=personas.seat_b.pk)).exists()
