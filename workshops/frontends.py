@@ -52,7 +52,10 @@ def login_url() -> str:
 
 def seat_url(seat: Seat, request: HttpRequest | None = None) -> str | None:
     """The address of the seat's ComfyUI for this browser, or None while its frontend is not running."""
-    frontend = SeatFrontend.objects.filter(seat=seat).only("state", "port").first()
+    return url_for(seat, SeatFrontend.objects.filter(seat=seat).only("state", "port").first(), request)
+
+
+def url_for(seat: Seat, frontend: SeatFrontend | None, request: HttpRequest | None) -> str | None:
     if frontend is None or frontend.state != SeatFrontend.State.RUNNING:
         return None
     if settings.SEAT_FRONTENDS["ROUTING"] == "path":

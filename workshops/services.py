@@ -12,7 +12,7 @@ from django.db import transaction
 
 from gpu_backends.models import GpuBackend
 
-from .models import JoinLink, QueuePolicy, Seat, Workshop
+from .models import Announcement, JoinLink, QueuePolicy, Seat, Workshop
 
 # No 0/o, 1/l/i: passwords are read off a printed card.
 _PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -95,3 +95,38 @@ def add_seats(workshop: Workshop, count: int) -> list[SeatCredentials]:
 
 def credentials_as_dicts(credentials: list[SeatCredentials]) -> list[dict[str, str]]:
     return [asdict(c) for c in credentials]
+
+
+# --- Messages to every seat's ComfyUI ----------------------------------------------------------------
+
+
+def _tell_seats(workshop: Workshop, message: dict) -> None:
+    """Send a ComfyUI-format message to every seat of the workshop (and the instructor's view), after commit."""
+    from jobs import events
+
+    seat_ids = list(workshop.seats.values_list("pk", flat=True))
+    groups = [events.seat_group(pk) for pk in seat_ids] + [events.workshop_group(workshop.pk)]
+    transaction.on_commit(lambda: events.publish(groups, {"type": "comfy.message", "message": message}))
+
+
+def post_announcement(workshop: Workshop, message: str, *, by=None) -> Announcement:
+    """Show ``message`` at once in every participant's ComfyUI (the status banner's yellow note)."""
+    message = message.strip()
+    if not message:
+        raise WorkshopError("An announcement needs some text.")
+    note = Announcement.objects.create(workshop=workshop, message=message[:500], created_by=by)
+    announcement_changed(note)
+    return note
+
+
+def announcement_changed(note: Announcement) -> None:
+    """A new, edited or withdrawn announcement: seats refresh their banner."""
+    _tell_seats(
+        note.workshop,
+        {"type": "comfyume.announcement", "data": {"id": note.pk, "message": note.message, "active": note.active}},
+    )
+
+
+def push_templates(workshop: Workshop) -> None:
+    """Seat frontends fetch the workshop's templates again and put new ones in the workflow list."""
+    _tell_seats(workshop, {"type": "comfyume.templates", "data": {}})

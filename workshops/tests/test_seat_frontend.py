@@ -40,18 +40,23 @@ def session_cookie(user) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
-@pytest.fixture
-def seat_server(transactional_db, live_server, personas, tmp_path):
-    """Seat A's frontend (its data under tmp_path/seat) and the people who may or may not use it."""
-    token = personas.seat_a.issue_token()
-    server = SeatServerThread(seat_config(live_server.url, token, tmp_path / "seat")).start()
-    cookies = {
+def persona_cookies(personas) -> dict[str, str]:
+    """Session cookies of everyone who might knock on seat A (anonymous has none)."""
+    return {
         "own": session_cookie(personas.seat_a.participant),
         "same_workshop": session_cookie(personas.seat_b.participant),
         "other_workshop": session_cookie(personas.seat_c.participant),
         "staff": session_cookie(personas.instructor),
         "anonymous": "",
     }
+
+
+@pytest.fixture
+def seat_server(transactional_db, live_server, personas, tmp_path):
+    """Seat A's frontend (its data under tmp_path/seat) and the people who may or may not use it."""
+    token = personas.seat_a.issue_token()
+    server = SeatServerThread(seat_config(live_server.url, token, tmp_path / "seat")).start()
+    cookies = persona_cookies(personas)
     yield server, cookies
     server.stop()
 
@@ -334,3 +339,98 @@ def test_seat_ids_come_from_the_token_never_from_the_body(seat_server, personas)
     answer = call(server, "own", cookies, "POST", "/api/prompt", json=body)
     assert Job.objects.get(prompt_id=answer.json()["prompt_id"]).seat_id == personas.seat_a.pk
     assert not Job.objects.filter(seat=Seat.objects.get(pk=personas.seat_b.pk)).exists()
+
+
+# --- The same matrix through a real nginx, as production runs it ------------------------------------------
+
+
+@pytest.fixture
+def via_nginx(transactional_db, live_server, personas, tmp_path):
+    """nginx (rendered by render_nginx) in front of the live hub and seat A's frontend under /user001/."""
+    from tests.real_nginx import RealNginx, free_port, require_nginx
+    from workshops.management.commands.render_nginx import write_self_signed_certificate
+    from workshops.nginx import NginxSeat, NginxSite, render_nginx
+
+    require_nginx()
+    token = personas.seat_a.issue_token()
+    server = SeatServerThread(seat_config(live_server.url, token, tmp_path / "seat", base_path="/user001/")).start()
+    cert, key = write_self_signed_certificate(tmp_path, "127.0.0.1")
+    https = free_port()
+    site = NginxSite(
+        server_name="localhost",
+        workshop="ws1",
+        hub=f"127.0.0.1:{live_server.thread.port}",
+        seats=[NginxSeat("user001", f"127.0.0.1:{server.config.port}")],
+        tls_certificate=str(cert),
+        tls_certificate_key=str(key),
+        max_upload_mb=1,
+        static_root=None,
+        acme_webroot=None,
+        listen_http=free_port(),
+        listen_https=https,
+        auth_cache_dir=str(tmp_path / "auth-cache"),
+    )
+    nginx = RealNginx(tmp_path / "nginx").write(render_nginx(site)).start(https)
+    cookies = persona_cookies(personas)
+
+    def through(who: str, method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"Cookie": cookies[who]} if cookies[who] else {}
+        headers.update(kwargs.pop("headers", {}))
+        return requests.request(
+            method,
+            f"https://127.0.0.1:{https}/user001{path}",
+            headers=headers,
+            verify=False,
+            timeout=10,
+            allow_redirects=False,
+            **kwargs,
+        )
+
+    yield server, through, cookies
+    nginx.stop()
+    server.stop()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("who", ["same_workshop", "other_workshop", "anonymous"])
+def test_nobody_else_reaches_a_seat_through_nginx(via_nginx, who):
+    server, through, _cookies = via_nginx
+    root = _seed(server)
+    for method, path, kwargs in ENDPOINTS:
+        response = through(who, method, path, **kwargs)
+        expected = {302} if who == "anonymous" else {403}
+        assert response.status_code in expected, (who, method, path, response.status_code, response.text[:200])
+        assert "mine" not in response.text
+        if who == "anonymous":
+            assert response.headers["Location"].startswith("/login/?next=/user001")
+    assert (root / "user" / "workflows" / "secret.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in (root / "user" / "workflows").iterdir()) == ["secret.json"]
+    assert not Job.objects.exists()
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("who", ["own", "staff"])
+def test_the_seat_works_through_nginx_with_encoded_paths_and_its_socket(via_nginx, who):
+    import websocket
+
+    server, through, cookies = via_nginx
+    page = through(who, "GET", "/", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and '<div id="vue-app">' in page.text
+    saved = through(
+        who, "POST", "/api/userdata/workflows%2Fsub%2Fa%20b.json?overwrite=false&full_info=true", data=b"{}"
+    )
+    assert saved.status_code == 200 and saved.json()["path"] == "workflows/sub/a b.json"
+    assert through(who, "GET", "/api/userdata/workflows%2Fsub%2Fa%20b.json").json() == {}
+    assert (server.config.data_dir / "user" / "workflows" / "sub" / "a b.json").exists()
+    https = through(who, "GET", "/").url.split("/")[2]
+    ws = websocket.create_connection(
+        f"wss://{https}/user001/ws?clientId=tab-9",
+        header=[f"Cookie: {cookies[who]}"],
+        sslopt={"cert_reqs": 0},
+        timeout=10,
+    )
+    try:
+        first = json.loads(ws.recv())
+        assert first["type"] == "status" and first["data"]["sid"] == "tab-9"
+    finally:
+        ws.close()
