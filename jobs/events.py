@@ -12,6 +12,7 @@ and messages for one job are never reordered.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import sys
@@ -117,6 +118,9 @@ def _get_publisher() -> _Publisher:
     with _publisher_lock:
         # A forked child (RQ's default worker) inherits the object but not the thread: start a new one.
         if _publisher is None or _publisher.pid != os.getpid() or not _publisher.thread.is_alive():
+            if _publisher is None:
+                # A short-lived process (a management command) must not exit with messages still queued.
+                atexit.register(flush, 3.0)
             _publisher = _Publisher()
         return _publisher
 

@@ -246,6 +246,29 @@ def test_a_participant_cannot_open_another_seat(platform, browser):
     page.close()
 
 
+def test_an_announcement_appears_at_once_in_the_participants_comfyui(platform, browser):
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    participant = browser.new_page(viewport={"width": 1300, "height": 850})
+    _sign_in(participant, platform, seats[1])
+    _wait_for_comfyui(participant)
+    instructor = browser.new_page(viewport={"width": 1300, "height": 800})
+    instructor.goto(f"{platform['base']}/admin/login/")
+    instructor.fill("#id_username", "admin")
+    instructor.fill("#id_password", "e2e-admin-password")
+    instructor.click("input[type=submit]")
+    instructor.goto(f"{platform['base']}/admin/workshops/announcement/add/")
+    instructor.select_option("#id_workshop", label="Demo workshop")
+    instructor.fill("#id_message", "Coffee break until 14:30 — your queued jobs keep running.")
+    instructor.click("input[name=_save]")
+    # No reload: the note arrives over the seat's socket.
+    participant.wait_for_selector("#comfyume-banner .cm-note >> text=Coffee break until 14:30", timeout=15000)
+    participant.screenshot(path=str(ARTIFACTS / "participant-announcement.png"))
+    participant.click("#comfyume-banner .cm-note button")
+    assert participant.query_selector("#comfyume-banner .cm-note") is None
+    instructor.close()
+    participant.close()
+
+
 def test_seat_page_still_queues_a_test_workflow(platform, browser):
     """The hub's own seat page (``/?seat``) remains a fallback with a live job list."""
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())

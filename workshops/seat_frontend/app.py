@@ -455,6 +455,53 @@ async def object_info(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+# --- The model library: what the GPU backend has, read from its node catalogue --------------------------
+
+# ComfyUI's model folders and the loader inputs that list each one's files (the backend's object_info is
+# the only inventory a seat sees; real paths on the GPU server are never shown).
+MODEL_FOLDERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "checkpoints": (("CheckpointLoaderSimple", "ckpt_name"),),
+    "loras": (("LoraLoader", "lora_name"),),
+    "vae": (("VAELoader", "vae_name"),),
+    "text_encoders": (("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1")),
+    "diffusion_models": (("UNETLoader", "unet_name"),),
+    "clip_vision": (("CLIPVisionLoader", "clip_name"),),
+    "controlnet": (("ControlNetLoader", "control_net_name"),),
+    "upscale_models": (("UpscaleModelLoader", "model_name"),),
+    "latent_upscale_models": (("LatentUpscaleModelLoader", "model_name"),),
+    "style_models": (("StyleModelLoader", "style_model_name"),),
+    "gligen": (("GLIGENLoader", "gligen_name"),),
+    "hypernetworks": (("HypernetworkLoader", "hypernetwork_name"),),
+    "photomaker": (("PhotoMakerLoader", "photomaker_model_name"),),
+    "embeddings": (),
+}
+
+
+def models_in(info: dict[str, Any], folder: str) -> list[str]:
+    names: list[str] = []
+    for node, field in MODEL_FOLDERS[folder]:
+        spec = info.get(node, {}).get("input", {}).get("required", {}).get(field)
+        if isinstance(spec, list) and spec:
+            options = spec[0] if isinstance(spec[0], list) else (spec[1] or {}).get("options", [])
+            names.extend(str(o) for o in options if str(o) not in names)
+    return names
+
+
+async def model_folders(request: web.Request) -> web.Response:
+    return web.json_response([{"name": name, "folders": []} for name in MODEL_FOLDERS])
+
+
+async def model_files(request: web.Request) -> web.Response:
+    folder = request.match_info["folder"]
+    if folder not in MODEL_FOLDERS:
+        return web.Response(status=404)
+    catalogue = await object_info(request)  # its match_info names a folder, not a node: the whole catalogue
+    if catalogue.status != 200:
+        return catalogue
+    info = json.loads(catalogue.body)  # type: ignore[arg-type]
+    return web.json_response([{"name": name, "pathIndex": 0} for name in models_in(info, folder)])
+
+
 # --- Our own endpoints for the status banner -----------------------------------------------------------
 
 
@@ -610,8 +657,8 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
         ("GET", "/features", features),
         ("GET", "/i18n", _fixed({})),
         ("GET", "/workflow_templates", _fixed({})),
-        ("GET", "/experiment/models", _fixed([])),
-        ("GET", "/experiment/models/{folder}", _fixed([])),
+        ("GET", "/experiment/models", model_folders),
+        ("GET", "/experiment/models/{folder}", model_files),
         ("GET", "/settings", get_settings),
         ("POST", "/settings", post_settings),
         ("GET", "/settings/{id}", get_setting),

@@ -86,3 +86,60 @@ def test_add_backend_updates_an_existing_one():
         "H200",
         "3.50",
     )
+
+
+@pytest.mark.django_db
+def test_create_workshop_writes_printable_cards_with_a_qr_code_per_seat(tmp_path):
+    from workshops.credentials import qr_svg
+
+    sheet, data = tmp_path / "cards.html", tmp_path / "creds.json"
+    run("create_workshop", "june", "--seats", "2", "--title", "June <b>masterclass</b>",
+        "--credentials-html", str(sheet), "--credentials-json", str(data))  # fmt: skip
+    html = sheet.read_text()
+    assert oct(sheet.stat().st_mode)[-3:] == "600"
+    assert "June &lt;b&gt;masterclass&lt;/b&gt;" in html  # the title is escaped
+    seats = json.loads(data.read_text())["seats"]
+    assert html.count("<svg") == 2
+    for seat in seats:
+        assert seat["username"] in html and seat["password"] in html
+        assert qr_svg(seat["join_url"]) in html
+    with pytest.raises(CommandError, match="exists already"):
+        run("create_workshop", "july", "--seats", "1", "--credentials-html", str(sheet))
+
+
+FLUX_LIKE = {
+    "nodes": [{"id": 1, "type": "EmptyImage", "inputs": [], "outputs": [], "widgets_values": [64, 64, 1, 0]}],
+    "links": [],
+    "version": 0.4,
+}
+
+
+@pytest.mark.django_db
+def test_load_templates_puts_workflows_in_a_workshop_with_a_default(tmp_path):
+    from workshops.models import WorkflowTemplate
+
+    run("create_workshop", "aug", "--seats", "1")
+    (tmp_path / "Flux Klein.json").write_text(json.dumps(FLUX_LIKE))
+    out = run("load_templates", str(tmp_path / "Flux Klein.json"), "--workshop", "aug", "--default", "Flux Klein")
+    assert "Added template 'Flux Klein'" in out
+    workshop = Workshop.objects.get(slug="aug")
+    assert workshop.default_template.name == "Flux Klein"
+    assert list(workshop.templates.values_list("name", flat=True)) == ["Flux Klein"]
+    assert WorkflowTemplate.objects.get().workflow == FLUX_LIKE
+
+
+@pytest.mark.django_db
+def test_load_templates_refuses_api_format_and_broken_files_and_saves_nothing(tmp_path):
+    from workshops.models import WorkflowTemplate
+
+    good, api, broken = tmp_path / "good.json", tmp_path / "api.json", tmp_path / "broken.json"
+    good.write_text(json.dumps(FLUX_LIKE))
+    api.write_text(json.dumps({"1": {"class_type": "EmptyImage", "inputs": {}}}))
+    broken.write_text("{not json")
+    with pytest.raises(CommandError, match="API format"):
+        run("load_templates", str(good), str(api))
+    with pytest.raises(CommandError, match="not a JSON file"):
+        run("load_templates", str(broken))
+    with pytest.raises(CommandError, match="no such file"):
+        run("load_templates", str(tmp_path / "missing.json"))
+    assert not WorkflowTemplate.objects.exists()

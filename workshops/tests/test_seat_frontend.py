@@ -434,3 +434,15 @@ def test_the_seat_works_through_nginx_with_encoded_paths_and_its_socket(via_ngin
         assert first["type"] == "status" and first["data"]["sid"] == "tab-9"
     finally:
         ws.close()
+
+
+def test_the_model_library_lists_what_the_backend_has(seat_server, sim):
+    server, cookies = seat_server
+    requests.post(f"{sim.url}/simulator/config", json={"models": ["flux-2-klein-4b.safetensors"]}, timeout=5)
+    folders = call(server, "own", cookies, "GET", "/api/experiment/models").json()
+    assert {"name": "checkpoints", "folders": []} in folders  # no server paths are shown
+    info = requests.get(f"{sim.url}/object_info", timeout=5).json()
+    expected = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
+    files = call(server, "own", cookies, "GET", "/api/experiment/models/checkpoints").json()
+    assert [f["name"] for f in files] == expected and "flux-2-klein-4b.safetensors" in expected
+    assert call(server, "own", cookies, "GET", "/api/experiment/models/nonsense").status_code == 404

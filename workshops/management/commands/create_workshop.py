@@ -4,6 +4,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from gpu_backends.models import GpuBackend
+from workshops.credentials import credential_sheet
 from workshops.models import QueuePolicy
 from workshops.services import WorkshopError, create_workshop, credentials_as_dicts
 
@@ -20,21 +21,30 @@ class Command(BaseCommand):
         parser.add_argument(
             "--credentials-json", type=Path, help="Write usernames, passwords and one-time join links here"
         )
+        parser.add_argument(
+            "--credentials-html", type=Path, help="Write a printable sheet (one card per seat, QR join link) here"
+        )
 
-    def handle(self, *args, slug, seats, title, policy, backend, credentials_json, **options):
+    def handle(self, *args, slug, seats, title, policy, backend, credentials_json, credentials_html, **options):
         backends = []
         for name in backend:
             found = GpuBackend.objects.filter(name=name).first()
             if found is None:
                 raise CommandError(f"No GPU backend called {name!r}; add it first with add_backend.")
             backends.append(found)
-        if credentials_json and credentials_json.exists():
-            raise CommandError(f"{credentials_json} exists already; refusing to overwrite credentials.")
+        for target in (credentials_json, credentials_html):
+            if target and target.exists():
+                raise CommandError(f"{target} exists already; refusing to overwrite credentials.")
         try:
             workshop, credentials = create_workshop(slug, seats=seats, title=title, policy=policy, backends=backends)
         except WorkshopError as exc:
             raise CommandError(str(exc)) from exc
         rows = credentials_as_dicts(credentials)
+        if credentials_html:
+            credentials_html.parent.mkdir(parents=True, exist_ok=True)
+            credentials_html.write_text(credential_sheet(workshop, credentials))
+            credentials_html.chmod(0o600)
+            self.stdout.write(f"Printable credential cards: {credentials_html}")
         if credentials_json:
             credentials_json.parent.mkdir(parents=True, exist_ok=True)
             credentials_json.write_text(json.dumps({"workshop": workshop.slug, "seats": rows}, indent=2))

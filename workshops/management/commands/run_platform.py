@@ -29,6 +29,7 @@ from django.db import transaction
 from comfyume import embedded_redis
 from gpu_backends.models import GpuBackend
 from workshops import frontends
+from workshops.credentials import credential_sheet
 from workshops.models import WorkflowTemplate, Workshop
 from workshops.services import create_workshop, credentials_as_dicts
 
@@ -186,6 +187,9 @@ class Command(BaseCommand):
             workshop, credentials = create_workshop("demo", seats=seats, title="Demo workshop")
             path.write_text(json.dumps(credentials_as_dicts(credentials), indent=2))
             path.chmod(0o600)
+            sheet = settings.DATA_DIR / "demo_credentials.html"
+            sheet.write_text(credential_sheet(workshop, credentials))
+            sheet.chmod(0o600)
         workshop = Workshop.objects.get(slug="demo")
         if sim_port:
             workshop.backends.add(backend)
@@ -233,6 +237,9 @@ class Command(BaseCommand):
         w(f"  Participant sign-in:       {base}/login/")
         for seat in demo["seats"][:3]:
             w(f"    {seat['username']} / {seat['password']}   one-time link: {seat['join_url']}")
+        sheet = settings.DATA_DIR / "demo_credentials.html"
+        if sheet.exists():
+            w(f"    printable cards with QR codes: {sheet}")
         if len(demo["seats"]) > 3:
             w(f"    … {len(demo['seats']) - 3} more in {settings.DATA_DIR / 'demo_credentials.json'}")
         if settings.SEAT_FRONTENDS["ROUTING"] == "port":

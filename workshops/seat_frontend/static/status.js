@@ -28,10 +28,11 @@ function describe(state) {
   const active = jobs.find((j) => j.status === "running" || j.status === "dispatching");
   const queued = jobs.filter((j) => j.status === "queued");
   const backend = state.backend || {};
+  const waiting = queued.length ? ` · ${queued.length} more queued` : "";
   if (active && active.status === "running") {
-    return { tone: "ok", text: `Running on ${active.backend || "the GPU"} · ${elapsed(active.started_at)}` };
+    return { tone: "ok", text: `Running on ${active.backend || "the GPU"} · ${elapsed(active.started_at)}${waiting}` };
   }
-  if (active) return { tone: "ok", text: "Sending your job to the GPU…" };
+  if (active) return { tone: "ok", text: `Sending your job to the GPU…${waiting}` };
   if (queued.length) {
     const first = queued[0];
     if (state.paused) return { tone: "wait", text: "The instructor has paused the queue — your job waits its turn." };
