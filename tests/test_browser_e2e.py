@@ -161,6 +161,16 @@ def _sign_in(page, platform, seat: dict) -> None:
     page.click("button[type=submit]")
 
 
+def _instructor(browser, platform):
+    """A page signed in to the admin as the instructor."""
+    page = browser.new_page(viewport={"width": 1300, "height": 800})
+    page.goto(f"{platform['base']}/admin/login/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "e2e-admin-password")
+    page.click("input[type=submit]")
+    return page
+
+
 def _wait_for_comfyui(page) -> None:
     page.wait_for_selector("#graph-canvas", timeout=30000)
     page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=30000)
@@ -251,11 +261,7 @@ def test_an_announcement_appears_at_once_in_the_participants_comfyui(platform, b
     participant = browser.new_page(viewport={"width": 1300, "height": 850})
     _sign_in(participant, platform, seats[1])
     _wait_for_comfyui(participant)
-    instructor = browser.new_page(viewport={"width": 1300, "height": 800})
-    instructor.goto(f"{platform['base']}/admin/login/")
-    instructor.fill("#id_username", "admin")
-    instructor.fill("#id_password", "e2e-admin-password")
-    instructor.click("input[type=submit]")
+    instructor = _instructor(browser, platform)
     instructor.goto(f"{platform['base']}/admin/workshops/announcement/add/")
     instructor.select_option("#id_workshop", label="Demo workshop")
     instructor.fill("#id_message", "Coffee break until 14:30 — your queued jobs keep running.")
@@ -305,11 +311,7 @@ def test_wrong_password_is_refused_with_a_clear_message(platform, browser):
 
 
 def test_instructor_sees_the_job_in_the_admin(platform, browser):
-    page = browser.new_page(viewport={"width": 1300, "height": 800})
-    page.goto(f"{platform['base']}/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "e2e-admin-password")
-    page.click("input[type=submit]")
+    page = _instructor(browser, platform)
     page.goto(f"{platform['base']}/admin/jobs/job/")
     page.wait_for_selector("#result_list")
     page.screenshot(path=str(ARTIFACTS / "admin-jobs.png"), full_page=True)
