@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, alive, descendants, launch
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,111 +22,19 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found += [child, *_descendants(child)]
-    return found
-
-
-def _free_port_range(count: int) -> int:
-    """The first of ``count`` consecutive free ports (seat frontends take one each)."""
-    for _ in range(50):
-        base = _free_port()
-        ports = range(base, base + count)
-        if all(_port_is_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
     """`manage.py run_platform` in its own data dir, SQLite and embedded Redis, on free ports."""
-    data_dir = Path(tempfile_short())
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
-    env.update(
-        COMFYUME_DATA_DIR=str(data_dir),
-        COMFYUME_REDIS_PREFIX=f"cfme-e2e-{os.getpid()}",
-        COMFYUME_SIMULATOR_PORT=str(_free_port()),
-        COMFYUME_ADMIN_PASSWORD="e2e-admin-password",
-        COMFYUME_SEAT_PORT_BASE=str(_free_port_range(3)),
-        PORT=str(port),
-        PYTHONUNBUFFERED="1",
-    )
-    log = (tmp_path_factory.mktemp("e2e") / "run_platform.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_platform"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        log.seek(0)
-        if "ComfyuME is running" in log.read():
-            break
-        assert proc.poll() is None, f"run_platform exited early:\n{_tail(log)}"
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"run_platform did not start within 90 s:\n{_tail(log)}")
+    launched = launch(tmp_path_factory.mktemp("e2e"))
     yield {
-        "base": base,
-        "proc": proc,
-        "log": log,
-        "data_dir": data_dir,
-        "seat_base": int(env["COMFYUME_SEAT_PORT_BASE"]),
+        "base": launched.base,
+        "proc": launched.proc,
+        "log": launched.log,
+        "data_dir": launched.data_dir,
+        "seat_base": launched.seat_base,
+        "launched": launched,
     }
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def tempfile_short() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="cfme-e2e-")  # short: it holds the embedded Redis's unix socket
-
-
-def _tail(log) -> str:
-    log.seek(0)
-    return log.read()[-3000:]
+    launched.stop()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +48,7 @@ def browser():
 
 
 def test_banner_prints_where_to_sign_in(platform):
-    text = _tail(platform["log"])
+    text = platform["launched"].tail()
     assert f"{platform['base']}/admin/" in text and "password: e2e-admin-password" in text
     assert "the ComfyUI simulator (not a GPU)" in text
     assert requests.get(f"{platform['base']}/health", timeout=5).json()["status"] in ("ok", "degraded")
@@ -166,7 +66,7 @@ def _instructor(browser, platform):
     page = browser.new_page(viewport={"width": 1300, "height": 800})
     page.goto(f"{platform['base']}/admin/login/")
     page.fill("#id_username", "admin")
-    page.fill("#id_password", "e2e-admin-password")
+    page.fill("#id_password", ADMIN_PASSWORD)
     page.click("input[type=submit]")
     return page
 
@@ -322,12 +222,12 @@ def test_instructor_sees_the_job_in_the_admin(platform, browser):
 
 def test_sigterm_stops_every_process_it_started(platform):
     proc = platform["proc"]
-    children = _descendants(proc.pid)
+    children = descendants(proc.pid)
     assert len(children) >= 9  # redis, simulator, workers, reconciler, web, seat supervisor + 3 seat frontends
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [pid for pid in children if _alive(pid)]
-    assert "Stopped every process ComfyuME started." in _tail(platform["log"])
+    assert not [pid for pid in children if alive(pid)]
+    assert "Stopped every process ComfyuME started." in platform["launched"].tail()

@@ -697,5 +697,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     if config.base_path == "/":
         return app
     outer = web.Application(client_max_size=config.max_upload_bytes + 2**20)
+    outer[CONFIG] = config
+    outer.router.add_get("/comfyume/health", health)  # the supervisor checks the root, whatever the path
     outer.add_subapp(config.base_path.rstrip("/"), app)
     return outer

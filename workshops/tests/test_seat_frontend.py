@@ -446,3 +446,17 @@ def test_the_model_library_lists_what_the_backend_has(seat_server, sim):
     files = call(server, "own", cookies, "GET", "/api/experiment/models/checkpoints").json()
     assert [f["name"] for f in files] == expected and "flux-2-klein-4b.safetensors" in expected
     assert call(server, "own", cookies, "GET", "/api/experiment/models/nonsense").status_code == 404
+
+
+def test_a_seat_under_a_path_still_answers_health_at_the_root(tmp_path):
+    """The supervisor checks ``/comfyume/health`` whatever the seat's base path (nginx routing)."""
+    server = SeatServerThread(
+        seat_config("http://127.0.0.1:9", "seat_x", tmp_path / "seat", base_path="/user007/")
+    ).start()
+    try:
+        root = f"http://127.0.0.1:{server.config.port}"
+        assert requests.get(f"{root}/comfyume/health", timeout=5).json()["seat"] == "user001"
+        assert requests.get(f"{root}/user007/comfyume/health", timeout=5).status_code == 200
+        assert requests.get(f"{root}/api/settings", timeout=5).status_code == 404  # the API lives under the path
+    finally:
+        server.stop()

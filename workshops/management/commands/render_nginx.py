@@ -61,6 +61,13 @@ class Command(BaseCommand):
             "docker seat driver, none otherwise; '' for none)",
         )
         parser.add_argument("--nginx", help="The nginx binary for --check (default: /usr/sbin/nginx or PATH)")
+        parser.add_argument("--listen-http", type=int, default=80, help="Port of the plain HTTP server (80)")
+        parser.add_argument("--listen-https", type=int, default=443, help="Port of the TLS server (443)")
+        parser.add_argument(
+            "--auth-cache-dir",
+            default="/var/cache/nginx/comfyume-auth",
+            help="Where nginx caches seat-check answers (its parent must exist)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         workshop = self._workshop(options["workshop"])
@@ -133,6 +140,9 @@ class Command(BaseCommand):
             # The seat frontends' own cache of the same answers; a fraction of a second still caches.
             auth_cache_seconds=math.ceil(settings.SEAT_FRONTENDS.get("AUTH_CACHE_SECONDS", 5)),
             resolver=resolver or None,
+            listen_http=options["listen_http"],
+            listen_https=options["listen_https"],
+            auth_cache_dir=options["auth_cache_dir"],
         )
 
 

@@ -1,0 +1,134 @@
+"""`manage.py run_platform` (what `make run` runs) as a subprocess on free ports, for the browser tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ADMIN_PASSWORD = "e2e-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free ports (seat frontends take one each)."""
+    for _ in range(50):
+        base = free_port()
+        if all(port_is_free(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class Platform:
+    base: str
+    port: int
+    proc: subprocess.Popen
+    log: IO[str]
+    data_dir: Path
+    seat_base: int
+    env: dict[str, str]
+
+    def tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A management command against this platform's database."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def launch(log_dir: Path, seats: int = 3, **extra_env: str) -> Platform:
+    """Start run_platform in its own data dir (SQLite, embedded Redis) and wait for its banner."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cfme-e2e-"))  # short: it holds the embedded Redis's unix socket
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(
+        COMFYUME_DATA_DIR=str(data_dir),
+        COMFYUME_REDIS_PREFIX=f"cfme-e2e-{os.getpid()}-{port}",
+        COMFYUME_SIMULATOR_PORT=str(free_port()),
+        COMFYUME_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        COMFYUME_SEAT_PORT_BASE=str(free_port_range(seats)),
+        COMFYUME_DEMO_SEATS=str(seats),
+        PORT=str(port),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra_env)
+    log = (log_dir / "run_platform.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_platform"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    platform = Platform(f"http://127.0.0.1:{port}", port, proc, log, data_dir, int(env["COMFYUME_SEAT_PORT_BASE"]), env)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if "ComfyuME is running" in platform.tail():
+            return platform
+        if proc.poll() is not None:
+            pytest.fail(f"run_platform exited early:\n{platform.tail()}")
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"run_platform did not start within 90 s:\n{platform.tail()}")
