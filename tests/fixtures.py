@@ -110,3 +110,16 @@ def personas(db, sim) -> Personas:
         user = User.objects.create_user(f"{ws.slug}-{label}", password="pw-participant")
         seats.append(Seat.objects.create(workshop=ws, label=label, participant=user))
     return Personas(instructor, workshop, other, seats[0], seats[1], seats[2], backend)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium through Playwright (never Playwright's own browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.launched import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, alive, descendants, launch
+from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, alive, descendants, launch
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,16 +35,6 @@ def platform(tmp_path_factory):
         "launched": launched,
     }
     launched.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_banner_prints_where_to_sign_in(platform):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.launched import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port, launch
+from tests.launched import ARTIFACTS, CHROMIUM, free_port, launch
 from tests.real_nginx import RealNginx, require_nginx
 
 pytestmark = [
@@ -59,16 +59,6 @@ def behind_nginx(tmp_path_factory):
     yield platform, public
     nginx.stop()
     platform.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_participant_queues_from_comfyui_under_their_path(behind_nginx, browser):

@@ -460,3 +460,38 @@ def test_a_seat_under_a_path_still_answers_health_at_the_root(tmp_path):
         assert requests.get(f"{root}/api/settings", timeout=5).status_code == 404  # the API lives under the path
     finally:
         server.stop()
+
+
+def test_the_seat_frontend_needs_only_its_own_requirements():
+    """Its image installs workshops/seat_frontend/requirements.txt only: importing it must not pull in Django,
+    and the pins must match the project's."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, workshops.seat_frontend.app, workshops.seat_frontend.__main__; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'channels', 'redis', 'rq', 'psycopg'}))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    project = set((root / "requirements.txt").read_text().split())
+    own = [line for line in (root / "workshops/seat_frontend/requirements.txt").read_text().split() if "==" in line]
+    assert own and all(pin in project for pin in own)
+
+
+def test_the_seat_frontend_refuses_to_start_without_its_settings(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "COMFYUME_HUB_URL": "http://hub:8000",
+        "COMFYUME_SEAT_DATA_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workshops.seat_frontend"], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "COMFYUME_SEAT_TOKEN is not set" in result.stderr
