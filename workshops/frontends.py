@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -106,9 +107,23 @@ def seat_spec(seat: Seat, token: str | None = None, *, port: int | None = None) 
 # --- What the instructor asks for --------------------------------------------------------------------
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((settings.SEAT_FRONTENDS["BIND_HOST"], port))
+        except OSError:
+            return False
+        return True
+
+
 def _allocate_port() -> int:
+    """The next port after the highest handed out, skipping ports something else on this host holds."""
     highest = SeatFrontend.objects.aggregate(m=Max("port"))["m"]
-    return max(settings.SEAT_FRONTENDS["PORT_BASE"], (highest or 0) + 1)
+    port = max(settings.SEAT_FRONTENDS["PORT_BASE"], (highest or 0) + 1)
+    for candidate in range(port, min(port + 1000, 65536)):
+        if _port_free(candidate):
+            return candidate
+    raise ProvisioningError(f"No free port for a seat frontend from {port} on.")
 
 
 def ensure_frontends(seats: Iterable[Seat]) -> list[SeatFrontend]:
@@ -201,7 +216,7 @@ class Supervisor:
             SeatFrontend.objects.filter(pk=frontend.pk).update(state=SeatFrontend.State.STOPPED)
 
     def _rows(self) -> list[SeatFrontend]:
-        return list(SeatFrontend.objects.select_related("seat__workshop").filter(seat__workshop__archived_at=None))
+        return list(SeatFrontend.objects.select_related("seat__workshop"))
 
     def reconcile(self) -> None:
         for frontend in self._rows():
@@ -230,7 +245,8 @@ class Supervisor:
             self.driver.stop(spec)
             self._save(frontend, restart_done=frontend.restart_requested, state=SeatFrontend.State.STOPPED)
         status = self.driver.status(spec)
-        if frontend.desired == SeatFrontend.Desired.STOPPED:
+        # An archived workshop's seats stop, whatever was asked for them before.
+        if frontend.desired == SeatFrontend.Desired.STOPPED or seat.workshop.archived_at is not None:
             if status.running:
                 self.driver.stop(spec)
             self._save(frontend, state=SeatFrontend.State.STOPPED)

@@ -36,6 +36,14 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _is_seat_frontend(pid: int) -> bool:
+    """A recorded pid may have been reused by an unrelated process after a reboot or a crash."""
+    try:
+        return b"workshops.seat_frontend" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+
+
 class ProcessDriver:
     name = "process"
 
@@ -57,7 +65,7 @@ class ProcessDriver:
             pid = int(self._pid_file(spec).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if _alive(pid) and _is_seat_frontend(pid) else None
 
     def status(self, spec: SeatSpec) -> FrontendStatus:
         pid = self._pid(spec)

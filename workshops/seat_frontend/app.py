@@ -521,7 +521,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     events = request.app[EVENTS]
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1024 * 1024)
     await ws.prepare(request)
-    sid = request.query.get("clientId") or uuid.uuid4().hex
+    sid = request.query.get("clientId", "")[:128] or uuid.uuid4().hex
     previous = events.sockets.get(sid)
     if previous is not None:
         await previous.close()

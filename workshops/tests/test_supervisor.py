@@ -129,3 +129,25 @@ def test_unknown_workshop_or_seat_is_a_clear_error(personas):
         call_command("seat_frontends", "start", "--workshop", "nope")
     with pytest.raises(CommandError, match="No such seat in ws1: user404"):
         call_command("seat_frontends", "start", "--workshop", "ws1", "--seat", "user404")
+
+
+def test_an_archived_workshops_seats_stop(supervisor, personas):
+    from django.utils import timezone
+
+    frontends.start_seats([personas.seat_a])
+    reconcile_until(supervisor, lambda: state(personas.seat_a).state == SeatFrontend.State.RUNNING)
+    personas.workshop.archived_at = timezone.now()
+    personas.workshop.save()
+    reconcile_until(supervisor, lambda: state(personas.seat_a).state == SeatFrontend.State.STOPPED)
+    assert not supervisor.driver.status(frontends.seat_spec(personas.seat_a)).running
+
+
+def test_a_port_something_else_holds_is_skipped(personas, settings):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        taken = blocker.getsockname()[1]
+        settings.SEAT_FRONTENDS = {**settings.SEAT_FRONTENDS, "PORT_BASE": taken}
+        (row,) = frontends.ensure_frontends([personas.seat_a])
+        assert row.port != taken and row.port > taken
