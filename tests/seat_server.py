@@ -25,6 +25,7 @@ class SeatServerThread:
         self.url = f"http://127.0.0.1:{config.port}{config.base_path}"
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"seat-{config.label}", daemon=True)
 
@@ -32,7 +33,8 @@ class SeatServerThread:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            self._runner = web.AppRunner(build_app(self.config), access_log=None)
+            self.app = build_app(self.config)
+            self._runner = web.AppRunner(self.app, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, self.config.host, self.config.port).start()
 

@@ -33,10 +33,9 @@ FRONTEND_VERSION = "1.27.10"
 COMFYUI_VERSION = "0.3.64"
 OUR_STATIC = Path(__file__).resolve().parent / "static"
 EXTENSION_URL = "/extensions/comfyume/status.js"
-# The frontend package's own files: the same for every seat and free of seat data, so they skip the session
-# check (a page load fetches ~480 of them). Everything else, index.html included, is checked.
-PUBLIC_PREFIXES = ("/assets/", "/fonts/", "/cursor/", "/extensions/comfyume/")
-PUBLIC_PATHS = {"/materialdesignicons.min.css", "/favicon.ico", "/comfyume/health"}
+# Only the supervisor's health check skips the session check; every other request, the frontend package's
+# own files included, is verified with the hub (cached briefly, one question per session at a time).
+PUBLIC_PATHS = {"/comfyume/health"}
 # Settings a new seat starts with: no first-run template browser (the workshop's default template opens
 # instead) and no calls to comfy.org from a participant's browser.
 INITIAL_SETTINGS = {"Comfy.TutorialCompleted": True}
@@ -103,7 +102,7 @@ signed in as <strong>{user}</strong>, which may not open it.</p><p><a href="{hom
 @web.middleware
 async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     path = _relative_path(request)
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+    if path in PUBLIC_PATHS:
         return await handler(request)
     changes = request.method not in ("GET", "HEAD", "OPTIONS")
     if (changes or request.headers.get("Upgrade", "").lower() == "websocket") and not _same_site(request):

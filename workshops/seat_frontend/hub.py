@@ -95,12 +95,18 @@ class Access:
 
 
 class AccessGate:
-    """Asks the hub whether a browser's session may use this seat; answers are cached briefly per session."""
+    """Asks the hub whether a browser's session may use this seat; answers are cached briefly per session.
+
+    A first page load fires a few hundred requests at once: concurrent checks of the same session share one
+    question to the hub (single flight), so the hub is asked once, not once per file.
+    """
 
     def __init__(self, hub: HubClient, ttl: float) -> None:
         self.hub = hub
         self.ttl = ttl
         self._cache: OrderedDict[str, tuple[float, Access]] = OrderedDict()
+        self._asking: dict[str, asyncio.Future[Access]] = {}
+        self.questions = 0  # how many times the hub was asked (for tests and curiosity)
 
     async def check(self, request: web.Request) -> Access:
         cookie = request.headers.get("Cookie", "")
@@ -108,10 +114,34 @@ class AccessGate:
         if not cookie and not authorization:
             return Access(401)
         key = hashlib.sha256(f"{cookie}\n{authorization}".encode()).hexdigest()
-        now = time.monotonic()
         cached = self._cache.get(key)
-        if cached and cached[0] > now:
+        if cached and cached[0] > time.monotonic():
             return cached[1]
+        pending = self._asking.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Access] = asyncio.get_running_loop().create_future()
+        self._asking[key] = future
+        try:
+            access = await self._ask(request, cookie, authorization)
+            if access.status != 502:
+                # Refusals are cached only for a moment, so signing in works at once.
+                ttl = self.ttl if access.status == 204 else 1.0
+                self._cache[key] = (time.monotonic() + ttl, access)
+                while len(self._cache) > 1000:
+                    self._cache.popitem(last=False)
+            future.set_result(access)
+            return access
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            del self._asking[key]
+            if future.done() and not future.cancelled():
+                future.exception()  # mark a failure as retrieved when nobody else was waiting
+
+    async def _ask(self, request: web.Request, cookie: str, authorization: str) -> Access:
+        self.questions += 1
         headers = {
             "X-Comfyume-Seat-Token": self.hub.config.token,
             "X-Original-URI": request.path_qs,
@@ -124,16 +154,10 @@ class AccessGate:
         try:
             async with self.hub.plain_session.get(self.hub.url("/auth/seat"), headers=headers) as r:
                 status = r.status if r.status in (204, 401, 403) else 502
-                access = Access(status, r.headers.get("X-Comfyume-User", ""))
+                return Access(status, r.headers.get("X-Comfyume-User", ""))
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Session check failed: %s", exc)
             return Access(502)
-        if access.status != 502:
-            # Refusals are cached only for a moment, so signing in works at once.
-            self._cache[key] = (now + (self.ttl if access.status == 204 else 1.0), access)
-            while len(self._cache) > 1000:
-                self._cache.popitem(last=False)
-        return access
 
 
 class EventRelay:

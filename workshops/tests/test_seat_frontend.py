@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -165,12 +167,25 @@ def test_cross_site_requests_are_refused_even_with_a_valid_session(seat_server):
     assert "Comfy.X" not in server.config.data_dir.joinpath("user", "comfy.settings.json").read_text()
 
 
-def test_the_frontend_package_files_need_no_session(seat_server):
+def test_every_file_needs_a_session_and_a_page_load_asks_the_hub_once(seat_server, personas):
+    from workshops.seat_frontend.app import GATE
+
     server, cookies = seat_server
     page = call(server, "own", cookies, "GET", "/", headers={"Accept": "text/html"})
-    script = page.text.split('type="module" crossorigin src="./')[1].split('"')[0]
-    assert call(server, "anonymous", cookies, "GET", f"/{script}").status_code == 200
-    assert call(server, "anonymous", cookies, "GET", "/extensions/comfyume/status.js").status_code == 200
+    assets = re.findall(r'"\./(assets/[^"]+)"', page.text)[:200]
+    assert call(server, "anonymous", cookies, "GET", f"/{assets[0]}").status_code == 401
+    assert call(server, "same_workshop", cookies, "GET", "/extensions/comfyume/status.js").status_code == 403
+    # A fresh session's first page load: a couple of hundred files at once, one question to the hub.
+    fresh = {"Cookie": session_cookie(personas.seat_a.participant)}
+    gate = server.app[GATE]
+    gate.ttl = 60  # the fixture's 0.5 s would expire during the burst
+    asked = gate.questions
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(
+            pool.map(lambda path: requests.get(f"{server.url}{path}", headers=fresh, timeout=20).status_code, assets)
+        )
+    assert statuses == [200] * len(assets)
+    assert gate.questions == asked + 1
 
 
 # --- ComfyUI's userdata semantics, as the web frontend relies on them -------------------------------------
