@@ -1,5 +1,8 @@
 from django.contrib import admin, messages
 
+from workshops import audit
+from workshops.audit import AuditedModelAdmin
+
 from .models import Job, JobEvent
 from .services import cancel_job
 
@@ -16,7 +19,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(AuditedModelAdmin):
     list_display = ("id", "seat", "status", "backend", "attempts", "gpu_time", "created_at", "finished_at")
     list_filter = ("status", "workshop", "backend", "instructor_lane")
     list_select_related = ("seat__workshop", "backend")
@@ -24,6 +27,11 @@ class JobAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Job._meta.fields]
     inlines = [JobEventInline]
     actions = ["cancel_selected"]
+    audit_kind = "job"
+    audit_related = ("seat__workshop",)
+
+    def audit_name(self, obj):
+        return f"#{obj.pk} of {obj.seat}"
 
     def has_add_permission(self, request):
         return False
@@ -34,5 +42,31 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_selected(self, request, queryset):
-        done = sum(cancel_job(job, by="instructor") for job in queryset.select_related("seat", "backend"))
+        done = 0
+        for job in queryset.select_related("seat__workshop", "backend"):
+            accepted = cancel_job(job, by="instructor")
+            done += accepted
+            _record_cancel(request, job, accepted)
         self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)
+
+
+def _record_cancel(request, job: Job, accepted: bool) -> None:
+    """One audit entry per job the instructor cancelled, saying what came of it."""
+    name = f"job #{job.pk} of {job.seat}"
+    if not accepted:
+        # cancel_job read the job's status again before refusing, so this is how it ended.
+        result = "already_finished"
+        summary = f"Did not cancel {name}: it had already ended ({job.get_status_display()})"
+    elif job.status == Job.Status.CANCELLED:
+        result, summary = "cancelled", f"Cancelled {name}"
+    else:
+        # It was on a GPU: the backend was asked to stop it, and the dispatch loop ends it within a second.
+        result, summary = "stop_requested", f"Cancelled {name} (running: its backend was asked to stop it)"
+    audit.record(
+        request.user,
+        "job.cancel",
+        summary,
+        workshop=job.seat.workshop,
+        target=job,
+        details={"result": result, "status": job.status},
+    )

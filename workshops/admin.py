@@ -1,11 +1,15 @@
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from jobs.models import Job
 
-from . import frontends
-from .models import Announcement, JoinLink, Seat, WorkflowTemplate, Workshop
+from . import audit, frontends
+from .audit import AuditedModelAdmin
+from .models import Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
 from .services import announcement_changed, push_templates
 
 
@@ -19,23 +23,48 @@ class SeatInline(admin.TabularInline):
 
 
 @admin.register(Workshop)
-class WorkshopAdmin(admin.ModelAdmin):
+class WorkshopAdmin(AuditedModelAdmin):
     list_display = ("slug", "title", "queue_policy", "paused", "seat_count", "queued", "running", "starts_at")
     list_filter = ("queue_policy", "paused")
     search_fields = ("slug", "title")
     filter_horizontal = ("backends", "templates")
     inlines = [SeatInline]
     actions = ["start_comfyuis", "push_workflow_templates"]
+    audit_kind = "workshop"
+
+    def audit_name(self, obj):
+        return obj.slug
 
     @admin.action(description="Start every seat's ComfyUI")
     def start_comfyuis(self, request, queryset):
-        count = sum(frontends.start_seats(w) for w in queryset)
+        count = 0
+        for workshop in queryset:
+            started = frontends.start_seats(workshop)
+            count += started
+            audit.record(
+                request.user,
+                "workshop.start_comfyuis",
+                f"Started the ComfyUI of every seat of {workshop.slug} ({started} seat{'s' if started != 1 else ''})",
+                workshop=workshop,
+                target=workshop,
+                details={"seats": started},
+            )
         self.message_user(request, f"Starting {count} seat ComfyUIs; the Seats page shows each one's state.")
 
     @admin.action(description="Put the workshop's templates in every seat's workflow list now")
     def push_workflow_templates(self, request, queryset):
         for workshop in queryset:
             push_templates(workshop)
+            names = list(workshop.templates.values_list("name", flat=True))
+            audit.record(
+                request.user,
+                "template.push",
+                f"Sent the workflow templates of {workshop.slug} to every seat ({len(names)} template"
+                f"{'s' if len(names) != 1 else ''})",
+                workshop=workshop,
+                target=workshop,
+                details={"templates": names},
+            )
         self.message_user(request, "Sent. Open seats get new templates within a second (edited copies are kept).")
 
     def get_queryset(self, request):
@@ -62,9 +91,17 @@ class WorkshopAdmin(admin.ModelAdmin):
         return obj.n_running
 
 
-def _frontend_action(service, verb: str, description: str):
+def _frontend_action(service, verb: str, description: str, *, code: str, summary: str):
+    """An admin action running ``service`` on the selected seats; ``summary`` ("Restarted the ComfyUI of
+    {seat}") words the audit entry each seat gets."""
+
     def action(modeladmin, request, queryset):
-        count = service(list(queryset.select_related("workshop")))
+        seats = list(queryset.select_related("workshop"))
+        count = service(seats)
+        audit.record_all(
+            audit.build(request.user, code, summary.format(seat=seat), workshop=seat.workshop, target=seat)
+            for seat in seats
+        )
         modeladmin.message_user(
             request,
             f"{verb} {count} seat ComfyUI{'s' if count != 1 else ''}. The seat supervisor carries it out within a "
@@ -77,7 +114,7 @@ def _frontend_action(service, verb: str, description: str):
 
 
 @admin.register(Seat)
-class SeatAdmin(admin.ModelAdmin):
+class SeatAdmin(AuditedModelAdmin):
     list_display = (
         "label",
         "workshop",
@@ -91,14 +128,36 @@ class SeatAdmin(admin.ModelAdmin):
     list_select_related = ("workshop", "participant", "frontend")
     search_fields = ("label", "display_name", "participant__username")
     readonly_fields = ("gpu_seconds_used",)
+    audit_kind = "seat"
+    audit_related = ("workshop",)
     actions = [
-        _frontend_action(frontends.start_seats, "Starting", "Start the selected seats' ComfyUI"),
-        _frontend_action(frontends.stop_seats, "Stopping", "Stop the selected seats' ComfyUI (their files stay)"),
-        _frontend_action(frontends.restart_seats, "Restarting", "Restart the selected seats' ComfyUI"),
+        _frontend_action(
+            frontends.start_seats,
+            "Starting",
+            "Start the selected seats' ComfyUI",
+            code="seat.start",
+            summary="Started the ComfyUI of {seat}",
+        ),
+        _frontend_action(
+            frontends.stop_seats,
+            "Stopping",
+            "Stop the selected seats' ComfyUI (their files stay)",
+            code="seat.stop",
+            summary="Stopped the ComfyUI of {seat}",
+        ),
+        _frontend_action(
+            frontends.restart_seats,
+            "Restarting",
+            "Restart the selected seats' ComfyUI",
+            code="seat.restart",
+            summary="Restarted the ComfyUI of {seat}",
+        ),
         _frontend_action(
             frontends.reset_seats,
             "Resetting",
             "Reset the selected seats' ComfyUI: saved workflows, settings and uploads are set aside",
+            code="seat.reset",
+            summary="Reset the ComfyUI of {seat} (saved workflows, settings and uploads set aside)",
         ),
     ]
 
@@ -122,20 +181,27 @@ class SeatAdmin(admin.ModelAdmin):
 
 
 @admin.register(JoinLink)
-class JoinLinkAdmin(admin.ModelAdmin):
+class JoinLinkAdmin(AuditedModelAdmin):
     list_display = ("seat", "expires_at", "used_at")
     list_select_related = ("seat__workshop",)
     readonly_fields = ("seat", "token_hash", "expires_at", "used_at")
+    audit_kind = "join_link"
+    audit_related = ("seat__workshop",)
 
 
 @admin.register(Announcement)
-class AnnouncementAdmin(admin.ModelAdmin):
+class AnnouncementAdmin(AuditedModelAdmin):
     """Saving an announcement shows it at once in every participant's ComfyUI of the workshop."""
 
     list_display = ("message", "workshop", "active", "created_by", "created_at")
     list_filter = ("workshop", "active")
     list_select_related = ("workshop", "created_by")
     fields = ("workshop", "message", "active")
+    audit_kind = "announcement"
+    audit_related = ("workshop",)
+
+    def audit_name(self, obj):
+        return f"“{audit.clip(obj.message, 80)}”"
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -143,13 +209,96 @@ class AnnouncementAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         announcement_changed(obj)
 
+    def audit_save(self, request, form, formsets, change):
+        """Posted, withdrawn or edited: what participants saw change, in the instructor's words."""
+        note = form.instance
+        changed = audit.changes(form)
+        if change and not changed:
+            return None
+        quoted = self.audit_name(note)
+        if not change:
+            action = "announcement.post"
+            summary = (
+                f"Posted an announcement to {note.workshop.slug}: {quoted}"
+                if note.active
+                else f"Saved an announcement for {note.workshop.slug} without showing it: {quoted}"
+            )
+        elif "active" in changed and not note.active:
+            action, summary = "announcement.withdraw", f"Withdrew the announcement {quoted} from {note.workshop.slug}"
+        elif "active" in changed:
+            action, summary = "announcement.post", f"Posted the announcement {quoted} to {note.workshop.slug} again"
+        else:
+            action = "announcement.edit"
+            summary = f"Edited an announcement of {note.workshop.slug}: {audit.describe_changes(changed, form)}"
+        return audit.record(
+            request.user, action, summary, workshop=note.workshop, target=note, details={"changes": changed}
+        )
+
 
 @admin.register(WorkflowTemplate)
-class WorkflowTemplateAdmin(admin.ModelAdmin):
+class WorkflowTemplateAdmin(AuditedModelAdmin):
     list_display = ("name", "description", "updated_at")
     search_fields = ("name", "description")
+    audit_kind = "template"
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         for workshop in obj.workshops.all():
             push_templates(workshop)
+
+    def audit_extra(self, obj, change):
+        # save_model sent the template to these workshops' seats; a template is shared, so the entry names
+        # them rather than belonging to one.
+        slugs = sorted(obj.workshops.values_list("slug", flat=True))
+        if not slugs:
+            return "", {"sent_to": []}
+        return f"; sent to the seats of {', '.join(slugs)}", {"sent_to": slugs}
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log, read-only for everyone (superusers included): it is a record, not a document."""
+
+    list_display = ("created_at", "who", "action", "summary", "workshop")
+    list_filter = ("action", "workshop", "actor")
+    list_select_related = ("workshop",)
+    search_fields = ("summary", "actor_name", "target_repr")
+    date_hierarchy = "created_at"
+    fields = (
+        "created_at",
+        "actor",
+        "actor_name",
+        "action",
+        "summary",
+        "workshop",
+        "target",
+        "target_type",
+        "target_id",
+        "target_repr",
+        "details",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Who", ordering="actor_name")
+    def who(self, obj):
+        return obj.actor_name or "—"
+
+    @admin.display(description="Target")
+    def target(self, obj: AuditEntry) -> Any:
+        """A link to the object's admin page while it exists; its name as it was otherwise."""
+        if not obj.target_type or not obj.target_id:
+            return obj.target_repr or "—"
+        try:
+            url = reverse(f"admin:{obj.target_type.replace('.', '_')}_change", args=[obj.target_id])
+        except NoReverseMatch:
+            return obj.target_repr
+        return format_html('<a href="{}">{}</a>', url, obj.target_repr)

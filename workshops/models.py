@@ -198,3 +198,35 @@ class SeatFrontend(models.Model):
 
     def __str__(self) -> str:
         return f"frontend of {self.seat}"
+
+
+class AuditEntry(models.Model):
+    """One thing an instructor did in the admin: who, what (a code and a sentence), when, and on what.
+
+    Rows are only added (see ``workshops.audit``); the admin shows them read-only. The actor's username is
+    copied into ``actor_name`` so an entry still says who it was after the account is deleted, and the
+    target is kept as text for the same reason: the job or seat acted on may be gone by the time someone
+    reads the log.
+    """
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    actor_name = models.CharField(max_length=150, blank=True, help_text="The username at the time.")
+    action = models.CharField(max_length=50, help_text="What was done, as a code: job.cancel, seat.restart, …")
+    summary = models.CharField(max_length=500)
+    workshop = models.ForeignKey(
+        Workshop, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    target_type = models.CharField(max_length=100, blank=True, help_text="app_label.model of the object.")
+    target_id = models.CharField(max_length=64, blank=True)
+    target_repr = models.CharField(max_length=200, blank=True, help_text="The object as it was named then.")
+    details = models.JSONField(default=dict, blank=True, help_text="E.g. the changed fields, old and new.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor_name or 'someone'}: {self.summary[:80]}"
