@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -131,8 +132,11 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
 
     inputs = _uploaded_inputs(seat, prompt)
     with transaction.atomic():
-        # Lock the seat so two quick submits cannot both pass the per-seat cap.
-        Seat.objects.select_for_update().filter(pk=seat.pk).first()
+        # Lock the seat so two quick submits cannot both pass the per-seat cap; its usage is read fresh.
+        locked = Seat.objects.select_for_update().select_related("workshop").filter(pk=seat.pk).first()
+        exhausted = locked.budget_exhausted() if locked is not None else None
+        if exhausted:
+            raise _reject(403, "budget_exhausted", exhausted)
         _check_caps(seat, workshop)
         job = Job.objects.create(
             workshop=workshop,
@@ -185,7 +189,11 @@ def finish_job(job: Job, status: str, *, reason: str = "", error: dict | None = 
         if not job.transition(status, reason=reason, error=error, **fields):
             return False
         if job.gpu_seconds:
-            Seat.objects.filter(pk=job.seat_id).update(gpu_seconds_used=F("gpu_seconds_used") + job.gpu_seconds)
+            price = job.backend.price_per_hour if job.backend_id and job.backend else Decimal("0")
+            cost = price * Decimal(str(job.gpu_seconds)) / 3600
+            Seat.objects.filter(pk=job.seat_id).update(
+                gpu_seconds_used=F("gpu_seconds_used") + job.gpu_seconds, cost_used=F("cost_used") + cost
+            )
         transaction.on_commit(lambda: _after_finish(job))
     return True
 

@@ -122,12 +122,12 @@ class SeatAdmin(AuditedModelAdmin):
         "display_name",
         "frontend_state",
         "open_comfyui",
-        "gpu_seconds_used",
+        "budget",
     )
     list_filter = ("workshop", "frontend__state")
     list_select_related = ("workshop", "participant", "frontend")
     search_fields = ("label", "display_name", "participant__username")
-    readonly_fields = ("gpu_seconds_used",)
+    readonly_fields = ("gpu_seconds_used", "cost_used")
     audit_kind = "seat"
     audit_related = ("workshop",)
     actions = [
@@ -160,6 +160,21 @@ class SeatAdmin(AuditedModelAdmin):
             summary="Reset the ComfyUI of {seat} (saved workflows, settings and uploads set aside)",
         ),
     ]
+
+    @admin.display(description="GPU time used", ordering="gpu_seconds_used")
+    def budget(self, obj):
+        """Usage against the workshop's per-seat budget; seats at 80 % or more stand out."""
+        text = f"{obj.gpu_seconds_used:.0f} s"
+        if obj.workshop.seat_gpu_budget_seconds is not None:
+            text += f" of {obj.workshop.seat_gpu_budget_seconds} s"
+        if obj.workshop.seat_cost_budget is not None:
+            text += f" · {obj.cost_used:.2f} of {obj.workshop.seat_cost_budget:.2f}"
+        used = obj.budget_used()
+        if used is None:
+            return text
+        if used >= 0.8:
+            return format_html('<strong style="color:#b91c1c">{} ({}%)</strong>', text, round(used * 100))
+        return f"{text} ({round(used * 100)}%)"
 
     @admin.display(description="Frontend", ordering="frontend__state")
     def frontend_state(self, obj):

@@ -5,11 +5,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
 def hash_token(raw: str) -> str:
@@ -44,6 +50,16 @@ class Workshop(models.Model):
         null=True, blank=True, help_text="Stop a job that runs longer than this. Empty: the platform default."
     )
     paused = models.BooleanField(default=False, help_text="While paused, jobs are accepted but none starts.")
+    seat_gpu_budget_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="GPU seconds each seat may use in this workshop. Empty: no limit."
+    )
+    seat_cost_budget = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Money each seat may spend, at the backends' price per hour. Empty: no limit.",
+    )
     backends = models.ManyToManyField("gpu_backends.GpuBackend", blank=True, related_name="workshops")
     templates: models.ManyToManyField = models.ManyToManyField(
         "WorkflowTemplate", blank=True, related_name="workshops", help_text="In every seat's workflow list."
@@ -88,6 +104,8 @@ class Seat(models.Model):
     # GPU seconds of this seat's finished jobs; kept on the row (updated with F()) so the round-robin
     # policy reads it per seat instead of summing the job history on every claim.
     gpu_seconds_used = models.FloatField(default=0.0)
+    # What those seconds cost at the price of the backend each job ran on (same F() update, same reason).
+    cost_used = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -96,6 +114,32 @@ class Seat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workshop.slug}/{self.label}"
+
+    def budget_used(self) -> float | None:
+        """The larger share of the seat's GPU-time and money budgets used so far (1.0 = all), or None."""
+        workshop = self.workshop
+        shares = []
+        if workshop.seat_gpu_budget_seconds is not None:
+            shares.append(self.gpu_seconds_used / max(workshop.seat_gpu_budget_seconds, 1))
+        if workshop.seat_cost_budget is not None:
+            shares.append(float(self.cost_used) / max(float(workshop.seat_cost_budget), 0.01))
+        return max(shares) if shares else None
+
+    def budget_exhausted(self) -> str | None:
+        """Why this seat may not queue more work, in words a participant understands; None while it may."""
+        workshop = self.workshop
+        limit = workshop.seat_gpu_budget_seconds
+        if limit is not None and self.gpu_seconds_used >= limit:
+            return (
+                f"You have used your GPU time for this workshop ({_duration(self.gpu_seconds_used)} of "
+                f"{_duration(limit)}). Ask the instructor if you need more."
+            )
+        if workshop.seat_cost_budget is not None and self.cost_used >= workshop.seat_cost_budget:
+            return (
+                f"You have used your GPU budget for this workshop ({self.cost_used:.2f} of "
+                f"{workshop.seat_cost_budget:.2f}). Ask the instructor if you need more."
+            )
+        return None
 
     def issue_token(self) -> str:
         """Give the seat frontend a new token; the old one stops working. Returns the raw token once."""

@@ -98,8 +98,23 @@ def seat_status(request: SeatRequest) -> JsonResponse:
             "paused": workshop.paused,
             "backend": _backend_state(seat),
             "announcements": active_announcements(workshop.pk),
+            "budget": _budget(seat),
         }
     )
+
+
+def _budget(seat: Seat) -> dict[str, Any] | None:
+    """How much of the seat's budget is used (None when the workshop sets none), read fresh from the row."""
+    seat.refresh_from_db(fields=["gpu_seconds_used", "cost_used"])
+    used = seat.budget_used()
+    if used is None:
+        return None
+    return {
+        "used": round(used, 3),
+        "gpu_seconds_used": round(seat.gpu_seconds_used, 1),
+        "gpu_seconds_limit": seat.workshop.seat_gpu_budget_seconds,
+        "exhausted": seat.budget_exhausted(),
+    }
 
 
 @require_POST

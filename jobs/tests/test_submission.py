@@ -167,3 +167,45 @@ def test_archived_workshop_refuses_jobs(post, personas):
     personas.workshop.save()
     assert post(body(TINY)).status_code == 403
     assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_seat_over_its_gpu_time_budget_is_told_so_and_nothing_is_queued(post, personas):
+    from workshops.models import Seat
+
+    personas.workshop.seat_gpu_budget_seconds = 600
+    personas.workshop.save()
+    Seat.objects.filter(pk=personas.seat_a.pk).update(gpu_seconds_used=599)
+    assert post(body(TINY)).status_code == 200  # under the limit: accepted (queued jobs still run)
+    Seat.objects.filter(pk=personas.seat_a.pk).update(gpu_seconds_used=600)
+    response = post(body(TINY))
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["type"] == "budget_exhausted"
+    assert error["message"] == (
+        "You have used your GPU time for this workshop (10 min 0 s of 10 min 0 s). Ask the instructor if you need more."
+    )
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_money_budget_counts_each_jobs_gpu_time_at_its_backends_price(personas, sim):
+    from decimal import Decimal
+
+    from jobs.services import finish_job, submit_prompt
+    from workshops.models import Seat
+
+    personas.backend.price_per_hour = Decimal("3.60")  # 0.001 per second
+    personas.backend.save()
+    personas.workshop.seat_cost_budget = Decimal("0.50")
+    personas.workshop.save()
+    job = submit_prompt(personas.seat_a, {"prompt": TINY})
+    job.backend = personas.backend
+    job.save(update_fields=["backend"])
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    job.refresh_from_db()
+    assert finish_job(job, Job.Status.SUCCEEDED, gpu_seconds=500.0)
+    seat = Seat.objects.select_related("workshop").get(pk=personas.seat_a.pk)
+    assert seat.cost_used == Decimal("0.5000") and seat.gpu_seconds_used == 500.0
+    assert seat.budget_used() == pytest.approx(1.0)
+    assert "You have used your GPU budget for this workshop (0.50 of 0.50)" in seat.budget_exhausted()

@@ -151,3 +151,23 @@ def test_seat_status_lists_announcements_and_the_queue_position(personas):
     assert [a["message"] for a in status["announcements"]] == ["Welcome!"]
     assert status["jobs"] == [] and status["paused"] is False
     assert status["backend"]["name"] == personas.backend.name
+
+
+def test_the_banner_learns_how_much_of_the_budget_is_used(personas):
+    Seat.objects.filter(pk=personas.seat_a.pk).update(gpu_seconds_used=540)
+    token = personas.seat_a.issue_token()
+    status = Client().get("/api/hub/status", headers={"Authorization": f"Bearer {token}"}).json()
+    assert status["budget"] is None  # the workshop sets no budget
+    personas.workshop.seat_gpu_budget_seconds = 600
+    personas.workshop.save()
+    status = Client().get("/api/hub/status", headers={"Authorization": f"Bearer {token}"}).json()
+    assert status["budget"]["used"] == 0.9 and status["budget"]["exhausted"] is None
+
+
+def test_the_seats_page_shows_who_is_near_their_limit(personas, signed_in):
+    personas.workshop.seat_gpu_budget_seconds = 600
+    personas.workshop.save()
+    Seat.objects.filter(pk=personas.seat_a.pk).update(gpu_seconds_used=540)
+    page = signed_in(personas.instructor).get("/admin/workshops/seat/").content.decode()
+    assert '<strong style="color:#b91c1c">540 s of 600 s (90%)</strong>' in page
+    assert "0 s of 600 s (0%)" in page

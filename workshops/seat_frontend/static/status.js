@@ -97,7 +97,14 @@ function render() {
     box.append(text, close);
     root.appendChild(box);
   }
-  const line = describe(state);
+  let line = describe(state);
+  const budget = state.budget;
+  if (budget && budget.exhausted) {
+    line = { tone: "bad", text: budget.exhausted };
+  } else if (budget && budget.used >= 0.8) {
+    const note = `${Math.round(budget.used * 100)}% of your GPU budget used`;
+    line = line ? { ...line, text: `${line.text} · ${note}` } : { tone: "wait", text: note };
+  }
   if (line) {
     const pill = document.createElement("div");
     pill.className = "cm-pill";
