@@ -36,5 +36,6 @@ urlpatterns = [
     path("health", health.health, name="health"),
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),
+    path("admin/outputs/", include("storage.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -7,15 +7,14 @@ Answers where ComfyUI has an equivalent use ComfyUI's shapes (``/prompt``, ``/qu
 from __future__ import annotations
 
 import json
-import mimetypes
 import uuid
 
-from django.http import FileResponse, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gpu_backends.services import object_info_for
 from storage.models import Artifact
-from storage.stores import StorageError, default_store
+from storage.views import artifact_response
 
 from .auth import SeatRequest, api_error, seat_required
 from .models import Job
@@ -209,8 +208,7 @@ def view(request: SeatRequest) -> HttpResponseBase:
     if artifact is None:
         return api_error(404, "not_found", "No such output for this seat.")
     try:
-        handle = default_store().open(artifact.key)
-    except StorageError:
+        # Streamed chunk by chunk (daphne would otherwise read a whole video into memory), with ranges.
+        return artifact_response(request, artifact)
+    except Http404:
         return api_error(404, "not_found", "The output file is missing from storage.")
-    content_type = artifact.content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream"
-    return FileResponse(handle, content_type=content_type)

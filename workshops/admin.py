@@ -24,7 +24,17 @@ class SeatInline(admin.TabularInline):
 
 @admin.register(Workshop)
 class WorkshopAdmin(AuditedModelAdmin):
-    list_display = ("slug", "title", "queue_policy", "paused", "seat_count", "queued", "running", "starts_at")
+    list_display = (
+        "slug",
+        "title",
+        "queue_policy",
+        "paused",
+        "seat_count",
+        "queued",
+        "running",
+        "starts_at",
+        "outputs_link",
+    )
     list_filter = ("queue_policy", "paused")
     search_fields = ("slug", "title")
     filter_horizontal = ("backends", "templates")
@@ -76,6 +86,16 @@ class WorkshopAdmin(AuditedModelAdmin):
                 n_queued=Count("jobs", filter=Q(jobs__status=Job.Status.QUEUED), distinct=True),
                 n_running=Count("jobs", filter=Q(jobs__status__in=Job.ACTIVE), distinct=True),
             )
+        )
+
+    @admin.display(description="Outputs")
+    def outputs_link(self, obj):
+        gallery = reverse("storage:gallery", args=[obj.slug])
+        return format_html(
+            '<a href="{}">Gallery</a> · <a href="{}?projector=1">Projector</a> · <a href="{}">ZIP</a>',
+            gallery,
+            gallery,
+            reverse("storage:download-zip", args=[obj.slug]),
         )
 
     @admin.display(description="Seats", ordering="n_seats")

@@ -356,6 +356,10 @@ async def upload_image(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "subfolder": subfolder, "type": "input"})
 
 
+def _passed(headers: Any, names: tuple[str, ...]) -> dict[str, str]:
+    return {name: headers[name] for name in names if name in headers}
+
+
 async def view(request: web.Request) -> web.StreamResponse:
     filename = request.query.get("filename", "")
     subfolder = request.query.get("subfolder", "")
@@ -372,13 +376,17 @@ async def view(request: web.Request) -> web.StreamResponse:
         return web.Response(status=400, text="Unknown type.")
     hub = request.app[HUB]
     params = {"filename": filename, "subfolder": subfolder, "type": kind}
+    # Ranges and revalidation pass through, so videos can be scrubbed and a reload reuses cached images.
+    forwarded = {k: v for k, v in request.headers.items() if k in ("Range", "If-Range", "If-None-Match")}
     try:
-        async with hub.session.get(hub.url("/api/hub/view"), params=params) as upstream:
-            if upstream.status != 200:
-                return web.Response(status=upstream.status)
+        async with hub.session.get(hub.url("/api/hub/view"), params=params, headers=forwarded) as upstream:
+            if upstream.status not in (200, 206):
+                return web.Response(status=upstream.status, headers=_passed(upstream.headers, ("ETag",)))
             response = web.StreamResponse(
-                headers={"Content-Type": upstream.headers.get("Content-Type", "application/octet-stream")}
+                status=upstream.status,
+                headers={"Content-Type": upstream.headers.get("Content-Type", "application/octet-stream")},
             )
+            response.headers.update(_passed(upstream.headers, ("Content-Range", "Accept-Ranges", "ETag")))
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             response.headers["Cache-Control"] = "private, max-age=3600"

@@ -313,6 +313,12 @@ def test_an_uploaded_image_travels_with_the_job_to_the_gpu(seat_server, personas
     query = f"filename={quote(image['filename'])}&subfolder={quote(image['subfolder'])}&type=output"
     view = call(server, "own", cookies, "GET", f"/api/view?{query}")
     assert view.status_code == 200 and view.content.startswith(b"\x89PNG")
+    # Ranges pass through the seat frontend (video scrubbing), and a reload revalidates with the ETag.
+    part = call(server, "own", cookies, "GET", f"/api/view?{query}", headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == view.content[:10]
+    assert part.headers["Content-Range"] == f"bytes 0-9/{len(view.content)}"
+    again = call(server, "own", cookies, "GET", f"/api/view?{query}", headers={"If-None-Match": view.headers["ETag"]})
+    assert again.status_code == 304
     # Seat B never sees seat A's output, even by its exact name.
     other = call(server, "same_workshop", cookies, "GET", f"/api/view?{query}")
     assert other.status_code == 403
