@@ -295,7 +295,12 @@ class AuditEntryAdmin(admin.ModelAdmin):
     """The audit log, read-only for everyone (superusers included): it is a record, not a document."""
 
     list_display = ("created_at", "who", "action", "summary", "workshop")
-    list_filter = ("action", "workshop", "actor")
+    # Only the people and workshops that appear in the log, not every participant account.
+    list_filter = (
+        "action",
+        ("workshop", admin.RelatedOnlyFieldListFilter),
+        ("actor", admin.RelatedOnlyFieldListFilter),
+    )
     list_select_related = ("workshop",)
     search_fields = ("summary", "actor_name", "target_repr")
     date_hierarchy = "created_at"
