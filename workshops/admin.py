@@ -1,13 +1,14 @@
+from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import Count, Q
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from jobs.models import Job
 
-from . import audit, frontends
+from . import admin_views, audit, frontends
 from .audit import AuditedModelAdmin
 from .models import Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
 from .services import announcement_changed, push_templates
@@ -41,6 +42,21 @@ class WorkshopAdmin(AuditedModelAdmin):
     inlines = [SeatInline]
     actions = ["start_comfyuis", "push_workflow_templates"]
     audit_kind = "workshop"
+
+    def get_urls(self):
+        extra = [
+            path(
+                "new-with-seats/",
+                self.admin_site.admin_view(partial(admin_views.new_workshop, self)),
+                name="workshops_workshop_new_with_seats",
+            ),
+            path(
+                "<path:object_id>/new-credentials/",
+                self.admin_site.admin_view(partial(admin_views.new_credentials, self)),
+                name="workshops_workshop_new_credentials",
+            ),
+        ]
+        return extra + super().get_urls()
 
     def audit_name(self, obj):
         return obj.slug

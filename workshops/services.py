@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -9,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from gpu_backends.models import GpuBackend
 
@@ -29,6 +32,7 @@ class SeatCredentials:
     username: str
     password: str
     join_url: str
+    name: str = ""  # the participant's name, when the instructor gave one
 
 
 def new_password() -> str:
@@ -55,11 +59,15 @@ def create_workshop(
     title: str = "",
     policy: str = QueuePolicy.ROUND_ROBIN,
     backends: list[GpuBackend] | None = None,
+    names: list[str] | None = None,
 ) -> tuple[Workshop, list[SeatCredentials]]:
     """Create a workshop, its seats ``user001…`` and a participant account per seat.
 
-    Returns the credentials once (passwords and join links are stored only as hashes).
+    Returns the credentials once (passwords and join links are stored only as hashes). With ``names`` (one
+    participant per seat, in order) the seats get those display names and ``seats`` must match their number.
     """
+    if names is not None and len(names) != seats:
+        raise WorkshopError(f"{len(names)} names for {seats} seats: give one name per seat.")
     if not 1 <= seats <= MAX_SEATS:
         raise WorkshopError(f"A workshop has 1 to {MAX_SEATS} seats, not {seats}.")
     if policy not in QueuePolicy.values:
@@ -74,10 +82,10 @@ def create_workshop(
     workshop.save()
     if backends:
         workshop.backends.set(backends)
-    return workshop, add_seats(workshop, seats)
+    return workshop, add_seats(workshop, seats, names=names)
 
 
-def add_seats(workshop: Workshop, count: int) -> list[SeatCredentials]:
+def add_seats(workshop: Workshop, count: int, *, names: list[str] | None = None) -> list[SeatCredentials]:
     User = get_user_model()
     start = Seat.objects.filter(workshop=workshop).count() + 1
     credentials = []
@@ -87,9 +95,52 @@ def add_seats(workshop: Workshop, count: int) -> list[SeatCredentials]:
         username = username_for(workshop, label)
         if User.objects.filter(username=username).exists():
             raise WorkshopError(f"A user called {username!r} exists already.")
+        name = names[index - start] if names else ""
         user = User.objects.create_user(username=username, password=password)
-        seat = Seat.objects.create(workshop=workshop, label=label, participant=user)
-        credentials.append(SeatCredentials(label, username, password, join_url(JoinLink.issue(seat))))
+        seat = Seat.objects.create(workshop=workshop, label=label, participant=user, display_name=name)
+        credentials.append(SeatCredentials(label, username, password, join_url(JoinLink.issue(seat)), name))
+    return credentials
+
+
+def parse_names(text: str) -> list[str]:
+    """Participants' names from what an instructor pastes or uploads: one per line, or a CSV whose header has
+    a ``name`` column (any other columns are ignored). Blank lines are skipped."""
+    rows = list(csv.reader(io.StringIO(text.strip())))
+    if not rows:
+        return []
+    header = [cell.strip().lower() for cell in rows[0]]
+    column = header.index("name") if "name" in header else None
+    body = rows[1:] if column is not None else rows
+    names = []
+    for number, row in enumerate(body, start=2 if column is not None else 1):
+        cell = (row[column] if column is not None and column < len(row) else ",".join(row)).strip()
+        if not cell:
+            continue
+        if len(cell) > 200:
+            raise WorkshopError(f"Line {number}: a name has at most 200 characters.")
+        names.append(cell)
+    if len(names) > MAX_SEATS:
+        raise WorkshopError(f"{len(names)} names: a workshop has at most {MAX_SEATS} seats.")
+    return names
+
+
+@transaction.atomic
+def reissue_credentials(workshop: Workshop) -> list[SeatCredentials]:
+    """New passwords and one-time join links for every seat (the old ones stop working at once), for a new
+    credential sheet. Participants already signed in stay signed in until their session ends."""
+    credentials = []
+    now = timezone.now()
+    for seat in workshop.seats.select_related("participant").order_by("label"):
+        if seat.participant is None:
+            continue
+        password = new_password()
+        seat.participant.set_password(password)
+        seat.participant.save(update_fields=["password"])
+        JoinLink.objects.filter(seat=seat, used_at=None).update(expires_at=now)
+        link = join_url(JoinLink.issue(seat))
+        credentials.append(
+            SeatCredentials(seat.label, seat.participant.get_username(), password, link, seat.display_name)
+        )
     return credentials
 
 
