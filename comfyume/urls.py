@@ -37,5 +37,6 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/outputs/", include("storage.urls")),
+    path("admin/live/", include("workshops.dashboard_urls")),
     path("admin/", admin.site.urls),
 ]

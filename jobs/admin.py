@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from workshops import audit
 from workshops.audit import AuditedModelAdmin
 
+from .instructor import cancel_outcome
 from .models import Job, JobEvent
 from .services import cancel_job
 
@@ -52,16 +53,7 @@ class JobAdmin(AuditedModelAdmin):
 
 def _record_cancel(request, job: Job, accepted: bool) -> None:
     """One audit entry per job the instructor cancelled, saying what came of it."""
-    name = f"job #{job.pk} of {job.seat}"
-    if not accepted:
-        # cancel_job read the job's status again before refusing, so this is how it ended.
-        result = "already_finished"
-        summary = f"Did not cancel {name}: it had already ended ({job.get_status_display()})"
-    elif job.status == Job.Status.CANCELLED:
-        result, summary = "cancelled", f"Cancelled {name}"
-    else:
-        # It was on a GPU: the backend was asked to stop it, and the dispatch loop ends it within a second.
-        result, summary = "stop_requested", f"Cancelled {name} (running: its backend was asked to stop it)"
+    result, summary = cancel_outcome(job, accepted)
     audit.record(
         request.user,
         "job.cancel",

@@ -62,8 +62,8 @@ def _instructor(browser, platform):
 
 
 def _wait_for_comfyui(page) -> None:
-    page.wait_for_selector("#graph-canvas", timeout=30000)
-    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=30000)
+    page.wait_for_selector("#graph-canvas", timeout=90000)
+    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=90000)
 
 
 def test_participant_queues_in_their_comfyui_and_sees_the_image(platform, browser):

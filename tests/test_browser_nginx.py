@@ -70,9 +70,9 @@ def test_participant_queues_from_comfyui_under_their_path(behind_nginx, browser)
     failures: list[str] = []
     page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 500 else None)
     page.goto(seats[0]["join_url"])
-    page.wait_for_selector("#graph-canvas", timeout=30000)
+    page.wait_for_selector("#graph-canvas", timeout=90000)
     assert page.url == f"{public}/user001/"
-    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=30000)
+    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=90000)
     # Saving goes through nginx with the %2F of the userdata path intact.
     saved = page.evaluate(
         """async () => {
@@ -108,6 +108,6 @@ def test_an_anonymous_visit_is_sent_to_sign_in_and_back(behind_nginx, browser):
     page.fill("#id_username", seats[1]["username"])
     page.fill("#id_password", seats[1]["password"])
     page.click("button[type=submit]")
-    page.wait_for_selector("#graph-canvas", timeout=30000)
+    page.wait_for_selector("#graph-canvas", timeout=90000)
     assert page.url == f"{public}/user002/"
     context.close()

@@ -34,6 +34,7 @@ class WorkshopAdmin(AuditedModelAdmin):
         "queued",
         "running",
         "starts_at",
+        "dashboard_link",
         "outputs_link",
     )
     list_filter = ("queue_policy", "paused")
@@ -103,6 +104,10 @@ class WorkshopAdmin(AuditedModelAdmin):
                 n_running=Count("jobs", filter=Q(jobs__status__in=Job.ACTIVE), distinct=True),
             )
         )
+
+    @admin.display(description="Live")
+    def dashboard_link(self, obj):
+        return format_html('<a href="{}">Dashboard</a>', reverse("dashboard:page", args=[obj.slug]))
 
     @admin.display(description="Outputs")
     def outputs_link(self, obj):

@@ -124,6 +124,7 @@ def test_new_credentials_replace_the_old_ones_after_a_confirmation(instructor, p
     seat = personas.seat_a
     old_link = JoinLink.issue(seat)
     url = f"/admin/workshops/workshop/{personas.workshop.pk}/new-credentials/"
+    assert url in instructor.get(f"/admin/workshops/workshop/{personas.workshop.pk}/change/").content.decode()
     confirm = instructor.get(url)
     assert confirm.status_code == 200 and "stop working at once" in confirm.content.decode()
     # Cancelling changes nothing.

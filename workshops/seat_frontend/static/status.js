@@ -154,6 +154,7 @@ comfyApp.registerExtension({
     root = mount();
     api.addEventListener("comfyume.job", refreshSoon);
     api.addEventListener("comfyume.announcement", refreshSoon);
+    api.addEventListener("comfyume.queue", refreshSoon);
     api.addEventListener("comfyume.backend", refreshSoon);
     api.addEventListener("reconnected", refreshSoon);
     setInterval(() => state.jobs && state.jobs.some((j) => j.status !== "succeeded") && render(), 1000);

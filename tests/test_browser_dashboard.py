@@ -1,0 +1,186 @@
+"""The instructor's live dashboard in a real browser against `run_platform`: a participant's job appears,
+shows its progress and reaches Done without a reload; the pause button holds the queue; an announcement
+posted from the dashboard shows up in the participant's ComfyUI.
+
+Screenshots go to test-artifacts/ (instructor-dashboard*.png).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, Platform, launch
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)"),
+]
+
+# Generous: the CI machine has two cores shared by the hub, its workers, three seat servers and Chromium.
+SLOW = 60_000
+LAPTOP_PROJECTOR = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> Iterator[Platform]:
+    launched = launch(tmp_path_factory.mktemp("dashboard"), seats=2)
+    yield launched
+    launched.stop()
+
+
+def simulator(platform: Platform, **changes: Any) -> None:
+    """Change how the platform's ComfyUI simulator behaves (its run-time settings endpoint)."""
+    url = f"http://127.0.0.1:{platform.env['COMFYUME_SIMULATOR_PORT']}/simulator/config"
+    requests.post(url, json=changes, timeout=5).raise_for_status()
+
+
+def open_dashboard(page, platform: Platform) -> None:
+    """Sign ``page`` in as the instructor and open the demo workshop's dashboard until it is live."""
+    page.goto(f"{platform.base}/admin/login/?next=/admin/live/demo/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", ADMIN_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#live-status.live", timeout=SLOW)
+    page.evaluate("window.notReloaded = true")
+
+
+@pytest.fixture(scope="module")
+def dashboard(platform, browser):
+    """The instructor's dashboard of the demo workshop, signed in and live."""
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    open_dashboard(page, platform)
+    yield page
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def participant(platform, browser):
+    """user001 signed in, in their own ComfyUI with the workshop's default template open."""
+    seat = json.loads((platform.data_dir / "demo_credentials.json").read_text())[0]
+    page = browser.new_page(viewport={"width": 1300, "height": 850})  # its own context: its own session cookie
+    page.goto(f"{platform.base}/login/")
+    page.fill("#id_username", seat["username"])
+    page.fill("#id_password", seat["password"])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#graph-canvas", timeout=SLOW)
+    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=SLOW)
+    yield page
+    page.close()
+
+
+def _first_row(page, selector: str) -> str:
+    """The job number of the first row matching ``selector``, waiting for it to appear."""
+    page.wait_for_selector(selector, timeout=SLOW)
+    return page.get_attribute(selector, "data-job") or ""
+
+
+def test_a_participants_job_shows_its_progress_and_reaches_done_without_a_reload(dashboard, participant, platform):
+    ARTIFACTS.mkdir(exist_ok=True)
+    # Slow enough (three nodes of 2.5 s, in steps) for the dashboard to show the job while it runs.
+    simulator(platform, node_delay=2.5, progress_steps=5, progress_all=True)
+    try:
+        participant.click("button[aria-label='Run']")
+        job = _first_row(dashboard, "#queue-rows tr[data-status=running]")
+        row = f'#queue-rows tr[data-job="{job}"]'
+        assert "user001" in dashboard.inner_text(row)
+        # Progress from the ComfyUI events on the workshop's socket: the bar moves and names the node.
+        dashboard.wait_for_function(
+            f"() => document.querySelector('{row} progress')?.value > 0", timeout=SLOW
+        )  # fmt: skip
+        dashboard.wait_for_selector(f"{row} .progress .node >> text=/executing .+ nodes/", timeout=SLOW)
+        dashboard.screenshot(path=str(ARTIFACTS / "instructor-dashboard-running.png"), full_page=True)
+    finally:
+        simulator(platform, node_delay=0.5, progress_steps=8, progress_all=False)
+
+    dashboard.wait_for_selector(f'#ended-rows tr[data-job="{job}"][data-status=succeeded]', timeout=SLOW)
+    assert dashboard.query_selector(row) is None  # it left the queue
+    seat = dashboard.wait_for_selector("#seat-rows tr[data-seat=user001] img.thumb", timeout=SLOW)
+    assert seat is not None
+    assert "Done" in dashboard.inner_text("#seat-rows tr[data-seat=user001]")
+    assert dashboard.evaluate("window.notReloaded") is True
+    dashboard.screenshot(path=str(ARTIFACTS / "instructor-dashboard.png"), full_page=True)
+
+
+def test_the_pause_button_holds_the_queue_until_resumed(dashboard, participant):
+    dashboard.click("#pause-toggle >> text=Pause the queue")
+    dashboard.wait_for_selector("#paused-banner", state="visible", timeout=SLOW)
+    dashboard.wait_for_selector("#pause-toggle >> text=Resume the queue", timeout=SLOW)
+    assert "Paused the queue" in dashboard.inner_text("#dashboard-messages")
+
+    participant.click("button[aria-label='Run']")
+    job = _first_row(dashboard, "#queue-rows tr[data-status=queued]")
+    row = f'#queue-rows tr[data-job="{job}"]'
+    assert dashboard.inner_text(f"{row} td.num") == "1"  # first place in the queue
+    # The participant's banner says why their job waits.
+    participant.wait_for_selector("#comfyume-banner >> text=paused the queue", timeout=SLOW)
+    dashboard.wait_for_timeout(3000)  # a reconciler sweep later, it still waits
+    assert dashboard.get_attribute(row, "data-status") == "queued"
+    dashboard.screenshot(path=str(ARTIFACTS / "instructor-dashboard-paused.png"), full_page=True)
+
+    dashboard.click("#pause-toggle >> text=Resume the queue")
+    dashboard.wait_for_selector("#paused-banner", state="hidden", timeout=SLOW)
+    dashboard.wait_for_selector(f'#ended-rows tr[data-job="{job}"][data-status=succeeded]', timeout=SLOW)
+    actions = dashboard.inner_text("#actions")
+    assert "Paused the queue of demo" in actions and "Resumed the queue of demo" in actions
+    assert dashboard.evaluate("window.notReloaded") is True
+
+
+def test_an_announcement_from_the_dashboard_appears_in_the_participants_comfyui(dashboard, participant):
+    text = "Look at the projector: we start the video part in 5 minutes."
+    dashboard.fill("#announce-text", text)
+    dashboard.click("#announce-send")
+
+    participant.wait_for_selector(f"#comfyume-banner .cm-note >> text={text}", timeout=SLOW)
+    dashboard.wait_for_selector(f"#announcements >> text={text}", timeout=SLOW)
+    assert "Posted" in dashboard.inner_text("#dashboard-messages")
+    assert dashboard.input_value("#announce-text") == ""
+    participant.screenshot(path=str(ARTIFACTS / "participant-dashboard-announcement.png"))
+    dashboard.screenshot(path=str(ARTIFACTS / "instructor-dashboard-announcement.png"), full_page=True)
+
+    dashboard.click("#announcements button >> text=Withdraw")
+    participant.wait_for_selector("#comfyume-banner .cm-note", state="detached", timeout=SLOW)
+    assert dashboard.query_selector("#announcements li") is None or text not in dashboard.inner_text("#announcements")
+    assert dashboard.evaluate("window.notReloaded") is True
+
+
+def test_the_dashboard_reconnects_and_catches_up_with_what_it_missed(platform, browser):
+    """The socket drops; while it cannot reconnect the queue is paused from elsewhere (its event is lost);
+    once the socket is back the dashboard shows the pause without a reload."""
+    blocked = False
+    routes = []
+
+    def socket(route) -> None:
+        if blocked:
+            route.close(code=4000, reason="test: the network is down")
+            return
+        route.connect_to_server()
+        routes.append(route)
+
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    page.route_web_socket("**/ws/hub/workshops/demo/", socket)
+    open_dashboard(page, platform)
+    assert page.is_hidden("#paused-banner")
+
+    blocked = True
+    routes[-1].close(code=4000, reason="test: the network drops")
+    page.wait_for_selector("#live-status.reconnecting", timeout=SLOW)
+    act = f"{platform.base}/admin/live/demo/act"
+    headers = {"Content-Type": "application/json", "X-CSRFToken": page.input_value("[name=csrfmiddlewaretoken]")}
+    paused = page.request.post(act, data=json.dumps({"action": "pause"}), headers=headers)
+    assert paused.status == 200, paused.text()
+    try:
+        blocked = False
+        page.wait_for_selector("#live-status.live", timeout=SLOW)
+        # Well before the 30 s safety refresh: the reconnect itself fetched the snapshot.
+        page.wait_for_selector("#paused-banner", state="visible", timeout=15_000)
+        assert page.evaluate("window.notReloaded") is True
+    finally:
+        resumed = page.request.post(act, data=json.dumps({"action": "resume"}), headers=headers)
+        assert resumed.status == 200, resumed.text()
+    page.wait_for_selector("#paused-banner", state="hidden", timeout=SLOW)  # live again: the resume's event
+    page.close()
