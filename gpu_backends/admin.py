@@ -1,5 +1,7 @@
 from django.contrib import admin, messages
+from django.db import transaction
 
+from jobs.scheduler import schedule
 from workshops import audit
 from workshops.audit import AuditedModelAdmin
 
@@ -15,6 +17,12 @@ class GpuBackendAdmin(AuditedModelAdmin):
     list_editable = ("enabled", "order")
     readonly_fields = ("state", "state_changed_at", "last_error", "object_info_fetched_at")
     actions = ["test_connection"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # Enabling a backend or raising its concurrency lets waiting jobs start now (list edits included).
+        transaction.on_commit(schedule)
+
     # Saves through the list's editable columns (enabled, order) are recorded too: they go through save_related.
     audit_kind = "backend"
 

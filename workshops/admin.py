@@ -2,11 +2,13 @@ from functools import partial
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, Q
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from jobs.models import Job
+from jobs.scheduler import schedule
 
 from . import admin_views, audit, frontends
 from .audit import AuditedModelAdmin
@@ -43,6 +45,11 @@ class WorkshopAdmin(AuditedModelAdmin):
     inlines = [SeatInline]
     actions = ["start_comfyuis", "push_workflow_templates"]
     audit_kind = "workshop"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # Unpausing or raising a cap lets waiting jobs start now, not at the reconciler's next sweep.
+        transaction.on_commit(schedule)
 
     def get_urls(self):
         extra = [

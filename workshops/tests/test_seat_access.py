@@ -171,3 +171,61 @@ def test_the_seats_page_shows_who_is_near_their_limit(personas, signed_in):
     page = signed_in(personas.instructor).get("/admin/workshops/seat/").content.decode()
     assert '<strong style="color:#b91c1c">540 s of 600 s (90%)</strong>' in page
     assert "0 s of 600 s (0%)" in page
+
+
+def test_unpausing_or_enabling_a_backend_in_the_admin_starts_waiting_jobs_at_once(
+    personas, signed_in, django_capture_on_commit_callbacks
+):
+    from gpu_backends.models import GpuBackend
+    from jobs.models import Job, JobEvent
+    from jobs.services import submit_prompt
+    from workshops.models import Workshop
+
+    personas.backend.enabled = False
+    personas.backend.save()
+    job = submit_prompt(personas.seat_a, {"prompt": TINY_PROMPT})
+    instructor = signed_in(personas.instructor)
+    backend_form = {
+        "name": personas.backend.name,
+        "kind": personas.backend.kind,
+        "url": personas.backend.url,
+        "gpu_type": personas.backend.gpu_type,
+        "price_per_hour": "0",
+        "max_concurrency": 1,
+        "order": 0,
+        "enabled": "on",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        response = instructor.post(f"/admin/gpu_backends/gpubackend/{personas.backend.pk}/change/", backend_form)
+    assert response.status_code == 302, response.content.decode()[:500]
+    # Claimed on commit of the change, not at the reconciler's next sweep.
+    assert JobEvent.objects.filter(job=job, to_status=Job.Status.DISPATCHING).exists()
+    # The same for a paused workshop that is resumed from its admin form.
+    Workshop.objects.filter(pk=personas.workshop.pk).update(paused=True)
+    second = submit_prompt(personas.seat_b, {"prompt": TINY_PROMPT})
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(max_concurrency=2)  # a free slot for it
+    assert not JobEvent.objects.filter(job=second, to_status=Job.Status.DISPATCHING).exists()  # paused
+    page = instructor.get(f"/admin/workshops/workshop/{personas.workshop.pk}/change/")
+    form = page.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and not isinstance(v, list)}
+    data.update(
+        {
+            "paused": "",
+            "backends": [personas.backend.pk],
+            "seats-TOTAL_FORMS": "0",
+            "seats-INITIAL_FORMS": "0",
+            "seats-MIN_NUM_FORMS": "0",
+            "seats-MAX_NUM_FORMS": "1000",
+        }
+    )
+    data.pop("paused")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = instructor.post(f"/admin/workshops/workshop/{personas.workshop.pk}/change/", data)
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
+    assert JobEvent.objects.filter(job=second, to_status=Job.Status.DISPATCHING).exists()
+
+
+TINY_PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
+}
