@@ -39,12 +39,16 @@ def simulator(platform: Platform, **changes: Any) -> None:
     requests.post(url, json=changes, timeout=5).raise_for_status()
 
 
-def open_dashboard(page, platform: Platform) -> None:
-    """Sign ``page`` in as the instructor and open the demo workshop's dashboard until it is live."""
-    page.goto(f"{platform.base}/admin/login/?next=/admin/live/demo/")
+def sign_in_as_instructor(page, platform: Platform, then: str) -> None:
+    page.goto(f"{platform.base}/admin/login/?next={then}")
     page.fill("#id_username", "admin")
     page.fill("#id_password", ADMIN_PASSWORD)
     page.click("input[type=submit]")
+
+
+def open_dashboard(page, platform: Platform) -> None:
+    """Sign ``page`` in as the instructor and open the demo workshop's dashboard until it is live."""
+    sign_in_as_instructor(page, platform, "/admin/live/demo/")
     page.wait_for_selector("#live-status.live", timeout=SLOW)
     page.evaluate("window.notReloaded = true")
 
@@ -184,3 +188,44 @@ def test_the_dashboard_reconnects_and_catches_up_with_what_it_missed(platform, b
         assert resumed.status == 200, resumed.text()
     page.wait_for_selector("#paused-banner", state="hidden", timeout=SLOW)  # live again: the resume's event
     page.close()
+
+
+def test_the_instructor_creates_a_workshop_from_names_and_a_card_signs_a_participant_in(dashboard, platform, browser):
+    """Before a session: the admin form makes a workshop from a list of names and shows the printable cards;
+    a card's username and password lead its participant into their own, freshly started ComfyUI."""
+    import re
+    import time
+
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    sign_in_as_instructor(page, platform, "/admin/workshops/workshop/")
+    page.click("text=New workshop with seats")
+    page.fill("#id_slug", "evening")
+    page.fill("#id_title", "Evening class")
+    page.fill("#id_names", "Ada Lovelace\nAgnès Varda\n")
+    page.select_option("#id_backends", label="simulator")
+    page.click("input[type=submit]")
+    page.wait_for_selector("text=Evening class — seat credentials", timeout=SLOW)
+    html = page.content()
+    cards = re.findall(r"<dt>Username</dt><dd>([^<]+)</dd>\s*<dt>Password</dt><dd>([^<]+)</dd>", html)
+    assert [u for u, _ in cards] == ["evening-user001", "evening-user002"]
+    assert "Agnès Varda · seat user002" in page.inner_text("body")
+    assert page.locator(".card svg").count() == 2  # a QR code per card
+    page.screenshot(path=str(ARTIFACTS / "instructor-credential-cards.png"), full_page=True)
+    page.close()
+    deadline = time.monotonic() + 60
+    while (
+        "running"
+        not in platform.manage("seat_frontends", "status", "--workshop", "evening", "--seat", "user002").stdout.split(
+            "wanted"
+        )[0]
+    ):
+        assert time.monotonic() < deadline, "the new seats' ComfyUI did not start"
+        time.sleep(0.5)
+    participant = browser.new_page(viewport={"width": 1300, "height": 850})
+    participant.goto(f"{platform.base}/login/")
+    participant.fill("#id_username", cards[1][0])
+    participant.fill("#id_password", cards[1][1])
+    participant.click("button[type=submit]")
+    participant.wait_for_selector("#graph-canvas", timeout=SLOW)
+    assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user002"
+    participant.close()
