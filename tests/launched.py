@@ -132,3 +132,25 @@ def launch(log_dir: Path, seats: int = 3, **extra_env: str) -> Platform:
         time.sleep(0.3)
     proc.kill()
     pytest.fail(f"run_platform did not start within 90 s:\n{platform.tail()}")
+
+
+# Generous waits: the CI machine has two cores shared by the whole platform and the browser.
+COMFYUI_LOAD_MS = 90_000
+
+
+def wait_for_comfyui(page) -> None:
+    """Until the participant's ComfyUI has loaded and drawn a graph (the workshop's default template)."""
+    page.wait_for_selector("#graph-canvas", timeout=COMFYUI_LOAD_MS)
+    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=COMFYUI_LOAD_MS)
+
+
+def run_until_image(page) -> None:
+    """Press ComfyUI's Run and wait for the banner's Done and the image drawn in the SaveImage node."""
+    page.click("button[aria-label='Run']")
+    page.wait_for_function(
+        "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
+    )
+    page.wait_for_function(
+        "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length > 0)",
+        timeout=15000,
+    )

@@ -14,7 +14,16 @@ import time
 import pytest
 import requests
 
-from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, alive, descendants, launch
+from tests.launched import (
+    ADMIN_PASSWORD,
+    ARTIFACTS,
+    CHROMIUM,
+    alive,
+    descendants,
+    launch,
+    run_until_image,
+    wait_for_comfyui,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -61,11 +70,6 @@ def _instructor(browser, platform):
     return page
 
 
-def _wait_for_comfyui(page) -> None:
-    page.wait_for_selector("#graph-canvas", timeout=90000)
-    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=90000)
-
-
 def test_participant_queues_in_their_comfyui_and_sees_the_image(platform, browser):
     """The join link signs the participant in and lands them in their own ComfyUI with the workshop's default
     template open; Run queues it through the hub and the simulator, and the image and banner appear."""
@@ -73,18 +77,11 @@ def test_participant_queues_in_their_comfyui_and_sees_the_image(platform, browse
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page(viewport={"width": 1300, "height": 850})
     page.goto(seats[0]["join_url"])
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     assert page.url == f"http://127.0.0.1:{platform['seat_base']}/"
     # The workshop's default template is open, as a workflow from the seat's own workflow list.
     page.wait_for_function("() => document.body.textContent.includes('Tiny test (invert an image)')", timeout=15000)
-    page.click("button[aria-label='Run']")
-    page.wait_for_function(
-        "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
-    )
-    page.wait_for_function(
-        "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length > 0)",
-        timeout=15000,
-    )
+    run_until_image(page)
     page.screenshot(path=str(ARTIFACTS / "participant-comfyui-done.png"))
     # The join link was spent: following it again does not sign anyone in.
     other = browser.new_page()
@@ -98,7 +95,7 @@ def test_saved_workflow_survives_a_crash_of_the_seat_frontend(platform, browser)
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page(viewport={"width": 1300, "height": 850})
     _sign_in(page, platform, seats[1])
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     # What the frontend's "Save" does: its own userdata call.
     page.evaluate(
         """async () => {
@@ -125,7 +122,7 @@ def test_saved_workflow_survives_a_crash_of_the_seat_frontend(platform, browser)
     else:
         pytest.fail("the supervisor did not restart the seat frontend")
     page.reload()
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     listed = page.evaluate(
         "async () => (await window.comfyAPI.api.api.listUserDataFullInfo('workflows')).map(f => f.path)"
     )
@@ -137,7 +134,7 @@ def test_a_participant_cannot_open_another_seat(platform, browser):
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page()
     _sign_in(page, platform, seats[2])
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     response = page.goto(f"http://127.0.0.1:{platform['seat_base']}/")  # user001's ComfyUI
     assert response.status == 403
     assert "This is not your seat" in page.inner_text("body")
@@ -150,7 +147,7 @@ def test_an_announcement_appears_at_once_in_the_participants_comfyui(platform, b
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     participant = browser.new_page(viewport={"width": 1300, "height": 850})
     _sign_in(participant, platform, seats[1])
-    _wait_for_comfyui(participant)
+    wait_for_comfyui(participant)
     instructor = _instructor(browser, platform)
     instructor.goto(f"{platform['base']}/admin/workshops/announcement/add/")
     instructor.select_option("#id_workshop", label="Demo workshop")
@@ -170,7 +167,7 @@ def test_seat_page_still_queues_a_test_workflow(platform, browser):
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     _sign_in(page, platform, seats[2])
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     page.goto(f"{platform['base']}/?seat")
     page.wait_for_selector("text=Your seat: user003")
     page.wait_for_selector("#live.ok", timeout=15000)
@@ -185,7 +182,7 @@ def test_participant_signs_in_with_the_password_on_their_card(platform, browser)
     seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
     page = browser.new_page()
     _sign_in(page, platform, seats[2])
-    _wait_for_comfyui(page)
+    wait_for_comfyui(page)
     assert page.url.startswith(f"http://127.0.0.1:{platform['seat_base'] + 2}/")
     page.close()
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.launched import ARTIFACTS, CHROMIUM, free_port, launch
+from tests.launched import ARTIFACTS, CHROMIUM, free_port, launch, run_until_image, wait_for_comfyui
 from tests.real_nginx import RealNginx, require_nginx
 
 pytestmark = [
@@ -70,9 +70,8 @@ def test_participant_queues_from_comfyui_under_their_path(behind_nginx, browser)
     failures: list[str] = []
     page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 500 else None)
     page.goto(seats[0]["join_url"])
-    page.wait_for_selector("#graph-canvas", timeout=90000)
+    wait_for_comfyui(page)
     assert page.url == f"{public}/user001/"
-    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=90000)
     # Saving goes through nginx with the %2F of the userdata path intact.
     saved = page.evaluate(
         """async () => {
@@ -82,14 +81,7 @@ def test_participant_queues_from_comfyui_under_their_path(behind_nginx, browser)
         }"""
     )
     assert saved[0] == 200 and "through nginx.json" in saved[1]
-    page.click("button[aria-label='Run']")
-    page.wait_for_function(
-        "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
-    )
-    page.wait_for_function(
-        "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length > 0)",
-        timeout=15000,
-    )
+    run_until_image(page)
     page.screenshot(path=str(ARTIFACTS / "participant-comfyui-behind-nginx.png"))
     assert not failures
     # The same browser cannot open the other seat.
@@ -108,6 +100,6 @@ def test_an_anonymous_visit_is_sent_to_sign_in_and_back(behind_nginx, browser):
     page.fill("#id_username", seats[1]["username"])
     page.fill("#id_password", seats[1]["password"])
     page.click("button[type=submit]")
-    page.wait_for_selector("#graph-canvas", timeout=90000)
+    wait_for_comfyui(page)
     assert page.url == f"{public}/user002/"
     context.close()

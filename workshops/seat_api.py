@@ -104,8 +104,8 @@ def seat_status(request: SeatRequest) -> JsonResponse:
 
 
 def _budget(seat: Seat) -> dict[str, Any] | None:
-    """How much of the seat's budget is used (None when the workshop sets none), read fresh from the row."""
-    seat.refresh_from_db(fields=["gpu_seconds_used", "cost_used"])
+    """How much of the seat's budget is used (None when the workshop sets none); ``seat_required`` has just
+    read the seat's row, so the figures are current."""
     used = seat.budget_used()
     if used is None:
         return None

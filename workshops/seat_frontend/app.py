@@ -46,6 +46,7 @@ HUB: web.AppKey[HubClient] = web.AppKey("hub", HubClient)
 GATE: web.AppKey[AccessGate] = web.AppKey("gate", AccessGate)
 EVENTS: web.AppKey[EventRelay] = web.AppKey("events", EventRelay)
 WEB_ROOT: web.AppKey[Path] = web.AppKey("web_root", Path)
+INDEX: web.AppKey[str] = web.AppKey("index", str)
 TASKS: web.AppKey[list] = web.AppKey("tasks", list)
 SEAT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("seat_info", dict)
 OBJECT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("object_info", dict)
@@ -140,11 +141,12 @@ def _bool(request: web.Request, name: str, default: bool) -> bool:
 # --- Pages and static files --------------------------------------------------------------------------
 
 
-async def index(request: web.Request) -> web.StreamResponse:
-    page = (request.app[WEB_ROOT] / "index.html").read_text()
+def index_page(web_root: Path, label: str) -> str:
+    """The frontend's index.html with our guard, built once per process (it only depends on the seat)."""
+    page = (web_root / "index.html").read_text()
     # Before the app boots: if this browser last showed another seat (staff opening several seats share an
     # origin behind nginx), drop that seat's open tabs so this seat starts from its own saved workflows.
-    label = json.dumps(request.app[CONFIG].label)
+    label = json.dumps(label)
     guard = (
         "<script>(()=>{try{const k='comfyume.seat',s=" + label + ";"
         "if(localStorage.getItem(k)!==s){for(const key of Object.keys(localStorage)){"
@@ -152,8 +154,11 @@ async def index(request: web.Request) -> web.StreamResponse:
         "for(const key of Object.keys(sessionStorage)){if(key.startsWith('workflow')||key.startsWith('Comfy.'))"
         "sessionStorage.removeItem(key)}localStorage.setItem(k,s)}}catch(e){}})()</script>"
     )
-    page = page.replace("<head>", "<head>" + guard, 1)
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+    return page.replace("<head>", "<head>" + guard, 1)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.Response(text=request.app[INDEX], content_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
 async def our_static(request: web.Request) -> web.StreamResponse:
@@ -644,6 +649,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     app[GATE] = AccessGate(app[HUB], config.auth_cache_seconds)
     app[EVENTS] = EventRelay(app[HUB])
     app[WEB_ROOT] = web_root or frontend_web_root()
+    app[INDEX] = index_page(app[WEB_ROOT], config.label)
     app[TASKS] = []
     app[SEAT_INFO] = {}
     app[OBJECT_INFO] = {}
