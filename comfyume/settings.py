@@ -177,6 +177,13 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.str(name, default=default)
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+    return value
+
+
 # --- The job pipeline ---
 COMFYUME = {
     # Largest prompt body the hub accepts (bytes). ComfyUI has no limit; 10 MB is far above any real workflow.
@@ -200,8 +207,26 @@ COMFYUME = {
     "MAX_ATTEMPTS": env.int("COMFYUME_MAX_ATTEMPTS", default=2),
 }
 
-# Where job outputs are kept (the local store; R2 comes with the serverless backend).
+# Where job outputs and uploaded inputs are kept: "local" (a directory, the default) or "r2" (Cloudflare R2, or
+# any S3-compatible server, through boto3). docs/CONFIGURATION.md#object-storage
 STORAGE_DIR = Path(env.str("COMFYUME_STORAGE_DIR", default=str(DATA_DIR / "storage"))).resolve()
+OBJECT_STORE = {
+    "KIND": _one_of("COMFYUME_STORAGE", "local", ("local", "r2")),
+    # R2's S3 endpoint is https://<account>.r2.cloudflarestorage.com (".eu." in it for the EU jurisdiction);
+    # ENDPOINT_URL overrides it (another S3-compatible server, or the test suite's own).
+    "R2_ACCOUNT_ID": env.str("COMFYUME_R2_ACCOUNT_ID", default=""),
+    "R2_JURISDICTION": env.str("COMFYUME_R2_JURISDICTION", default=""),
+    "ENDPOINT_URL": env.str("COMFYUME_R2_ENDPOINT_URL", default=""),
+    "BUCKET": env.str("COMFYUME_R2_BUCKET", default=""),
+    "ACCESS_KEY_ID": env.str("COMFYUME_R2_ACCESS_KEY_ID", default=""),
+    "SECRET_ACCESS_KEY": env.str("COMFYUME_R2_SECRET_ACCESS_KEY", default=""),
+    "REGION": env.str("COMFYUME_R2_REGION", default="auto"),
+    # How long a presigned GET (downloads, video playback) or PUT (GPU uploads) URL stays valid, in seconds.
+    "PRESIGN_SECONDS": env.int("COMFYUME_PRESIGN_SECONDS", default=3600),
+    # Files above this size (MB) go up in parts of MULTIPART_PART_MB.
+    "MULTIPART_THRESHOLD_MB": env.int("COMFYUME_MULTIPART_THRESHOLD_MB", default=64),
+    "MULTIPART_PART_MB": env.int("COMFYUME_MULTIPART_PART_MB", default=16),
+}
 
 # --- Logging: one line per record; JSON when LOG_FORMAT=json (production). ---
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
@@ -230,12 +255,6 @@ PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int(
 
 # --- Seat frontends: one light ComfyUI server per seat (docs/CONFIGURATION.md#seat-frontends) ---
 
-
-def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.str(name, default=default)
-    if value not in choices:
-        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
-    return value
 
 
 SEAT_FRONTENDS = {

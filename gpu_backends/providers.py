@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
+from .prompts import rewrite_inputs
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +55,6 @@ class InputFile:
     name: str
     open: Callable[[], BinaryIO]
     content_type: str = "application/octet-stream"
-
-
-def rewrite_inputs(prompt: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
-    """The prompt with every input value naming an uploaded file replaced by its name on the backend
-    (ComfyUI also accepts the ``name [input]`` annotation, which is kept)."""
-    if not renamed:
-        return prompt
-    out: dict[str, Any] = {}
-    for node_id, node in prompt.items():
-        if not isinstance(node, dict) or not isinstance(node.get("inputs"), dict):
-            out[node_id] = node
-            continue
-        inputs = {}
-        for key, value in node["inputs"].items():
-            if isinstance(value, str):
-                bare, annotated = (value[: -len(" [input]")], True) if value.endswith(" [input]") else (value, False)
-                if bare in renamed:
-                    value = renamed[bare] + (" [input]" if annotated else "")
-            inputs[key] = value
-        out[node_id] = {**node, "inputs": inputs}
-    return out
 
 
 class RunSink(Protocol):
