@@ -177,6 +177,7 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+
 def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = env.str(name, default=default)
     if value not in choices:
@@ -254,7 +255,6 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}").rstrip("/")
 
 # --- Seat frontends: one light ComfyUI server per seat (docs/CONFIGURATION.md#seat-frontends) ---
-
 
 
 SEAT_FRONTENDS = {
