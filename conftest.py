@@ -4,4 +4,4 @@ CI runs the suite against real PostgreSQL and Redis (``DATABASE_URL``, ``REDIS_U
 falls back to SQLite and the embedded Redis, started for the session.
 """
 
-pytest_plugins = ["tests.fixtures"]
+pytest_plugins = ["tests.fixtures", "tests.s3_server", "tests.fake_verda"]

@@ -2,7 +2,7 @@
 
 Runs on a private data dir with SQLite and an embedded Redis unless BENCH_DATABASE_URL / BENCH_REDIS_URL
 name others (it never touches DATABASE_URL/REDIS_URL, which may be a real installation).
-Usage: python -m benchmarks [fairness] [claims] [overhead] [seat]
+Usage: python -m benchmarks [fairness] [claims] [overhead] [seat] [serverless]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
             f"# ComfyuME benchmarks — database: {engine}, redis: {'embedded' if redis_proc else 'external'}, "
             f"cpus: {os.cpu_count()}, {time.strftime('%Y-%m-%d %H:%M')}"
         )
-        selected = argv or ["fairness", "claims", "overhead", "seat"]
+        selected = argv or ["fairness", "claims", "overhead", "seat", "serverless"]
         if "fairness" in selected:
             from benchmarks import fairness
 
@@ -72,6 +72,10 @@ def main(argv: list[str]) -> None:
             from benchmarks import seat_frontend
 
             seat_frontend.run(report)
+        if "serverless" in selected:
+            from benchmarks import serverless
+
+            serverless.run(report)
     finally:
         embedded_redis.stop(redis_proc)
         if not os.environ.get("BENCH_KEEP"):

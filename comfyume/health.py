@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 import redis
 from django.conf import settings
@@ -13,6 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gpu_backends.models import GpuBackend
 from jobs.metrics import PipelineCollector
+from storage.stores import StorageError, default_store
+
+# A storage check is a request to R2: answered from this cache for a while, so frequent probes stay cheap.
+STORAGE_CHECK_SECONDS = 60.0
+_storage_checked: tuple[float, str] = (0.0, "")
 
 
 def _check_database() -> str:
@@ -32,6 +38,21 @@ def _check_redis() -> str:
         return f"error: {exc}"[:300]
 
 
+def _check_storage() -> str:
+    """'ok', or what is wrong with the object store (a wrong bucket or key names the setting)."""
+    global _storage_checked
+    checked_at, answer = _storage_checked
+    if answer and time.monotonic() - checked_at < STORAGE_CHECK_SECONDS:
+        return answer
+    try:
+        default_store().check()
+        answer = "ok"
+    except StorageError as exc:
+        answer = f"error: {exc}"[:300]
+    _storage_checked = (time.monotonic(), answer)
+    return answer
+
+
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     """200 while the database and Redis answer (backends may be failing: that is shown, not fatal)."""
@@ -40,11 +61,12 @@ def health(request: HttpRequest) -> JsonResponse:
     if database == "ok":
         for b in GpuBackend.objects.filter(enabled=True):
             backends[b.name] = {"kind": b.kind, "state": b.state, "last_error": b.last_error or None}
+    storage = _check_storage()
     healthy = database == "ok" and redis_state == "ok"
-    degraded = any(b["state"] == GpuBackend.State.FAILING for b in backends.values()) or not backends
+    degraded = any(b["state"] == GpuBackend.State.FAILING for b in backends.values()) or not backends or storage != "ok"
     status = "down" if not healthy else ("degraded" if degraded else "ok")
     return JsonResponse(
-        {"status": status, "database": database, "redis": redis_state, "backends": backends},
+        {"status": status, "database": database, "redis": redis_state, "storage": storage, "backends": backends},
         status=200 if healthy else 503,
     )
 

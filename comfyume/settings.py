@@ -206,6 +206,19 @@ COMFYUME = {
     "BACKEND_READ_TIMEOUT": env.float("COMFYUME_BACKEND_READ_TIMEOUT", default=30.0),
     # How many times a job is dispatched before a lost worker or backend fails it for good.
     "MAX_ATTEMPTS": env.int("COMFYUME_MAX_ATTEMPTS", default=2),
+    # --- Serverless GPUs (Verda): docs/GPU_WORKER.md ---
+    # Where GPU workers reach the hub's callback API (must be reachable from the GPU containers).
+    "CALLBACK_BASE_URL": env.str("COMFYUME_CALLBACK_URL", default="").rstrip("/"),
+    # How long a synchronous request to a GPU worker may take (seconds): the longest job plus a cold start.
+    "SERVERLESS_REQUEST_TIMEOUT": env.float("COMFYUME_SERVERLESS_REQUEST_TIMEOUT", default=45 * 60.0),
+    # A started worker silent (no event, no heartbeat) this long has lost its replica: the job is retried once.
+    "WORKER_SILENCE": env.float("COMFYUME_WORKER_SILENCE", default=90.0),
+    # A request no replica has taken this long is given back to the queue and the backend marked failing.
+    "COLD_START_TIMEOUT": env.float("COMFYUME_COLD_START_TIMEOUT", default=20 * 60.0),
+    # How often (seconds) an asynchronous request's status is asked of Verda (a backstop; callbacks carry the news).
+    "ASYNC_POLL_INTERVAL": env.float("COMFYUME_ASYNC_POLL_INTERVAL", default=15.0),
+    # How often (seconds) the GPU worker sends a heartbeat while a node runs without events.
+    "WORKER_HEARTBEAT": env.float("COMFYUME_WORKER_HEARTBEAT", default=5.0),
 }
 
 # Where job outputs and uploaded inputs are kept: "local" (a directory, the default) or "r2" (Cloudflare R2, or
@@ -253,6 +266,15 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # The address participants use (join links and printed credentials are built from it).
 PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}").rstrip("/")
+COMFYUME["CALLBACK_BASE_URL"] = COMFYUME["CALLBACK_BASE_URL"] or PUBLIC_URL
+
+# Verda's management API (scaling for pre-warm and scale-to-zero, replica status). Empty: no scaling, and a
+# backend's state comes from its requests alone. The inference key is per backend (GpuBackend.api_key_env).
+VERDA = {
+    "API_URL": env.str("COMFYUME_VERDA_API_URL", default="https://api.datacrunch.io/v1").rstrip("/"),
+    "CLIENT_ID": env.str("COMFYUME_VERDA_CLIENT_ID", default=""),
+    "CLIENT_SECRET": env.str("COMFYUME_VERDA_CLIENT_SECRET", default=""),
+}
 
 # --- Seat frontends: one light ComfyUI server per seat (docs/CONFIGURATION.md#seat-frontends) ---
 

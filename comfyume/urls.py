@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from comfyume import health
-from jobs import api
+from jobs import api, callbacks
 from workshops import seat_api
 from workshops import views as workshop_views
 
@@ -26,6 +26,16 @@ hub_api = [
     path("inputs", seat_api.upload_input, name="inputs"),
 ]
 
+# GPU workers report one dispatch attempt of one job here (docs/GPU_WORKER.md).
+gpu_callbacks = [
+    path("events", callbacks.events, name="events"),
+    path("result", callbacks.result, name="result"),
+    path("uploads", callbacks.uploads, name="uploads"),
+    path("uploads/complete", callbacks.uploads_complete, name="uploads-complete"),
+    path("files/<path:key>", callbacks.file_put, name="file"),
+    path("inputs/<int:index>", callbacks.input_file, name="input"),
+]
+
 urlpatterns = [
     path("", workshop_views.home, name="home"),
     path("login/", workshop_views.SeatLoginView.as_view(), name="login"),
@@ -33,6 +43,7 @@ urlpatterns = [
     path("join/<str:token>/", workshop_views.join, name="join"),
     path("auth/seat", workshop_views.seat_access, name="seat-access"),
     path("api/hub/", include((hub_api, "hub"))),
+    path("api/gpu/jobs/<uuid:prompt_id>/<str:attempt>/", include((gpu_callbacks, "gpu"))),
     path("health", health.health, name="health"),
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),

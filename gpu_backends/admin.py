@@ -5,8 +5,10 @@ from jobs.scheduler import schedule
 from workshops import audit
 from workshops.audit import AuditedModelAdmin
 
+from . import scaling
 from .client import BackendError
 from .models import GpuBackend
+from .providers import provider_for
 from .services import check_health, refresh_object_info
 
 
@@ -15,8 +17,32 @@ class GpuBackendAdmin(AuditedModelAdmin):
     list_display = ("name", "kind", "gpu_type", "state", "max_concurrency", "price_per_hour", "enabled", "order")
     list_filter = ("kind", "state", "enabled")
     list_editable = ("enabled", "order")
-    readonly_fields = ("state", "state_changed_at", "last_error", "object_info_fetched_at")
-    actions = ["test_connection"]
+    readonly_fields = ("state", "state_changed_at", "last_error", "object_info_fetched_at", "applied_min_replicas")
+    actions = ["test_connection", "warm_up_now", "scale_to_zero_now"]
+    fieldsets = (
+        (
+            None,
+            {"fields": ("name", "kind", "url", "gpu_type", "price_per_hour", "max_concurrency", "enabled", "order")},
+        ),
+        (
+            "Verda serverless (only for the Verda kind)",
+            {
+                "fields": (
+                    "deployment",
+                    "api_key_env",
+                    "inference_mode",
+                    "warm_replicas",
+                    "prewarm_minutes",
+                    "warm_until",
+                    "applied_min_replicas",
+                ),
+                "description": "Order the backends for failover: H200 spot first, then H200 on-demand, then "
+                "B300. A failing backend's jobs go to the next one. Scaling needs COMFYUME_VERDA_CLIENT_ID and "
+                "COMFYUME_VERDA_CLIENT_SECRET.",
+            },
+        ),
+        ("State", {"fields": ("state", "state_changed_at", "last_error", "object_info_fetched_at")}),
+    )
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -26,10 +52,17 @@ class GpuBackendAdmin(AuditedModelAdmin):
     # Saves through the list's editable columns (enabled, order) are recorded too: they go through save_related.
     audit_kind = "backend"
 
-    @admin.action(description="Test connection (health and node list)")
+    @admin.action(description="Test connection and refresh the node list (starts a Verda replica if none runs)")
     def test_connection(self, request, queryset):
         for backend in queryset:
-            check_health(backend)
+            if backend.is_serverless:
+                try:
+                    provider_for(backend).health()
+                    backend.mark(GpuBackend.State.READY)
+                except BackendError as exc:
+                    backend.mark(GpuBackend.State.FAILING, str(exc))
+            else:
+                check_health(backend)
             try:
                 info = refresh_object_info(backend)
             except BackendError as exc:
@@ -50,3 +83,24 @@ class GpuBackendAdmin(AuditedModelAdmin):
                 target=backend,
                 details={"reachable": True, "state": backend.state, "node_types": len(info)},
             )
+
+    def _scale(self, request, queryset, name: str, verb: str, action) -> None:
+        for backend in queryset:
+            if not backend.is_serverless:
+                self.message_user(request, f"{backend.name}: only Verda backends scale.", messages.WARNING)
+                continue
+            try:
+                action(backend)
+            except BackendError as exc:
+                self.message_user(request, f"{backend.name}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"{backend.name}: {verb}.", messages.SUCCESS)
+            audit.record(request.user, name, f"{verb}: GPU backend {backend.name}", target=backend)
+
+    @admin.action(description="Warm up now (keep its warm replicas running for an hour)")
+    def warm_up_now(self, request, queryset):
+        self._scale(request, queryset, "backend.warm", "Warming up", scaling.warm_now)
+
+    @admin.action(description="Scale to zero now (a workshop in progress warms it again)")
+    def scale_to_zero_now(self, request, queryset):
+        self._scale(request, queryset, "backend.scale_to_zero", "Scaled to zero", scaling.scale_to_zero)

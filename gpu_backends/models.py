@@ -30,19 +30,57 @@ class GpuBackend(models.Model):
     class Kind(models.TextChoices):
         COMFYUI = "comfyui", "ComfyUI server"
         SIMULATOR = "simulator", "ComfyUI simulator (no GPU)"
+        VERDA = "verda", "Verda serverless container (GPU worker)"
 
     class State(models.TextChoices):
         UNKNOWN = "unknown", "Not checked yet"
+        COLD = "cold", "Cold (scaled to zero)"
+        WARMING = "warming", "Warming up"
         READY = "ready", "Ready"
         FAILING = "failing", "Failing"
 
-    # States in which the scheduler sends it work; a failing backend keeps its jobs queued.
-    DISPATCHABLE = (State.UNKNOWN, State.READY)
+    class InferenceMode(models.TextChoices):
+        AUTO = "auto", "Automatic (asynchronous for video workflows)"
+        SYNC = "sync", "Synchronous requests"
+        ASYNC = "async", "Asynchronous requests (Prefer: respond-async)"
+
+    # States in which the scheduler sends it work; a failing backend keeps its jobs queued. A cold serverless
+    # backend takes work: the request itself starts a replica.
+    DISPATCHABLE = (State.UNKNOWN, State.COLD, State.WARMING, State.READY)
 
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.COMFYUI)
     url = models.CharField(
-        max_length=500, validators=[validate_backend_url], help_text="Base URL, e.g. http://gpu-box:8188"
+        max_length=500,
+        validators=[validate_backend_url],
+        help_text="Base URL, e.g. http://gpu-box:8188; for Verda the deployment URL "
+        "https://containers.datacrunch.io/<deployment>",
+    )
+    # --- Verda (serverless) only ---
+    deployment = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Verda deployment name. Empty: the last part of the URL. With a gateway-only URL "
+        "(https://containers.datacrunch.io) it completes the deployment URL.",
+    )
+    api_key_env = models.CharField(
+        max_length=100,
+        default="COMFYUME_VERDA_INFERENCE_KEY",
+        help_text="Name of the environment variable that holds this deployment's inference API key "
+        "(secrets stay in the environment, never in the database).",
+    )
+    inference_mode = models.CharField(max_length=10, choices=InferenceMode.choices, default=InferenceMode.AUTO)
+    warm_replicas = models.PositiveIntegerField(
+        default=1, help_text="Replicas kept running from the pre-warm until the workshop ends (Verda)."
+    )
+    prewarm_minutes = models.PositiveIntegerField(
+        default=20, help_text="Warm up this many minutes before a workshop using this backend starts (Verda)."
+    )
+    warm_until = models.DateTimeField(
+        null=True, blank=True, help_text="Kept warm until then by the admin's “Warm up now” (Verda)."
+    )
+    applied_min_replicas = models.PositiveIntegerField(
+        null=True, blank=True, editable=False, help_text="The minimum replica count last set through Verda's API."
     )
     gpu_type = models.CharField(max_length=64, blank=True, help_text="e.g. H200, B300")
     price_per_hour = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0"))
@@ -65,6 +103,28 @@ class GpuBackend(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def deployment_name(self) -> str:
+        return self.deployment or urlsplit(self.url).path.rstrip("/").rpartition("/")[2]
+
+    @property
+    def inference_url(self) -> str:
+        """The deployment URL: the URL as given, or the gateway URL plus the deployment name."""
+        if urlsplit(self.url).path.strip("/") or not self.deployment:
+            return self.url
+        return f"{self.url.rstrip('/')}/{self.deployment}"
+
+    @property
+    def is_serverless(self) -> bool:
+        return self.kind == self.Kind.VERDA
+
+    def clean(self) -> None:
+        super().clean()
+        if self.kind == self.Kind.VERDA and not self.deployment_name:
+            raise ValidationError(
+                {"url": "A Verda backend needs its deployment: https://containers.datacrunch.io/<deployment>."}
+            )
 
     def mark(self, state: str, error: str = "") -> bool:
         """Record a health observation; returns True when the state changed."""

@@ -46,6 +46,8 @@ class RunSpec:
     client_id: str
     extra_data: dict[str, Any] = field(default_factory=dict)
     inputs: list[InputFile] = field(default_factory=list)
+    # Serverless backends only: where the GPU worker reports (gpu_backends.serverless.WorkerCallback).
+    callback: Any = None
 
 
 @dataclass
@@ -71,6 +73,14 @@ class RunSink(Protocol):
 
     def tick(self) -> str | None:
         """Called about once a second while waiting: heartbeat, and 'cancel' / 'timeout' to stop."""
+
+    def record_file(self, node_id: str, ref: FileRef, stored: dict[str, Any]) -> dict[str, Any]:
+        """A GPU worker uploaded an output itself (``stored``: key, size, sha256, content_type): check that it
+        is where this job's outputs go and what was announced, record it, and return the reference the
+        participant's UI should see."""
+
+    def note_backend_ref(self, ref: str) -> None:
+        """The provider's id of the request (Verda's X-Inference-Id), kept on the job for operators."""
 
 
 @dataclass
@@ -123,6 +133,7 @@ class _RunState:
     terminal_at: float | None = None
     stop_reason: str | None = None
     stop_sent_at: float | None = None
+    reconnected: bool = False  # the socket dropped once: an `executed` may have been missed meanwhile
 
     def outcome(self) -> RunOutcome:
         end = self.finished or time.monotonic()
@@ -212,10 +223,16 @@ class ComfyUIProvider(Provider):
                 if isinstance(recovered, RunOutcome):
                     return recovered
                 ws = recovered
+                state.reconnected = True
                 continue
             message = decode_message(raw)
             if message is None or message["data"].get("prompt_id") != state.prompt_id:
                 continue
+            if state.reconnected and message["type"] == "executing" and message["data"].get("node") is None:
+                # Outputs sent while the socket was down are in /history: take them before finishing.
+                entry = self.client.history(state.prompt_id)
+                if entry is not None:
+                    self._replay_outputs(entry, sink, state)
             if self._handle(message, sink, state):
                 return state.outcome()
 
@@ -274,8 +291,8 @@ class ComfyUIProvider(Provider):
                 raise BackendError("The backend no longer knows the job (restarted or replaced?)", lost=True)
             time.sleep(0.2)
 
-    def _finish_from_history(self, entry: dict[str, Any], sink: RunSink, state: _RunState) -> RunOutcome:
-        """Replay what the socket missed from the history entry, so the participant's UI completes."""
+    def _replay_outputs(self, entry: dict[str, Any], sink: RunSink, state: _RunState) -> None:
+        """Send the UI the ``executed`` of every output in a history entry that the socket did not deliver."""
         for node_id, output in (entry.get("outputs") or {}).items():
             if node_id not in state.outputs and isinstance(output, dict):
                 self._handle(
@@ -291,6 +308,10 @@ class ComfyUIProvider(Provider):
                     sink,
                     state,
                 )
+
+    def _finish_from_history(self, entry: dict[str, Any], sink: RunSink, state: _RunState) -> RunOutcome:
+        """Replay what the socket missed from the history entry, so the participant's UI completes."""
+        self._replay_outputs(entry, sink, state)
         status = entry.get("status") or {}
         stamps: dict[str, float] = {}
         for kind, data in status.get("messages") or []:
@@ -316,4 +337,21 @@ def provider_for(backend: Any) -> Provider:
         return ComfyUIProvider(
             backend.url, connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"], read_timeout=cfg["BACKEND_READ_TIMEOUT"]
         )
+    if backend.kind == "verda":
+        import os
+
+        from .serverless import ServerlessProvider, Timing
+        from .verda import VerdaInference
+
+        gateway = VerdaInference(
+            backend.inference_url,
+            os.environ.get(backend.api_key_env, ""),
+            connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"],
+            read_timeout=cfg["BACKEND_READ_TIMEOUT"],
+            run_timeout=cfg["SERVERLESS_REQUEST_TIMEOUT"],
+        )
+        timing = Timing(
+            silence=cfg["WORKER_SILENCE"], cold_start=cfg["COLD_START_TIMEOUT"], poll=cfg["ASYNC_POLL_INTERVAL"]
+        )
+        return ServerlessProvider(gateway, mode=backend.inference_mode, timing=timing)
     raise BackendError(f"Backend {backend.name} has an unknown kind {backend.kind!r}", permanent=True)

@@ -16,8 +16,21 @@ from .providers import provider_for
 log = logging.getLogger(__name__)
 
 
+# A failing serverless backend is tried again after this long (its next job is the probe).
+SERVERLESS_RETRY = timedelta(seconds=60)
+
+
 def check_health(backend: GpuBackend) -> bool:
-    """Ask the backend whether it is up; record ready/failing. Returns True when it became dispatchable."""
+    """Ask the backend whether it is up; record ready/failing. Returns True when it became dispatchable.
+
+    A serverless deployment is not asked: a request would start a replica (and its bill). Its state comes from
+    Verda's replica status (gpu_backends.scaling) and from its jobs; a failing one is given another chance
+    after a minute.
+    """
+    if backend.is_serverless:
+        if backend.state == GpuBackend.State.FAILING and timezone.now() - backend.state_changed_at > SERVERLESS_RETRY:
+            return backend.mark(GpuBackend.State.UNKNOWN, backend.last_error)
+        return False
     try:
         provider_for(backend).health()
     except BackendError as exc:
@@ -75,7 +88,8 @@ def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
     info = cached_object_info(backend)
     if info is not None:
         return info
-    if backend.state == GpuBackend.State.FAILING:
+    if backend.state == GpuBackend.State.FAILING or backend.is_serverless:
+        # A serverless deployment is never asked in the submit path: that could wait out a cold start.
         return None
     try:
         return refresh_object_info(backend)
@@ -88,3 +102,14 @@ def object_info_is_stale(backend: GpuBackend) -> bool:
     ttl = timedelta(seconds=settings.COMFYUME["OBJECT_INFO_TTL"])
     fetched = backend.object_info_fetched_at
     return fetched is None or timezone.now() - fetched >= ttl
+
+
+def mark_catalogue_stale(backend: GpuBackend) -> None:
+    """Keep using the stored catalogue, but have the reconciler read it again as soon as the backend is ready
+    (after a deploy of a new image, say)."""
+    if backend.object_info_fetched_at is None:
+        return
+    old = backend.object_info_fetched_at - timedelta(seconds=settings.COMFYUME["OBJECT_INFO_TTL"] + 1)
+    GpuBackend.objects.filter(pk=backend.pk).update(object_info_fetched_at=old)
+    NodeCatalogue.objects.filter(backend=backend).update(fetched_at=old)
+    backend.object_info_fetched_at = old

@@ -25,10 +25,11 @@ from django.utils import timezone
 from gpu_backends.client import BackendError, FileRef
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import InputFile, RunOutcome, RunSpec, provider_for
+from gpu_backends.serverless import WorkerCallback
 from storage.models import Artifact
-from storage.stores import default_store, safe_key
+from storage.stores import StorageError, StoredObject, default_store
 
-from . import events, metrics
+from . import callbacks, events, metrics
 from .models import Job
 from .services import finish_job, requeue_job
 
@@ -46,6 +47,10 @@ def rewrite_prompt_id(value: Any, old: str, new: str) -> Any:
     return new if value == old else value
 
 
+class OutputRejected(Exception):
+    """A GPU worker reported an output that is not where this job's outputs go, or not what it announced."""
+
+
 class JobRun:
     """The sink a provider reports one job's run to (see gpu_backends.providers.RunSink)."""
 
@@ -61,6 +66,9 @@ class JobRun:
 
     def accepted(self, response: dict[str, Any]) -> bool:
         ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
+        backend = self.job.backend
+        if backend is not None and backend.is_serverless and backend.state != GpuBackend.State.READY:
+            backend.mark(GpuBackend.State.READY)  # a replica took the job: the deployment is warm
         if ok:
             self.started = time.monotonic()
             metrics.observe("dispatch_latency_seconds", (timezone.now() - self.job.created_at).total_seconds())
@@ -76,9 +84,26 @@ class JobRun:
         events.comfy_message(self.job.seat_id, self.job.workshop_id, message, self.job.seat.label)
 
     def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:
-        subfolder = f"{self.prompt_id}/{ref.subfolder}".rstrip("/") if ref.subfolder else self.prompt_id
-        key = safe_key("workshops", self.job.workshop.slug, self.job.seat.label, subfolder, ref.filename)
-        stored = self.store.put(key, chunks)
+        key, subfolder = callbacks.output_location(self.job, ref)
+        stored = self.store.put(key, chunks, content_type=content_type)
+        return self._record(node_id, ref, subfolder, stored, content_type)
+
+    def record_file(self, node_id: str, ref: FileRef, stored: dict[str, Any]) -> dict[str, Any]:
+        key, subfolder = callbacks.output_location(self.job, ref)
+        if stored.get("key") != key:
+            raise OutputRejected(
+                f"The GPU worker put {ref.filename} at {stored.get('key')!r}, not at this job's {key!r}."
+            )
+        try:
+            checked = self.store.verify(key, size=int(stored.get("size") or 0), sha256_hex=str(stored.get("sha256")))
+        except (StorageError, ValueError) as exc:
+            raise OutputRejected(f"The output {ref.filename} did not arrive intact: {exc}") from exc
+        content_type = str(stored.get("content_type") or "application/octet-stream")
+        return self._record(node_id, ref, subfolder, checked, content_type)
+
+    def _record(
+        self, node_id: str, ref: FileRef, subfolder: str, stored: StoredObject, content_type: str
+    ) -> dict[str, Any]:
         artifact = Artifact(
             key=stored.key,
             job=self.job,
@@ -98,6 +123,10 @@ class JobRun:
             update_fields=["node_id", "size", "sha256", "content_type", "kind"],
         )
         return {"filename": ref.filename, "subfolder": subfolder, "type": "output"}
+
+    def note_backend_ref(self, ref: str) -> None:
+        self.job.backend_ref = ref[:128]
+        Job.objects.filter(pk=self.job.pk).update(backend_ref=self.job.backend_ref)
 
     def tick(self) -> str | None:
         now = time.monotonic()
@@ -149,11 +178,19 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
         extra_data=job.extra_data,
         inputs=[_input_file(item) for item in job.inputs],
     )
+    if job.backend.is_serverless:
+        spec.callback = _worker_callback(job)
     run = JobRun(job)
     try:
         outcome = provider_for(job.backend).run(spec, run)
     except BackendError as exc:
         return _backend_failed(job, exc, log_extra)
+    except OutputRejected as exc:
+        log.error("Job %s: %s", job.pk, exc, extra=log_extra)
+        job.refresh_status()
+        if job.status in Job.ACTIVE:
+            finish_job(job, Job.Status.FAILED, reason=str(exc)[:500])
+        return job.status
     except Exception as exc:
         log.exception("Job %s crashed in dispatch", job.pk, extra=log_extra)
         job.refresh_status()
@@ -163,6 +200,21 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
     _record(job, outcome, run)
     events.flush()
     return job.status
+
+
+def _worker_callback(job: Job) -> WorkerCallback:
+    """This attempt's callback for a GPU worker: a fresh token, and where the worker fetches the inputs."""
+    backend = job.backend
+    assert backend is not None
+    token = callbacks.issue_token(job)
+    if backend.state == GpuBackend.State.COLD:
+        backend.mark(GpuBackend.State.WARMING)  # the deployment had no replica: this request starts one
+    return WorkerCallback(
+        url=callbacks.callback_url(job),
+        token=token,
+        inputs=callbacks.input_urls(job, token),
+        heartbeat_seconds=settings.COMFYUME["WORKER_HEARTBEAT"],
+    )
 
 
 def _record(job: Job, outcome: RunOutcome, run: JobRun) -> None:
@@ -194,7 +246,7 @@ def _backend_failed(job: Job, exc: BackendError, log_extra: dict[str, Any]) -> s
     job.refresh_status()
     if job.status not in Job.ACTIVE:
         return job.status
-    if exc.permanent and exc.payload:
+    if exc.permanent and exc.payload and "node_errors" in exc.payload:
         # ComfyUI rejected the prompt itself: no retry helps. Tell the participant's UI the way ComfyUI would.
         error = exc.payload.get("error") or {}
         finish_job(job, Job.Status.FAILED, reason=str(error.get("message", exc))[:500], error=exc.payload)

@@ -64,6 +64,10 @@ class Job(models.Model):
     outputs = models.JSONField(default=dict, blank=True, help_text="Node outputs as the participant sees them.")
     attempts = models.PositiveIntegerField(default=0)
     backend_prompt_id = models.CharField(max_length=64, blank=True)
+    # Serverless backends: the GPU worker's per-attempt callback token (sha256, never the token itself) and the
+    # request's id at the provider (Verda's X-Inference-Id for an asynchronous request).
+    callback_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    backend_ref = models.CharField(max_length=128, blank=True)
     gpu_seconds = models.FloatField(default=0.0)
 
     created_at = models.DateTimeField(default=timezone.now)

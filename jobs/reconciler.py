@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from gpu_backends import scaling
 from gpu_backends.client import BackendError
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import provider_for
@@ -82,6 +83,7 @@ def sweep_timeouts(report: SweepReport) -> None:
 
 
 def sweep_backends() -> None:
+    scaling.sweep()
     for backend in GpuBackend.objects.filter(enabled=True):
         check_health(backend)
         if backend.state == GpuBackend.State.READY and object_info_is_stale(backend):

@@ -230,8 +230,11 @@ def job_summary(job: Job) -> dict[str, Any]:
         "can_cancel": job.can_cancel(),
         "reason": job.status_reason,
         "backend": job.backend.name if job.backend_id and job.backend else None,
+        # A serverless backend with no replica yet: the participant sees "GPU starting" while it comes up.
+        "backend_state": job.backend.state if job.backend_id and job.backend else None,
         "attempts": job.attempts,
         "created_at": job.created_at.isoformat(),
+        "dispatched_at": job.dispatched_at.isoformat() if job.dispatched_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "gpu_seconds": round(job.gpu_seconds, 3),

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from zipstream import ZipStream
 
-from .stores import LocalStore
+from .stores import ObjectStore
 
 # Big enough that handing each chunk to the ASGI server (one thread hop per chunk) costs little next to the
 # copy, small enough that a few dozen parallel downloads stay within a few MiB each.
@@ -94,7 +94,7 @@ class FileChunks:
         self.handle.close()
 
 
-def read_chunks(store: LocalStore, key: str) -> Iterator[bytes]:
+def read_chunks(store: ObjectStore, key: str) -> Iterator[bytes]:
     """The bytes of one stored object, opened on the first ``next()`` rather than when this is called.
 
     A ZIP of a thousand files queues a thousand of these and must hold one file open at a time.
@@ -175,7 +175,7 @@ def missing_report(missing: list[ArchiveEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_archive(items: Iterable[ArchiveItem], store: LocalStore) -> Archive:
+def build_archive(items: Iterable[ArchiveItem], store: ObjectStore) -> Archive:
     """A stored (uncompressed) ZIP of the items, with a MISSING.txt listing any whose file is gone.
 
     Images and videos are compressed already, so storing them costs a few percent of size and lets the

@@ -6,6 +6,7 @@ own outputs through the hub's ``/view`` instead (jobs/api.py).
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 from collections.abc import AsyncIterator, Iterator
 
@@ -16,7 +17,14 @@ from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db.models import Count, Sum
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import get_conditional_response
 from django.utils.http import content_disposition_header
@@ -27,6 +35,8 @@ from workshops.models import Seat, Workshop
 from .downloads import ArchiveItem, FileChunks, RangeNotSatisfiable, build_archive, parse_single_range
 from .models import Artifact
 from .stores import StorageError, default_store
+
+log = logging.getLogger(__name__)
 
 GALLERY_PAGE_SIZE = 60
 PROJECTOR_REFRESH_SECONDS = 30
@@ -226,8 +236,23 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
 
     content_type = artifact.content_type or mimetypes.guess_type(artifact.filename)[0] or "application/octet-stream"
     inline = content_type in INLINE_TYPES
+    store = default_store()
     try:
-        handle = default_store().open(artifact.key)
+        presigned = store.presigned_get(
+            artifact.key,
+            filename=None if inline else artifact.filename,
+            content_type=content_type if inline else "application/octet-stream",
+        )
+    except StorageError as exc:
+        log.warning("No presigned URL for %s: %s", artifact.key, exc)
+        presigned = None
+    if presigned is not None:
+        # Kept in R2: the browser fetches it there (ranges, video seeking and all), not through the hub.
+        redirect = HttpResponseRedirect(presigned)
+        redirect["Cache-Control"] = "private, max-age=300"
+        return redirect
+    try:
+        handle = store.open(artifact.key)
     except StorageError:
         raise Http404("The output file is missing from storage.")
     response = _streamed(

@@ -5,8 +5,11 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
 from django.urls import NoReverseMatch, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
+from gpu_backends.inventory import model_presence, required_models
+from gpu_backends.models import GpuBackend
+from gpu_backends.services import cached_object_info
 from jobs.models import Job
 from jobs.scheduler import schedule
 
@@ -300,9 +303,62 @@ class AnnouncementAdmin(AuditedModelAdmin):
 
 @admin.register(WorkflowTemplate)
 class WorkflowTemplateAdmin(AuditedModelAdmin):
-    list_display = ("name", "description", "updated_at")
+    list_display = ("name", "description", "models_ready", "updated_at")
     search_fields = ("name", "description")
+    readonly_fields = ("model_inventory",)
     audit_kind = "template"
+
+    def _inventory(self, obj: WorkflowTemplate) -> tuple[list, list[tuple[GpuBackend, dict | None]]]:
+        backends = list(GpuBackend.objects.filter(enabled=True))
+        return required_models(obj.workflow), [(b, cached_object_info(b)) for b in backends]
+
+    @admin.display(description="Models on the GPUs")
+    def models_ready(self, obj: WorkflowTemplate) -> str:
+        needs, catalogues = self._inventory(obj)
+        if not needs:
+            return "needs no model files"
+        parts = []
+        for backend, info in catalogues:
+            if info is None:
+                parts.append(f"{backend.name}: not read yet")
+                continue
+            have = sum(model_presence(need, info) == "present" for need in needs)
+            parts.append(f"{backend.name}: {have}/{len(needs)}")
+        return "; ".join(parts) or "no GPU backend enabled"
+
+    @admin.display(description="Models on each GPU backend")
+    def model_inventory(self, obj: WorkflowTemplate) -> str:
+        needs, catalogues = self._inventory(obj)
+        if not needs:
+            return "This workflow names no model files."
+        words = {
+            "present": "✔ has it",
+            "missing": "✘ missing",
+            "no-node": "✘ node type missing",
+            "unknown": "? not read yet (Test connection)",
+        }
+        header = format_html_join("", "<th>{}</th>", ((b.name,) for b, _ in catalogues))
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td>{}</tr>",
+            (
+                (
+                    need.name,
+                    need.folder or "",
+                    format_html_join(
+                        "",
+                        '<td class="inventory-{}">{}</td>',
+                        ((p, words[p]) for p in (model_presence(need, info) for _, info in catalogues)),
+                    ),
+                )
+                for need in needs
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>Model file</th><th>Folder</th>{}</tr></thead><tbody>{}</tbody></table>",
+            header,
+            rows,
+        )
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -340,6 +340,10 @@ def _backends(workshop: Workshop) -> list[GpuBackend]:
     )
 
 
+def _busy(backend: GpuBackend) -> bool:
+    return backend.state == GpuBackend.State.READY and backend.n_active >= backend.max_concurrency  # type: ignore[attr-defined]
+
+
 def _backend_row(backend: GpuBackend) -> dict[str, Any]:
     return {
         "id": backend.pk,
@@ -347,8 +351,9 @@ def _backend_row(backend: GpuBackend) -> dict[str, Any]:
         "kind": backend.kind,
         "kind_label": backend.get_kind_display(),
         "gpu_type": backend.gpu_type,
-        "state": backend.state,
-        "state_label": backend.get_state_display(),
+        # Busy is the ready state with every slot taken: derived, so it is never stale.
+        "state": "busy" if _busy(backend) else backend.state,
+        "state_label": "Busy (every slot running)" if _busy(backend) else backend.get_state_display(),
         "state_since": backend.state_changed_at.isoformat(),
         "last_error": backend.last_error[:300],
         "enabled": backend.enabled,

@@ -132,10 +132,10 @@ def upload_input(request: SeatRequest) -> JsonResponse:
     try:
         # Content-addressed: a queued job keeps the image it was submitted with even if the name is reused.
         key = safe_key("workshops", seat.workshop.slug, seat.label, "inputs", digest.hexdigest()[:32], name)
-        stored = default_store().put(key, upload.chunks())
+        content_type = upload.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        stored = default_store().put(key, upload.chunks(), content_type=content_type)
     except StorageError as exc:
         return api_error(400, "bad_upload", str(exc))
-    content_type = upload.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
     with transaction.atomic():
         SeatInput.objects.update_or_create(
             seat=seat,

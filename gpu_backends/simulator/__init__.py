@@ -18,15 +18,19 @@ What it reproduces, from the recordings in ``shared/fixtures/comfyui-0.3.64`` an
   prompt_id, ``front``, plain-text 500 for malformed JSON, 400 bodies from :mod:`jobs.preflight`, ``/queue``,
   ``/history`` (ComfyUI's entry shape), ``/view`` (ComfyUI's path checks), ``/upload/image``;
 * output files: SaveImage (``<prefix>_00001_.png`` counters, subfolder from the prefix, ``%width%``-style
-  variables), PreviewImage / MaskPreview (temp/), SaveAnimatedWEBP, SaveAnimatedPNG, PreviewAny (text).
+  variables), PreviewImage / MaskPreview (temp/), SaveAnimatedWEBP, SaveAnimatedPNG, PreviewAny (text), and
+  real videos encoded with PyAV as ComfyUI does (comfy_extras/nodes_video.py): SaveVideo writes H.264 MP4
+  (``video/ComfyUI_00001_.mp4``), SaveWEBM VP9 or AV1 WebM, both answered as ComfyUI's ui.PreviewVideo
+  (``images`` + ``animated: [true]``), at the fps found on the node or upstream (CreateVideo's) and the frame
+  count found upstream (length, batch_size...; capped at config.MAX_FRAMES, sides at MAX_FRAME_SIDE);
+  ``/view`` answers byte ranges (aiohttp's FileResponse), which ``<video>`` needs to seek.
 
-What it does not do (on purpose): run nodes (each takes ``node_delay``), encode video (SaveVideo /
-SaveWEBM end in ``execution_error`` "ComfyuME simulator cannot encode video": there is no encoder here and
-nothing fake is returned), other output nodes (SaveLatent, 3D, model savers: ``execution_error`` "cannot
-simulate"), latent/binary preview frames, ``/upload/mask``, ``/view``'s ``preview``/``channel`` conversions,
-the web frontend, userdata/settings/models/internal routes, custom VALIDATE_INPUTS (jobs.preflight skips those
-inputs, so any LoadImage file name validates; a missing one simply renders 512x512), and ComfyUI's Python
-tracebacks (errors carry the simulator's own traceback).
+What it does not do (on purpose): run nodes (each takes ``node_delay``; a VIDEO or IMAGE link carries no
+value, so a saver draws its own test pattern), other output nodes (SaveLatent, 3D, model savers:
+``execution_error`` "cannot simulate"), audio tracks in videos, latent/binary preview frames, ``/upload/mask``,
+``/view``'s ``preview``/``channel`` conversions, the web frontend, userdata/settings/models/internal routes, custom
+VALIDATE_INPUTS (jobs.preflight skips those inputs, so any LoadImage file name validates; a missing one simply
+renders 512x512), and ComfyUI's Python tracebacks (errors carry the simulator's own traceback).
 
 Differences from ComfyUI, chosen for tests: several sockets may share a clientId and all receive the
 events (ComfyUI keeps only the newest); ``concurrency`` > 1 runs prompts side by side like replicas, each

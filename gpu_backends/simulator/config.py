@@ -17,14 +17,15 @@ SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 MAX_HISTORY = 10000
 TEXT_500 = "500 Internal Server Error\n\nServer got itself in trouble"  # aiohttp's answer to a crash
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-VIDEO_CLASSES = {"SaveVideo", "SaveWEBM"}
 # Nodes whose VALIDATE_INPUTS checks a file on the backend's disk (nodes.py); jobs.preflight leaves them to us.
 FILE_INPUTS = {
     "LoadImage": ("image", "Invalid image file: {}"),
     "LoadImageMask": ("image", "Invalid image file: {}"),
     "LoadLatent": ("latent", "Invalid latent file: {}"),
 }
-BATCH_KEYS = ("batch_size", "length", "frames", "num_frames", "video_frames", "amount")
+# Inputs that say how many images (frames) flow downstream. Frame counts come before batch_size: a video latent
+# (EmptyLTXVLatentVideo: length 97, batch_size 1) decodes to ``length`` frames, not one.
+BATCH_KEYS = ("length", "frames", "num_frames", "video_frames", "batch_size", "amount")
 MAX_IMAGES, MAX_FRAMES, MAX_FRAME_SIDE = 64, 48, 512
 _CLOSE_ALL = "__close_all_sockets__"
 

@@ -13,8 +13,21 @@ from typing import Any
 from PIL import Image
 
 from . import media
-from .config import BATCH_KEYS, MAX_FRAME_SIDE, MAX_FRAMES, MAX_IMAGES, VIDEO_CLASSES
+from .config import BATCH_KEYS, MAX_FRAME_SIDE, MAX_FRAMES, MAX_IMAGES
 from .graph import _int, _Run, is_link
+
+# ComfyUI 0.3.64's video savers (comfy_extras/nodes_video.py; VideoFromComponents.save_to in
+# comfy_api/latest/_input_impl/video_types.py): SaveVideo writes H.264 (FFmpeg's default h264 encoder, libx264 in
+# PyAV's wheel) in MP4 for "auto" and "mp4" / "h264" alike, with movflags=use_metadata_tags so the prompt and
+# workflow survive in the MP4; SaveWEBM maps its codec combo to an encoder and a pixel format, at constant quality
+# (bit_rate 0 and its crf). The speed options are the simulator's own, not ComfyUI's: the same codec and container
+# in a fraction of the time (libvpx's default "good" deadline is ~6x slower, SVT-AV1's preset 6 ~3x).
+WEBM_ENCODERS = {
+    "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
+    "av1": ("libsvtav1", "yuv420p10le", {"preset": "10"}),
+}
+# The input that carries a frame rate (SaveWEBM's and CreateVideo's ``fps``, some custom nodes' ``frame_rate``).
+FPS_KEYS = ("fps", "frame_rate")
 
 
 class OutputsMixin:
@@ -26,14 +39,14 @@ class OutputsMixin:
     # ---------- output nodes ----------
     async def node_output(self, run: _Run, node_id: str) -> dict[str, Any] | None:
         class_type = run.prompt[node_id]["class_type"]
-        if class_type in VIDEO_CLASSES:
-            raise RuntimeError("ComfyuME simulator cannot encode video")
         writer = {
             "SaveImage": self._save_images,
             "PreviewImage": self._save_images,
             "MaskPreview": self._save_images,
             "SaveAnimatedWEBP": self._save_animation,
             "SaveAnimatedPNG": self._save_animation,
+            "SaveVideo": self._save_video,
+            "SaveWEBM": self._save_video,
         }.get(class_type)
         if class_type == "PreviewAny":
             return {"text": [f"ComfyuME simulator: no value was computed for node {node_id}"]}
@@ -65,6 +78,27 @@ class OutputsMixin:
             frontier = next_frontier
         width, height = size or (512, 512)
         return width, height, batch
+
+    def frame_rate(self, prompt: dict[str, Any], node_id: str) -> float | None:
+        """The frame rate a video node is given: its own ``fps``, else the nearest upstream one (CreateVideo's),
+        read through a linked Primitive node; None when nothing says."""
+        seen, frontier = {node_id}, [node_id]
+        while frontier:
+            next_frontier = []
+            for current in frontier:
+                inputs = prompt.get(current, {}).get("inputs", {})
+                for key in FPS_KEYS:
+                    value = inputs.get(key)
+                    if is_link(value):  # PrimitiveFloat / PrimitiveInt hold their number in "value"
+                        value = prompt.get(value[0], {}).get("inputs", {}).get("value")
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                        return float(value)
+                for value in inputs.values():
+                    if is_link(value) and value[0] not in seen:
+                        seen.add(value[0])
+                        next_frontier.append(value[0])
+            frontier = next_frontier
+        return None
 
     def _input_image_size(self, name: Any) -> tuple[int, int] | None:
         if not isinstance(name, str):
@@ -191,3 +225,52 @@ class OutputsMixin:
             "images": [{"filename": name, "subfolder": subfolder, "type": "output"}],
             "animated": [count != 1 if webp else True],
         }
+
+    def _save_video(self, run: _Run, node_id: str) -> dict[str, Any]:
+        """SaveVideo (MP4, H.264) or SaveWEBM (VP9 / AV1): a real, playable video of the moving test pattern,
+        ``ComfyUI_00001_.mp4`` under the prefix's subfolder, answered as ComfyUI's ui.PreviewVideo."""
+        node = run.prompt[node_id]
+        inputs = node["inputs"]
+        webm = node["class_type"] == "SaveWEBM"
+        width, height, batch = self.geometry(run.prompt, node_id)
+        width, height = media.fit(width, height, MAX_FRAME_SIDE)
+        width, height = max(2, width - width % 2), max(2, height - height % 2)  # 4:2:0 chroma needs even sides
+        fps = self.frame_rate(run.prompt, node_id) or (24.0 if webm else 30.0)  # the nodes' defaults
+        count = max(1, min(batch or round(fps), MAX_FRAMES))  # one second when nothing upstream says
+        if webm:
+            codec, pix_fmt, speed = WEBM_ENCODERS[str(inputs.get("codec", "vp9"))]
+            options, bit_rate, container_options = {**speed, "crf": str(inputs.get("crf", 32.0))}, 0, {}
+            extension, default_prefix = "webm", "ComfyUI"
+            metadata = {"prompt": run.prompt, **(run.extra_data.get("extra_pnginfo") or {})}
+        else:
+            codec, pix_fmt, options, bit_rate = "h264", "yuv420p", {}, None
+            container_options = {"movflags": "use_metadata_tags"}
+            extension, default_prefix = "mp4", "video/ComfyUI"
+            metadata = {**(run.extra_data.get("extra_pnginfo") or {}), "prompt": run.prompt}
+        labels = [*self._labels(run, node_id, width, height), f"{fps:g} fps, {codec}"]
+        frames = [
+            media.render_frame(width, height, labels, seed=f"{run.prompt_id}:{node_id}", frame=i, frames=count)
+            for i in range(count)
+        ]
+        with self.save_lock:
+            folder, stem, counter, subfolder = self.save_path(
+                str(inputs.get("filename_prefix", default_prefix)), self.dirs["output"], width, height
+            )
+            name = f"{stem}_{counter:05}_.{extension}"
+            (folder / name).touch()  # takes the counter; the encoding happens outside the lock
+        try:
+            media.save_video(
+                folder / name,
+                frames,
+                fps=fps,
+                codec=codec,
+                pix_fmt=pix_fmt,
+                options=options,
+                bit_rate=bit_rate,
+                container_options=container_options,
+                metadata=metadata,
+            )
+        except BaseException:
+            (folder / name).unlink(missing_ok=True)
+            raise
+        return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}

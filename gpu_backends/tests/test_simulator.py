@@ -19,12 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import requests
 import websocket
 from PIL import Image
 
 from gpu_backends.simulator import SimulatorConfig, SimulatorThread
+from gpu_backends.simulator.config import MAX_FRAMES
 from tests.recorded import CAPTURES, TINY_PATH, load, recorded_invalid
 
 TINY_WORKFLOW: dict[str, Any] = load(TINY_PATH)
@@ -655,11 +657,10 @@ def test_view_never_serves_anything_outside_output_dir(sim, tmp_path):
     )
 
 
-def test_animated_webp_is_a_real_animation_and_video_is_refused(sim, connect):
+def test_animated_webp_is_a_real_animation(sim, connect):
     socket = connect("test-client")
-    frames = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 4, "color": 0}}}
     webp = {
-        **frames,
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 4, "color": 0}},
         "2": {
             "class_type": "SaveAnimatedWEBP",
             "inputs": {
@@ -682,20 +683,156 @@ def test_animated_webp_is_a_real_animation_and_video_is_refused(sim, connect):
     animation = Image.open(io.BytesIO(response.content))
     assert (animation.format, animation.size, animation.n_frames) == ("WEBP", (64, 48), 4)
 
-    video = {
-        **frames,
-        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 24.0}},
+
+# ------------------------------------------------------------------------------------------------- videos
+def _frames() -> dict[str, Any]:
+    """Twelve 320x240 frames."""
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 240, "batch_size": 12, "color": 0}}}
+
+
+def _save_video(prefix: str = "video/ComfyUI", fps: float = 12.0) -> dict[str, Any]:
+    """EmptyImage frames -> CreateVideo -> SaveVideo (mp4 / h264), as ComfyUI's own video templates end."""
+    return {
+        **_frames(),
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": fps}},
         "3": {
             "class_type": "SaveVideo",
-            "inputs": {"video": ["2", 0], "filename_prefix": "video/clip", "format": "auto", "codec": "auto"},
+            "inputs": {"video": ["2", 0], "filename_prefix": prefix, "format": "mp4", "codec": "h264"},
         },
     }
-    prompt_id = accepted(submit(sim, video))
-    messages = socket.until_done(prompt_id)
-    assert "executed" not in [m["type"] for m in messages]
-    error = next(m["data"] for m in messages if m["type"] == "execution_error")
-    assert (error["node_type"], error["exception_message"]) == ("SaveVideo", "ComfyuME simulator cannot encode video\n")
-    assert not (sim.simulator.dirs["output"] / "video").exists()
+
+
+def _save_webm(codec: str) -> dict[str, Any]:
+    return {
+        **_frames(),
+        "2": {
+            "class_type": "SaveWEBM",
+            "inputs": {"images": ["1", 0], "filename_prefix": "ComfyUI", "codec": codec, "fps": 24.0, "crf": 32.0},
+        },
+    }
+
+
+def _run_for_output(sim, socket, prompt: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """Run ``prompt``; the ``executed`` output of ``node_id``, checked against its /history entry."""
+    prompt_id = accepted(submit(sim, prompt))
+    messages = socket.until_done(prompt_id, timeout=30)
+    assert "execution_error" not in [m["type"] for m in messages], messages
+    executed = next(m["data"] for m in messages if m["type"] == "executed" and m["data"]["node"] == node_id)
+    entry = wait_for(lambda: history(sim, prompt_id))
+    assert entry["outputs"][node_id] == executed["output"]
+    return executed["output"]
+
+
+def _probe(content: bytes) -> dict[str, Any]:
+    """What PyAV makes of a video file: codec, fps, size, frames decoded, metadata, first and last frame."""
+    with av.open(io.BytesIO(content), mode="r") as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        return {
+            "codec": stream.codec.canonical_name,
+            "fps": stream.average_rate,
+            "size": (stream.width, stream.height),
+            "frames": len(frames),
+            "metadata": {key.lower(): value for key, value in container.metadata.items()},
+            "first": frames[0],
+            "last": frames[-1],
+        }
+
+
+def test_save_video_writes_a_playable_h264_mp4_named_and_answered_like_comfyui(sim, connect):
+    """ComfyUI 0.3.64's SaveVideo answers ui.PreviewVideo: ``images`` + ``animated: [true]``, the file
+    ``<prefix>_00001_.mp4`` under the prefix's subfolder (comfy_extras/nodes_video.py, comfy_api/latest/_ui.py)."""
+    socket = connect("test-client")
+    prompt = _save_video()
+    output = _run_for_output(sim, socket, prompt, "3")
+    assert output == {
+        "images": [{"filename": "ComfyUI_00001_.mp4", "subfolder": "video", "type": "output"}],
+        "animated": [True],
+    }
+    response = requests.get(f"{sim.url}/view", params=output["images"][0], timeout=10)
+    assert (response.status_code, response.headers["Content-Type"]) == (200, "video/mp4")
+    video = _probe(response.content)
+    assert (video["codec"], video["fps"], video["size"], video["frames"]) == ("h264", 12, (320, 240), 12)
+    assert video["metadata"]["title"] == "ComfyuME simulator"
+    assert json.loads(video["metadata"]["prompt"]) == prompt  # ComfyUI's use_metadata_tags
+    assert video["first"].tobytes() != video["last"].tobytes()  # the band moves, the counter counts
+    again = _run_for_output(sim, socket, prompt, "3")
+    assert again["images"][0]["filename"] == "ComfyUI_00002_.mp4"
+
+
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+def test_save_webm_writes_a_playable_webm_at_its_fps(sim, connect, codec):
+    socket = connect("test-client")
+    output = _run_for_output(sim, socket, _save_webm(codec), "2")
+    assert output == {
+        "images": [{"filename": "ComfyUI_00001_.webm", "subfolder": "", "type": "output"}],
+        "animated": [True],
+    }
+    response = requests.get(f"{sim.url}/view", params=output["images"][0], timeout=10)
+    assert (response.status_code, response.headers["Content-Type"]) == (200, "video/webm")
+    video = _probe(response.content)
+    assert (video["codec"], video["fps"], video["size"], video["frames"]) == (codec, 24, (320, 240), 12)
+    assert video["metadata"]["title"] == "ComfyuME simulator"
+
+
+def test_view_answers_byte_ranges_so_a_video_can_seek(sim, connect):
+    socket = connect("test-client")
+    ref = _run_for_output(sim, socket, _save_video(), "3")["images"][0]
+    whole = requests.get(f"{sim.url}/view", params=ref, timeout=10)
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    size = len(whole.content)
+    for asked, first, last in (("bytes=100-299", 100, 299), (f"bytes={size - 64}-", size - 64, size - 1)):
+        part = requests.get(f"{sim.url}/view", params=ref, headers={"Range": asked}, timeout=10)
+        assert part.status_code == 206
+        assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+        assert part.content == whole.content[first : last + 1]
+
+
+def test_the_shape_of_the_ltx2_text_to_video_template_runs_to_a_capped_video(sim, connect):
+    """LTX-2's graph (shared/fixtures/upstream-workflows/ltx2_text_to_video.json) minus the LTX-2-only nodes that
+    0.3.64 does not list: a 768x512x97 latent, a PrimitiveFloat fps into CreateVideo, SaveVideo "video/LTX-2"."""
+    sim.config.models = ["ltx-2-19b-dev.safetensors"]
+    socket = connect("test-client")
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ltx-2-19b-dev.safetensors"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox in the snow", "clip": ["1", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "22": {
+            "class_type": "LTXVConditioning",
+            "inputs": {"positive": ["3", 0], "negative": ["4", 0], "frame_rate": ["102", 0]},
+        },
+        "43": {
+            "class_type": "EmptyLTXVLatentVideo",
+            "inputs": {"width": 768, "height": 512, "length": 97, "batch_size": 1},
+        },
+        "41": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": 42,
+                "steps": 20,
+                "cfg": 4.0,
+                "sampler_name": "euler",
+                "scheduler": "simple",
+                "positive": ["22", 0],
+                "negative": ["22", 1],
+                "latent_image": ["43", 0],
+                "denoise": 1.0,
+            },
+        },
+        "95": {"class_type": "VAEDecode", "inputs": {"samples": ["41", 0], "vae": ["1", 2]}},
+        "102": {"class_type": "PrimitiveFloat", "inputs": {"value": 25.0}},
+        "97": {"class_type": "CreateVideo", "inputs": {"images": ["95", 0], "fps": ["102", 0]}},
+        "75": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["97", 0], "filename_prefix": "video/LTX-2", "format": "auto", "codec": "auto"},
+        },
+    }
+    output = _run_for_output(sim, socket, prompt, "75")
+    assert output["images"] == [{"filename": "LTX-2_00001_.mp4", "subfolder": "video", "type": "output"}]
+    video = _probe(requests.get(f"{sim.url}/view", params=output["images"][0], timeout=10).content)
+    # 97 frames capped at MAX_FRAMES, 768x512 scaled to MAX_FRAME_SIDE with even sides.
+    assert (video["fps"], video["size"], video["frames"]) == (25, (512, 340), MAX_FRAMES)
 
 
 def test_identical_resubmission_runs_again_by_default_and_comes_from_cache_when_enabled(sim, connect):

@@ -129,3 +129,17 @@ def test_metrics_expose_queue_jobs_and_latency(client, api, personas, sim, setti
     settings.METRICS_TOKEN = "s3cret"
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_health_shows_a_broken_object_store_by_the_setting_to_fix(client, personas, r2_store, settings, monkeypatch):
+    from comfyume import health
+
+    monkeypatch.setattr(health, "_storage_checked", (0.0, ""))
+    data = client.get("/health").json()
+    assert data["storage"] == "ok" and data["status"] == "ok"
+    settings.OBJECT_STORE = {**settings.OBJECT_STORE, "BUCKET": "no-such-bucket"}
+    monkeypatch.setattr(health, "_storage_checked", (0.0, ""))
+    answer = client.get("/health")
+    data = answer.json()
+    assert answer.status_code == 200  # the hub still answers; outputs cannot be kept: degraded, and why
+    assert data["status"] == "degraded" and "COMFYUME_R2_BUCKET" in data["storage"]

@@ -148,6 +148,21 @@ def test_websocket_dropped_mid_job_recovers_from_history(client, personas, sim):
     assert job.attempts == 1  # recovered, not re-run
 
 
+def test_an_output_sent_while_the_socket_was_down_is_taken_from_history(client, personas, sim):
+    # The socket drops after `executing 3`, so the file's `executed` goes to nobody; the prompt stays queued a
+    # second longer (history_delay), so the provider reconnects, keeps listening, and must not lose the file.
+    sim.config.ws_drop_after, sim.config.history_delay = 10, 1.0
+    prompt = json.loads(json.dumps(TINY))
+    prompt["1"]["inputs"]["color"] = 0x123456  # not in the simulator's cache: every node runs
+    job = Job.objects.get(prompt_id=submit(client, personas.seat_a, prompt).json()["prompt_id"])
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.status_reason
+    assert job.attempts == 1
+    artifact = Artifact.objects.get(job=job)
+    assert job.outputs["3"]["images"][0]["filename"] == artifact.filename
+
+
 def test_runtime_error_fails_with_comfyui_error(client, personas, sim):
     sim.config.fail_on_class = {"ImageInvert"}
     job = Job.objects.get(prompt_id=submit(client, personas.seat_a).json()["prompt_id"])

@@ -392,13 +392,14 @@
     $("backend-rows").replaceChildren(
       ...(rows.length
         ? rows.map((b) => {
-            const kind = b.state === "ready" ? "online" : b.state === "failing" ? "failed" : "idle";
+            const kind = { ready: "online", busy: "running", warming: "queued", failing: "failed" }[b.state] || "idle";
             return el(
               "tr",
               { dataset: { backend: b.name } },
               el("td", {}, el("a", { href: b.admin_url }, b.name),
                 el("span", { class: "reason" }, [b.kind_label, b.gpu_type].filter(Boolean).join(" · "))),
               el("td", {}, pill(kind, b.enabled ? b.state_label : `${b.state_label}, switched off`),
+                b.state === "warming" ? el("span", { class: "reason" }, "starting for ", ticking(b.state_since)) : null,
                 b.last_error ? el("span", { class: "reason" }, b.last_error) : null),
               el("td", { class: "num" }, `${b.active} / ${b.max_concurrency}`,
                 el("span", { class: "reason" }, `${b.active_here} here`)),

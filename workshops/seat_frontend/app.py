@@ -384,7 +384,15 @@ async def view(request: web.Request) -> web.StreamResponse:
     # Ranges and revalidation pass through, so videos can be scrubbed and a reload reuses cached images.
     forwarded = {k: v for k, v in request.headers.items() if k in ("Range", "If-Range", "If-None-Match")}
     try:
-        async with hub.session.get(hub.url("/api/hub/view"), params=params, headers=forwarded) as upstream:
+        async with hub.session.get(
+            hub.url("/api/hub/view"), params=params, headers=forwarded, allow_redirects=False
+        ) as upstream:
+            if upstream.status in (302, 307) and upstream.headers.get("Location"):
+                # Outputs kept in R2: the browser fetches them from a short-lived presigned URL, not through us.
+                return web.Response(
+                    status=upstream.status,
+                    headers={"Location": upstream.headers["Location"], "Cache-Control": "private, max-age=300"},
+                )
             if upstream.status not in (200, 206):
                 return web.Response(status=upstream.status, headers=_passed(upstream.headers, ("ETag",)))
             response = web.StreamResponse(

@@ -194,6 +194,10 @@ def test_unpausing_or_enabling_a_backend_in_the_admin_starts_waiting_jobs_at_onc
         "max_concurrency": 1,
         "order": 0,
         "enabled": "on",
+        "api_key_env": "COMFYUME_VERDA_INFERENCE_KEY",
+        "inference_mode": "auto",
+        "warm_replicas": 1,
+        "prewarm_minutes": 20,
     }
     with django_capture_on_commit_callbacks(execute=True):
         response = instructor.post(f"/admin/gpu_backends/gpubackend/{personas.backend.pk}/change/", backend_form)

@@ -33,7 +33,19 @@ from workshops.credentials import credential_sheet
 from workshops.models import WorkflowTemplate, Workshop
 from workshops.services import create_workshop, credentials_as_dicts
 
-DEMO_TEMPLATE = settings.BASE_DIR / "workshops" / "data" / "templates" / "tiny-invert.json"
+TEMPLATES_DIR = settings.BASE_DIR / "workshops" / "data" / "templates"
+DEMO_TEMPLATE = TEMPLATES_DIR / "tiny-invert.json"
+# The demo's seats get these (they run on the simulator); the workshop's real templates are loaded too, unattached,
+# so the admin shows which of their models each GPU backend has.
+DEMO_TEMPLATES = (
+    ("Tiny video (24 frames, SaveVideo)", "tiny-video.json", "A model-free video: frames → Create Video → MP4."),
+)
+REAL_TEMPLATES = (
+    ("Flux.2 Klein 4B — text to image", "flux2_klein_4b_text_to_image.json"),
+    ("Flux.2 Klein 9B — text to image", "flux2_klein_9b_text_to_image.json"),
+    ("LTX-2 — text to video", "ltx2_text_to_video.json"),
+    ("LTX-2 distilled — text to video", "ltx2_text_to_video_distilled.json"),
+)
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
@@ -201,6 +213,20 @@ class Command(BaseCommand):
             },
         )
         workshop.templates.add(template)
+        for name, filename, description in DEMO_TEMPLATES:
+            extra, _ = WorkflowTemplate.objects.get_or_create(
+                name=name,
+                defaults={"description": description, "workflow": json.loads((TEMPLATES_DIR / filename).read_text())},
+            )
+            workshop.templates.add(extra)
+        for name, filename in REAL_TEMPLATES:
+            WorkflowTemplate.objects.get_or_create(
+                name=name,
+                defaults={
+                    "description": "The workshop's own template: needs a GPU with its models (see Models on the GPUs).",
+                    "workflow": json.loads((TEMPLATES_DIR / filename).read_text()),
+                },
+            )
         if workshop.default_template_id is None:
             workshop.default_template = template
             workshop.save(update_fields=["default_template"])

@@ -32,7 +32,14 @@ function describe(state) {
   if (active && active.status === "running") {
     return { tone: "ok", text: `Running on ${active.backend || "the GPU"} · ${elapsed(active.started_at)}${waiting}` };
   }
-  if (active) return { tone: "ok", text: `Sending your job to the GPU…${waiting}` };
+  if (active) {
+    const since = active.dispatched_at || active.created_at;
+    if (active.backend_state === "warming" || active.backend_state === "cold") {
+      return { tone: "wait", text: `GPU starting · ${elapsed(since)}${waiting}` };
+    }
+    const slow = Date.now() - Date.parse(since) > 3000 ? ` · ${elapsed(since)}` : "";
+    return { tone: "ok", text: `Sending your job to the GPU…${slow}${waiting}` };
+  }
   if (queued.length) {
     const first = queued[0];
     if (state.paused) return { tone: "wait", text: "The instructor has paused the queue — your job waits its turn." };
