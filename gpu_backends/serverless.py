@@ -329,7 +329,31 @@ class _Follower:
             )
         if status == "failed":
             return RunOutcome("failed", self.state.outputs, self.state.error or error, gpu, self.state.stop_reason)
+        lost = self._unstored()
+        if lost:
+            # The worker could not upload these (storage unreachable, a refused PUT): a result without them is
+            # not a success, and the participant is told which files are missing.
+            names = ", ".join(sorted(lost)[:5]) + (" …" if len(lost) > 5 else "")
+            failure = {
+                "prompt_id": self.prompt_id,
+                "exception_type": "output_not_stored",
+                "exception_message": f"The GPU made {len(lost)} output file(s) that could not be stored: {names}. "
+                "Run it again; if it happens again, tell the instructor (storage may be unreachable).",
+            }
+            return RunOutcome("failed", self.state.outputs, failure, gpu, self.state.stop_reason)
         return RunOutcome("succeeded", self.state.outputs, None, gpu, self.state.stop_reason)
+
+    def _unstored(self) -> list[str]:
+        """Files named in the outputs that the hub has no stored copy of."""
+        stored = {(ref.get("filename"), ref.get("subfolder")) for ref in self.state.refs.values()}
+        missing = []
+        for output in self.state.outputs.values():
+            for items in output.values() if isinstance(output, dict) else ():
+                for item in items if isinstance(items, list) else ():
+                    named = isinstance(item, dict) and isinstance(item.get("filename"), str)
+                    if named and (item["filename"], item.get("subfolder")) not in stored:
+                        missing.append(item["filename"])
+        return missing
 
     # --- the request's own answer ---
     def _answered(self, answer: tuple[int, Any] | BackendError) -> RunOutcome | None:

@@ -243,3 +243,14 @@ def test_an_input_that_does_not_arrive_intact_fails_the_job_not_the_gpu(client, 
     assert job.error["node_errors"] == {} and job.error["error"]["type"] == "bad_request"
     verda.refresh_from_db()
     assert verda.state == GpuBackend.State.READY  # the GPU is fine; the job was refused
+
+
+def test_storage_refusing_the_outputs_fails_the_job_and_says_so(client, personas, verda, r2_store, settings):
+    # Presigning needs no server, so the worker gets its URLs; the bucket then refuses every PUT.
+    settings.OBJECT_STORE = {**settings.OBJECT_STORE, "BUCKET": "a-bucket-that-does-not-exist"}
+    job = finished(submit(client, personas.seat_a, fresh_tiny()))
+    assert job.status == Job.Status.FAILED
+    assert "could not be stored" in job.status_reason and job.error["exception_type"] == "output_not_stored"
+    assert not Artifact.objects.filter(job=job).exists()
+    verda.refresh_from_db()
+    assert verda.state == GpuBackend.State.READY
