@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from gpu_backends.models import GpuBackend
 from jobs.metrics import PipelineCollector
+from storage import backup
 from storage.stores import StorageError, default_store
 
 # A storage check is a request to R2: answered from this cache for a while, so frequent probes stay cheap.
@@ -62,11 +63,24 @@ def health(request: HttpRequest) -> JsonResponse:
         for b in GpuBackend.objects.filter(enabled=True):
             backends[b.name] = {"kind": b.kind, "state": b.state, "last_error": b.last_error or None}
     storage = _check_storage()
+    backups = backup.health() if database == "ok" else {"status": "unknown"}
     healthy = database == "ok" and redis_state == "ok"
-    degraded = any(b["state"] == GpuBackend.State.FAILING for b in backends.values()) or not backends or storage != "ok"
+    degraded = (
+        any(b["state"] == GpuBackend.State.FAILING for b in backends.values())
+        or not backends
+        or storage != "ok"
+        or backups.get("status") in ("failing", "stale")
+    )
     status = "down" if not healthy else ("degraded" if degraded else "ok")
     return JsonResponse(
-        {"status": status, "database": database, "redis": redis_state, "storage": storage, "backends": backends},
+        {
+            "status": status,
+            "database": database,
+            "redis": redis_state,
+            "storage": storage,
+            "backup": backups,
+            "backends": backends,
+        },
         status=200 if healthy else 503,
     )
 

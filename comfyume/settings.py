@@ -139,7 +139,15 @@ REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi", "capacity": 1000, "expiry": 60},
+        "CONFIG": {
+            # redis-py 8 gives every connection a 5 s read timeout by default, exactly as long as channels_redis's
+            # blocking receive: idle sockets then fail every ~5 s and messages sent meanwhile are lost. Longer
+            # than the receive, still short enough to notice a dead Redis.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            "prefix": f"{REDIS_PREFIX}:asgi",
+            "capacity": 1000,
+            "expiry": 60,
+        },
     }
 }
 
@@ -267,6 +275,19 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # The address participants use (join links and printed credentials are built from it).
 PUBLIC_URL = env.str("COMFYUME_PUBLIC_URL", default=f"http://127.0.0.1:{env.int('PORT', default=8000)}").rstrip("/")
 COMFYUME["CALLBACK_BASE_URL"] = COMFYUME["CALLBACK_BASE_URL"] or PUBLIC_URL
+
+# --- Backups: docs/BACKUP.md ---
+BACKUP = {
+    # Where `manage.py backup` and the scheduled backups write: file:///path or s3://bucket/prefix (the s3 form uses
+    # the COMFYUME_R2_* endpoint and credentials). Empty: no scheduled backups.
+    "URL": env.str("COMFYUME_BACKUP_URL", default=""),
+    # Hours between scheduled backups, run by the reconciler; 0 turns the schedule off.
+    "INTERVAL_HOURS": env.float("COMFYUME_BACKUP_INTERVAL_HOURS", default=24.0),
+    # Retention: the newest backup of each of this many days, weeks and months is kept.
+    "KEEP_DAILY": env.int("COMFYUME_BACKUP_KEEP_DAILY", default=5),
+    "KEEP_WEEKLY": env.int("COMFYUME_BACKUP_KEEP_WEEKLY", default=3),
+    "KEEP_MONTHLY": env.int("COMFYUME_BACKUP_KEEP_MONTHLY", default=3),
+}
 
 # Verda's management API (scaling for pre-warm and scale-to-zero, replica status). Empty: no scaling, and a
 # backend's state comes from its requests alone. The inference key is per backend (GpuBackend.api_key_env).

@@ -9,7 +9,7 @@ from . import scaling
 from .client import BackendError
 from .models import GpuBackend
 from .providers import provider_for
-from .services import check_health, refresh_object_info
+from .services import check_health, read_catalogue_soon, refresh_object_info
 
 
 @admin.register(GpuBackend)
@@ -46,6 +46,16 @@ class GpuBackendAdmin(AuditedModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        reread = {"kind", "url", "deployment", "api_key_env"} & set(form.changed_data)
+        if obj.is_serverless and obj.enabled and (not change or reread or obj.object_info_fetched_at is None):
+            # Participants' ComfyUI and preflight need its node list; reading it starts a replica if none runs.
+            read_catalogue_soon(obj)
+            self.message_user(
+                request,
+                f"{obj.name}: reading its node list in the background; on a cold deployment this starts a replica "
+                "and can take several minutes.",
+                messages.INFO,
+            )
         # Enabling a backend or raising its concurrency lets waiting jobs start now (list edits included).
         transaction.on_commit(schedule)
 
@@ -103,4 +113,10 @@ class GpuBackendAdmin(AuditedModelAdmin):
 
     @admin.action(description="Scale to zero now (a workshop in progress warms it again)")
     def scale_to_zero_now(self, request, queryset):
-        self._scale(request, queryset, "backend.scale_to_zero", "Scaled to zero", scaling.scale_to_zero)
+        self._scale(
+            request,
+            queryset,
+            "backend.scale_to_zero",
+            "Minimum replicas set to 0 (Verda stops idle replicas after its scale-down delay)",
+            scaling.scale_to_zero,
+        )

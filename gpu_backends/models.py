@@ -8,7 +8,11 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.dispatch import Signal
 from django.utils import timezone
+
+# Sent after a backend's state changed (kwargs: backend); the jobs app tells the live views.
+backend_state_changed = Signal()
 
 
 def validate_backend_url(value: str) -> None:
@@ -135,6 +139,8 @@ class GpuBackend(models.Model):
         GpuBackend.objects.filter(pk=self.pk).update(**fields)
         for key, value in fields.items():
             setattr(self, key, value)
+        if changed:
+            backend_state_changed.send(sender=GpuBackend, backend=self)
         return changed
 
 

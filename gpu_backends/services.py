@@ -88,9 +88,11 @@ def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
     info = cached_object_info(backend)
     if info is not None:
         return info
-    if backend.state == GpuBackend.State.FAILING or backend.is_serverless:
+    if backend.is_serverless:
         # A serverless deployment is never asked in the submit path: that could wait out a cold start.
         return None
+    # Never read: asked even when marked failing (a server that just came up answers before the next health
+    # check; one that is down refuses the connection at once).
     try:
         return refresh_object_info(backend)
     except BackendError as exc:
@@ -113,3 +115,32 @@ def mark_catalogue_stale(backend: GpuBackend) -> None:
     GpuBackend.objects.filter(pk=backend.pk).update(object_info_fetched_at=old)
     NodeCatalogue.objects.filter(backend=backend).update(fetched_at=old)
     backend.object_info_fetched_at = old
+
+
+def read_catalogue_task(backend_id: int) -> str:
+    """RQ task: read a backend's node list in the background (a serverless deployment may take a cold start to
+    answer). Records the failure on the backend instead of raising."""
+    backend = GpuBackend.objects.filter(pk=backend_id).first()
+    if backend is None:
+        return "missing"
+    try:
+        info = refresh_object_info(backend)
+    except BackendError as exc:
+        backend.mark(backend.state, f"Could not read the node list: {exc}")
+        return "failed"
+    if backend.is_serverless:
+        backend.mark(GpuBackend.State.READY)  # a replica answered
+    return f"{len(info)} node types"
+
+
+def read_catalogue_soon(backend: GpuBackend) -> None:
+    """Queue :func:`read_catalogue_task` (after the current transaction commits)."""
+    import django_rq
+    from django.db import transaction
+
+    def enqueue() -> None:
+        queue = django_rq.get_queue(settings.RQ_QUEUE_NAME)
+        timeout = int(settings.COMFYUME["COLD_START_TIMEOUT"]) + 600
+        queue.enqueue(read_catalogue_task, backend.pk, job_timeout=timeout, result_ttl=3600)
+
+    transaction.on_commit(enqueue)

@@ -12,7 +12,7 @@ import uuid
 from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from gpu_backends.services import object_info_for
+from gpu_backends.services import cached_object_info, object_info_for
 from storage.models import Artifact
 from storage.views import artifact_response
 
@@ -188,10 +188,20 @@ def history(request: SeatRequest, prompt_id: str | None = None) -> JsonResponse:
 @require_GET
 @seat_required
 def object_info(request: SeatRequest) -> HttpResponse:
-    backend = request.seat.workshop.primary_backend()
+    workshop = request.seat.workshop
+    backend = workshop.primary_backend()
     info = object_info_for(backend) if backend else None
     if info is None:
-        return api_error(503, "no_object_info", "The GPU backend has not reported its nodes yet.")
+        # The primary has not reported yet (a serverless deployment still starting): another of the workshop's
+        # backends' node list is better than a ComfyUI that cannot load.
+        for other in workshop.backends.order_by("-enabled", "order"):
+            info = cached_object_info(other)
+            if info is not None:
+                break
+    if info is None:
+        return api_error(
+            503, "no_object_info", "The GPU has not reported its nodes yet. Please wait a minute and reload."
+        )
     return JsonResponse(info)
 
 

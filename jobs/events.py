@@ -143,3 +143,22 @@ def comfy_message(seat_id: int, workshop_id: int, message: dict[str, Any], seat_
         [seat_group(seat_id), workshop_group(workshop_id)],
         {"type": "comfy.message", "message": message, "seat": seat_label},
     )
+
+
+def backend_changed(sender: Any, backend: Any, **kwargs: Any) -> None:
+    """A GPU backend's state changed: the live views and the seats of every workshop using it hear at once
+    (the seats' banners say "GPU starting"; the dashboard's backend row changes), after commit."""
+    from django.db import transaction
+
+    from workshops.models import Seat
+
+    workshop_ids = list(backend.workshops.values_list("pk", flat=True))
+    if not workshop_ids:
+        return
+    groups = [workshop_group(pk) for pk in workshop_ids]
+    groups += [seat_group(pk) for pk in Seat.objects.filter(workshop_id__in=workshop_ids).values_list("pk", flat=True)]
+    message = {
+        "type": "comfyume.backend",
+        "data": {"backend": backend.name, "state": backend.state, "since": backend.state_changed_at.isoformat()},
+    }
+    transaction.on_commit(lambda: publish(groups, {"type": "comfy.message", "message": message}))

@@ -1,5 +1,6 @@
 """The instructor's queue operations beyond cancelling: run an ended job again, move waiting jobs to the
-instructor lane, pause and resume a workshop's queue.
+instructor lane or to another GPU backend, move a running job to another backend, pause and resume a
+workshop's queue, change its policy and caps, switch a backend off and on.
 
 Each one is atomic and leaves the audit entry to its caller (the live dashboard, an admin action), as
 ``cancel_job`` does. Live views hear about a change after commit through a ``comfyume.queue`` message.
@@ -7,18 +8,21 @@ Each one is atomic and leaves the audit entry to its caller (the live dashboard,
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
+from django.utils import timezone
 
+from gpu_backends.models import GpuBackend
 from workshops.models import Workshop
 
 from . import events
 from .models import Job
 from .scheduler import schedule
-from .services import submit_prompt
+from .services import cancel_job, submit_prompt
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,84 @@ def resubmit_job(job: Job, by: str = "instructor") -> Job:
     """
     if not can_resubmit(job):
         raise ValueError(f"job {job.pk} is {job.status}; only failed, interrupted, timed-out or cancelled jobs")
-    body: dict[str, Any] = {"prompt": job.prompt, "extra_data": job.extra_data, "client_id": job.client_id}
-    new = submit_prompt(job.seat, body, instructor_lane=job.instructor_lane, priority=job.priority)
+    new = _queue_copy(job)
     log.info(
         "Job %s of %s queued again as job %s by %s",
         job.pk,
         job.seat,
+        new.pk,
+        by,
+        extra={"job_id": new.pk, "seat": job.seat.label},
+    )
+    return new
+
+
+def _queue_copy(job: Job, *, pinned_backend: GpuBackend | None = None) -> Job:
+    """A new waiting job of ``job``'s seat with its prompt, lane and priority, through submit_prompt."""
+    body: dict[str, Any] = {"prompt": job.prompt, "extra_data": job.extra_data, "client_id": job.client_id}
+    with transaction.atomic():
+        new = submit_prompt(job.seat, body, instructor_lane=job.instructor_lane, priority=job.priority)
+        if pinned_backend is not None:
+            # Pinned before commit: the scheduler that submit_prompt runs on commit already sees the pin.
+            Job.objects.filter(pk=new.pk).update(pinned_backend=pinned_backend)
+            new.pinned_backend = pinned_backend
+    return new
+
+
+def pin_waiting_jobs(workshop: Workshop, job_ids: Iterable[int], backend: GpuBackend | None) -> list[int]:
+    """Pin the workshop's waiting jobs among ``job_ids`` to ``backend``, or with None let any of the workshop's
+    backends run them again; returns the ids changed.
+
+    One conditional UPDATE per job (still queued, not already so pinned): a job a backend claimed a moment
+    ago is left alone (the claim holds its row until it commits) and the caller learns exactly which ones
+    moved. The scheduler runs on commit: the target may have a free slot now.
+    """
+    moved = []
+    with transaction.atomic():
+        for job_id in job_ids:
+            waiting = Job.objects.filter(pk=job_id, workshop=workshop, status=Job.Status.QUEUED)
+            if backend is None:
+                waiting = waiting.filter(pinned_backend__isnull=False)
+            else:
+                waiting = waiting.exclude(pinned_backend=backend)
+            if waiting.update(pinned_backend=backend) == 1:
+                moved.append(job_id)
+        if moved:
+            transaction.on_commit(schedule)
+            change = {"change": "move", "jobs": moved, "backend": backend.name if backend else None}
+            _tell(workshop, {"type": "comfyume.queue", "data": change}, seats=False)
+    return moved
+
+
+def move_running_job(job: Job, backend: GpuBackend, by: str = "instructor") -> Job | None:
+    """Move a job that is on a GPU to ``backend``: stop it where it runs and queue its prompt again as a new job
+    pinned to ``backend``. Returns the new job, or None when the job ended (or began stopping) meanwhile, in
+    which case nothing is queued.
+
+    This is :func:`resubmit_job`'s path (a copy through submit_prompt: the caps, the seat's budget and
+    preflight apply; SubmissionRejected says why not, and then the job keeps running) followed by
+    :func:`jobs.services.cancel_job`'s. The same row is not sent back to the queue (requeue_job, as the
+    reconciler does for a dead worker) because the old run's dispatch task is alive and still reports to that
+    row: its late progress, outputs, heartbeats and final "interrupted" would land on the job's next run. A
+    new row keeps the two runs apart, and the old one ends as interrupted, its history intact.
+    """
+    with transaction.atomic():
+        # The stop is claimed in the same transaction as the copy: a job that ended meanwhile gets no copy, and
+        # a refused copy rolls the stop back. The dispatch loop notices the flag within a second by itself.
+        asked = Job.objects.filter(pk=job.pk, status__in=Job.ACTIVE, cancel_requested_at__isnull=True).update(
+            cancel_requested_at=timezone.now()
+        )
+        if asked != 1:
+            return None
+        new = _queue_copy(job, pinned_backend=backend)
+        # cancel_job reaches the backend (a network call), so only once the copy is committed.
+        transaction.on_commit(functools.partial(cancel_job, job, by=f"{by}, moving it to {backend.name}"))
+    log.info(
+        "Job %s of %s moved from %s to %s as job %s by %s",
+        job.pk,
+        job.seat,
+        job.backend.name if job.backend else "its backend",
+        backend.name,
         new.pk,
         by,
         extra={"job_id": new.pk, "seat": job.seat.label},
@@ -91,6 +167,43 @@ def set_paused(workshop: Workshop, paused: bool) -> bool:
             transaction.on_commit(schedule)
         _tell(workshop, {"type": "comfyume.queue", "data": {"change": "pause", "paused": paused}}, seats=True)
     return True
+
+
+def change_queue_settings(workshop: Workshop, values: dict[str, Any]) -> None:
+    """Save already validated queue settings (policy, caps) of the workshop, only the fields given.
+
+    The scheduler runs on commit: a raised running cap, or a policy that ranks someone else first, can start
+    waiting jobs now rather than at the reconciler's next sweep.
+    """
+    with transaction.atomic():
+        Workshop.objects.filter(pk=workshop.pk).update(**values)
+        for name, value in values.items():
+            setattr(workshop, name, value)
+        transaction.on_commit(schedule)
+        _tell(workshop, {"type": "comfyume.queue", "data": {"change": "settings", **values}}, seats=False)
+
+
+def set_backend_enabled(backend: GpuBackend, enabled: bool) -> bool:
+    """Switch a GPU backend on or off for new jobs; jobs running on it finish there. False if it already was.
+
+    Off, the scheduler passes it by: waiting jobs go to the next backend of their workshop in order (for a
+    spot backend, the manual failover to on-demand) and jobs pinned to it wait. The scheduler runs on commit
+    either way, and the dashboards of every workshop using it hear of it.
+    """
+    with transaction.atomic():
+        if GpuBackend.objects.filter(pk=backend.pk, enabled=not enabled).update(enabled=enabled) != 1:
+            return False
+        backend.enabled = enabled
+        transaction.on_commit(schedule)
+        backend_changed(backend)
+    return True
+
+
+def backend_changed(backend: GpuBackend) -> None:
+    """Tell the live dashboards of every workshop using ``backend`` that it changed (after commit)."""
+    groups = [events.workshop_group(pk) for pk in backend.workshops.values_list("pk", flat=True)]
+    message = {"type": "comfyume.queue", "data": {"change": "backend", "backend": backend.name}}
+    transaction.on_commit(lambda: events.publish(groups, {"type": "comfy.message", "message": message}))
 
 
 def _tell(workshop: Workshop, message: dict[str, Any], *, seats: bool) -> None:

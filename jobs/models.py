@@ -47,6 +47,19 @@ class Job(models.Model):
     backend = models.ForeignKey(
         "gpu_backends.GpuBackend", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
+    # The instructor's "move to another backend" (live dashboard): only this backend may claim the job while it
+    # waits. Kept when the job goes back to the queue, so a job moved off a failing GPU does not drift back to it.
+    # No index of its own: the scheduler reads it through the head-of-queue indexes below, and one on the pin
+    # alone tempted PostgreSQL into reading every job pinned to a backend for each seat's head.
+    pinned_backend = models.ForeignKey(
+        "gpu_backends.GpuBackend",
+        null=True,
+        blank=True,
+        db_index=False,
+        on_delete=models.SET_NULL,
+        related_name="pinned_jobs",
+        help_text="Only this GPU backend may run the job. Empty: any of the workshop's backends.",
+    )
     prompt = models.JSONField(help_text="The API-format prompt as submitted.")
     extra_data = models.JSONField(default=dict, blank=True)
     client_id = models.CharField(max_length=128, blank=True, help_text="The submitting frontend's clientId.")
@@ -80,15 +93,19 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # The scheduler reads each seat's head of queue through these: one index seek per seat, so
-            # the cost of a claim does not grow with the length of the queue.
-            models.Index(fields=["seat", "status", "id"], name="job_seat_head"),
+            # The scheduler reads each seat's head of queue through these: one index seek per seat for its
+            # unpinned jobs and one for those pinned to the claiming backend, so the cost of a claim does not
+            # grow with the length of the queue (see jobs.scheduler._candidates_sql). Their (seat, status)
+            # prefix serves the per-seat counts (caps, running jobs) as the indexes without the pin did.
+            models.Index(fields=["seat", "status", "pinned_backend", "id"], name="job_seat_pin_head"),
             models.Index(
-                F("seat"), F("status"), F("instructor_lane").desc(), F("priority").desc(), F("id"),
-                name="job_seat_priority_head",
+                F("seat"), F("status"), F("pinned_backend"), F("instructor_lane").desc(), F("priority").desc(),
+                F("id"), name="job_seat_pin_priority_head",
             ),
             models.Index(fields=["backend", "status"], name="job_backend_status"),
             models.Index(fields=["workshop", "status"], name="job_workshop_status"),
+            # The dashboard's charts read the last hour's finished jobs: a range on this, not the whole day's.
+            models.Index(fields=["workshop", "finished_at"], name="job_workshop_finished"),
             models.Index(fields=["status", "heartbeat_at"], name="job_status_heartbeat"),
         ]  # fmt: skip
 

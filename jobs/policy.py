@@ -1,13 +1,13 @@
 """Queue policies as pure functions: which waiting job gets the next free GPU slot.
 
-The scheduler hands in one candidate per seat (that seat's head of queue, see ``head_order``) with the
-seat's current load; the policy picks one. Keeping this free of the database makes every rule a line in
-a table test (jobs/tests/test_policy.py).
+The scheduler hands in one candidate per seat (that seat's head of queue, see ``head_order``, among the
+jobs the claiming backend may run, see ``seat_head``) with the seat's current load; the policy picks one.
+Keeping this free of the database makes every rule a line in a table test (jobs/tests/test_policy.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 FIFO = "fifo"
@@ -33,6 +33,20 @@ def head_order(policy: str) -> tuple[str, ...]:
     if policy == PRIORITY:
         return ("-instructor_lane", "-priority", "id")
     return ("id",)
+
+
+def head_key(policy: str) -> Callable[[Candidate], tuple]:
+    """``head_order`` as a sort key on candidates: of one seat's jobs, the smallest key goes first."""
+    if policy == PRIORITY:
+        return lambda c: (not c.instructor_lane, -c.priority, c.job_id)
+    return lambda c: (c.job_id,)
+
+
+def seat_head(policy: str, heads: Iterable[Candidate | None]) -> Candidate | None:
+    """One seat's head of queue for a backend, from the heads of its jobs that backend may run: the unpinned
+    ones' and those pinned to it (None where the seat has none). The first of them under ``head_order``."""
+    present = [c for c in heads if c is not None]
+    return min(present, key=head_key(policy)) if present else None
 
 
 def _key(policy: str, c: Candidate) -> tuple:

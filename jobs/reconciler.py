@@ -5,7 +5,7 @@
 - timeouts: a running job past its workshop's limit (and a grace) is stopped on the backend, timed_out;
 - backends: health checks flip ready/failing, a refreshed object_info keeps preflight current;
 - deadline: a queued job that has waited ``BACKEND_DOWN_DEADLINE`` while its workshop has no working
-  backend fails with a reason instead of waiting forever;
+  backend (a pinned job: while its own backend is not working) fails with a reason instead of waiting forever;
 - schedule(): a safety net for a dispatch whose on-commit trigger was lost with its process.
 """
 
@@ -94,17 +94,39 @@ def sweep_backends() -> None:
 
 
 def sweep_deadline(report: SweepReport) -> None:
+    """Fail jobs that waited past the deadline while no backend could take them. A job pinned to a backend is
+    judged by that backend alone: the others being up does not help it, nor does its own being down hurt the
+    workshop's other jobs."""
     cutoff = timezone.now() - timedelta(seconds=settings.COMFYUME["BACKEND_DOWN_DEADLINE"])
-    waiting = Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff).select_related("workshop", "seat")
+    waiting = Job.objects.filter(status=Job.Status.QUEUED, created_at__lt=cutoff).select_related(
+        "workshop", "seat", "pinned_backend"
+    )
     minutes = settings.COMFYUME["BACKEND_DOWN_DEADLINE"] // 60
-    checked: dict[int, bool] = {}
+    checked: dict[tuple[int, int | None], bool] = {}
     for job in waiting:
-        if job.workshop_id not in checked:
-            checked[job.workshop_id] = backend_is_available(job.workshop)
-        if not checked[job.workshop_id]:
-            reason = f"No GPU backend was available for {minutes} minutes. Please try again later."
+        key = (job.workshop_id, job.pinned_backend_id)
+        if key not in checked:
+            checked[key] = backend_is_available(job.workshop, job.pinned_backend_id)
+        if not checked[key]:
+            if job.pinned_backend is not None:
+                reason = (
+                    f"Its GPU backend {job.pinned_backend.name} was not available for {minutes} minutes. "
+                    "Please try again later."
+                )
+            else:
+                reason = f"No GPU backend was available for {minutes} minutes. Please try again later."
             if finish_job(job, Job.Status.FAILED, reason=reason):
                 report.failed.append(job.pk)
+
+
+def sweep_backups() -> None:
+    """Start the scheduled backup when one is due (in a thread of its own: the sweep goes on)."""
+    from storage import backup
+
+    try:
+        backup.run_scheduled(timezone.now())
+    except Exception:
+        log.exception("Scheduling a backup failed")
 
 
 def sweep(*, check_backends: bool = True) -> SweepReport:
@@ -112,6 +134,7 @@ def sweep(*, check_backends: bool = True) -> SweepReport:
     report = SweepReport()
     if check_backends:
         sweep_backends()
+        sweep_backups()
     sweep_orphans(report)
     sweep_timeouts(report)
     sweep_deadline(report)

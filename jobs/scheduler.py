@@ -3,8 +3,9 @@
 ``schedule()`` runs on commit of every submit and every finish (event-driven: no polling interval in the
 hot path) and once per reconciler sweep as a safety net. Each claim locks the backend row, so two
 processes scheduling at once cannot overfill a backend, and moves the job with one conditional UPDATE
-(``queued → dispatching``), so no job is dispatched twice. Its cost is one index seek per seat with
-work, independent of how many jobs wait.
+(``queued → dispatching``), so no job is dispatched twice. A job the instructor pinned to a backend is
+claimed only by that one; the others by any backend of their workshop. A claim's cost is two index seeks
+per seat with work (its unpinned head, its head pinned to this backend), independent of how many jobs wait.
 """
 
 from __future__ import annotations
@@ -16,61 +17,70 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Case, Value, When
 
 from gpu_backends.models import GpuBackend
 from workshops.models import Seat, Workshop
 
 from .models import Job
-from .policy import Candidate, head_order, pick_next
+from .policy import Candidate, head_order, pick_next, seat_head
 
 log = logging.getLogger(__name__)
 
 
 _HEAD_ORDER_SQL = {
-    # One seat's own queued jobs, best first (see jobs.policy.head_order).
-    "id": "q.id",
-    "-instructor_lane,-priority,id": "q.instructor_lane DESC, q.priority DESC, q.id",
+    # One seat's own queued jobs, best first (see jobs.policy.head_order). The pin leads although the WHERE
+    # fixes it: PostgreSQL does not count ``IS NULL`` as an equality when matching an index's order, and
+    # without it would sort the seat's whole unpinned queue instead of reading its first index entry.
+    "id": "q.pinned_backend_id, q.id",
+    "-instructor_lane,-priority,id": "q.pinned_backend_id, q.instructor_lane DESC, q.priority DESC, q.id",
 }
 
 
 def _candidates_sql(policy: str) -> str:
-    """One statement: each seat of the workshop joined to its head of queue (an index seek per seat)
-    and its count of active jobs. Written by hand because the ORM spent longer compiling the equivalent
-    four correlated subqueries than the database spent running them, on every claim."""
+    """One statement: each seat of the workshop joined to its two heads of queue for the claiming backend —
+    of its unpinned jobs and of those pinned to that backend, an index seek each on ``job_seat_pin_head`` /
+    ``job_seat_pin_priority_head`` — and its count of active jobs. Jobs pinned to another backend are never
+    read. Written by hand because the ORM spent longer compiling the equivalent correlated subqueries than
+    the database spent running them, on every claim."""
     order = _HEAD_ORDER_SQL[",".join(head_order(policy))]
     job, seat = Job._meta.db_table, Seat._meta.db_table
     active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
+    head = f"SELECT q.id FROM {job} q WHERE q.seat_id = s.id AND q.status = %s AND {{pin}} ORDER BY {order} LIMIT 1"
     return f"""
-        SELECT s.id, h.id, h.priority, h.instructor_lane, s.gpu_seconds_used,
-               (SELECT COUNT(*) FROM {job} r WHERE r.seat_id = s.id AND r.status IN ({active}))
+        SELECT s.id, s.gpu_seconds_used,
+               (SELECT COUNT(*) FROM {job} r WHERE r.seat_id = s.id AND r.status IN ({active})),
+               u.id, u.priority, u.instructor_lane, p.id, p.priority, p.instructor_lane
         FROM {seat} s
-        JOIN {job} h ON h.id = (
-            SELECT q.id FROM {job} q WHERE q.seat_id = s.id AND q.status = %s ORDER BY {order} LIMIT 1
-        )
-        WHERE s.workshop_id = %s
+        LEFT JOIN {job} u ON u.id = ({head.format(pin="q.pinned_backend_id IS NULL")})
+        LEFT JOIN {job} p ON p.id = ({head.format(pin="q.pinned_backend_id = %s")})
+        WHERE s.workshop_id = %s AND (u.id IS NOT NULL OR p.id IS NOT NULL)
     """
 
 
-def candidates(workshop: Workshop) -> list[Candidate]:
-    """One candidate per seat that has a queued job: that seat's head of queue under the policy."""
-    return _candidates(workshop.pk, workshop.queue_policy)
+def candidates(workshop: Workshop, backend_id: int) -> list[Candidate]:
+    """One candidate per seat with a job ``backend_id`` may run: that seat's head of queue under the policy."""
+    return _candidates(workshop.pk, workshop.queue_policy, backend_id)
 
 
-def _candidates(workshop_id: int, policy: str) -> list[Candidate]:
+def _candidates(workshop_id: int, policy: str, backend_id: int) -> list[Candidate]:
+    queued = Job.Status.QUEUED.value
     with connection.cursor() as cursor:
-        cursor.execute(_candidates_sql(policy), [Job.Status.QUEUED.value, workshop_id])
+        cursor.execute(_candidates_sql(policy), [queued, queued, backend_id, workshop_id])
         rows = cursor.fetchall()
-    return [
-        Candidate(
-            job_id=head_id,
-            seat_id=seat_id,
-            seat_running=running,
-            seat_gpu_seconds=gpu,
-            priority=priority or 0,
-            instructor_lane=bool(lane),
-        )
-        for seat_id, head_id, priority, lane, gpu, running in rows
-    ]
+    found = []
+    for seat_id, gpu, running, *heads in rows:
+        load = {"seat_id": seat_id, "seat_running": running, "seat_gpu_seconds": gpu}
+        head = seat_head(policy, (_head(load, *heads[:3]), _head(load, *heads[3:])))
+        assert head is not None  # the WHERE keeps only seats with a head
+        found.append(head)
+    return found
+
+
+def _head(load: dict[str, Any], job_id: int | None, priority: int | None, lane: Any) -> Candidate | None:
+    if job_id is None:
+        return None
+    return Candidate(job_id=job_id, priority=priority or 0, instructor_lane=bool(lane), **load)
 
 
 def _waiting_workshops_sql() -> str:
@@ -109,11 +119,13 @@ def claim_next(backend_id: int) -> Job | None:
         if active >= backend.max_concurrency:
             return None
         for workshop_id, policy, cap in _waiting_workshops(backend_id):
-            pick = pick_next(policy, _candidates(workshop_id, policy), cap)
+            pick = pick_next(policy, _candidates(workshop_id, policy, backend_id), cap)
             if pick is None:
                 continue
-            job = Job.objects.select_related("seat", "workshop").get(pk=pick.job_id)
-            if job.status != Job.Status.QUEUED:
+            # Locked, so an instructor moving it to another backend right now waits for this claim (and then
+            # finds it started) instead of pinning a job that is already on its way here.
+            job = Job.objects.select_for_update(of=("self",)).select_related("seat", "workshop").get(pk=pick.job_id)
+            if job.status != Job.Status.QUEUED or job.pinned_backend_id not in (None, backend.pk):
                 continue
             if job.transition(Job.Status.DISPATCHING, backend=backend, attempts=job.attempts + 1):
                 timeout = job.workshop.job_timeout
@@ -126,7 +138,18 @@ def claim_next(backend_id: int) -> Job | None:
 def schedule() -> list[int]:
     """Fill every free slot of every dispatchable backend; returns the claimed job ids."""
     claimed: list[int] = []
-    backends = GpuBackend.objects.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE).values_list("pk", flat=True)
+    # Warm backends first: a job should not wait out a cold start while a ready GPU has a free slot. Within the
+    # same warmth, the instructor's order (the failover order: spot, on-demand, B300).
+    warmth = Case(
+        When(state=GpuBackend.State.WARMING, then=Value(1)),
+        When(state=GpuBackend.State.COLD, then=Value(2)),
+        default=Value(0),
+    )
+    backends = (
+        GpuBackend.objects.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE)
+        .order_by(warmth, "order", "name")
+        .values_list("pk", flat=True)
+    )
     from .services import announce_job  # services imports this module
 
     for backend_id in backends:

@@ -262,5 +262,10 @@ def announce_job(job: Job) -> None:
     )
 
 
-def backend_is_available(workshop: Workshop) -> bool:
-    return workshop.backends.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE).exists()
+def backend_is_available(workshop: Workshop, pinned_backend_id: int | None = None) -> bool:
+    """Whether a waiting job of the workshop could start: some backend of the workshop is switched on and not
+    failing — for a job pinned to a backend, that backend (and only while the workshop still uses it)."""
+    backends = workshop.backends.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE)
+    if pinned_backend_id is not None:
+        backends = backends.filter(pk=pinned_backend_id)
+    return backends.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class Artifact(models.Model):
@@ -57,3 +58,59 @@ class SeatInput(models.Model):
 
     def __str__(self) -> str:
         return f"{self.seat}: {self.name}"
+
+
+class BackupRun(models.Model):
+    """One run of ``manage.py backup`` (by hand or from the reconciler's schedule) and how it ended.
+
+    ``running → succeeded | failed``; each transition is one conditional UPDATE (see :meth:`finish`). A partial
+    unique index allows one running row at a time: creating it is the lock that keeps two reconcilers (or a
+    reconciler and an operator) from backing up at once. A run whose process died is marked failed by
+    :meth:`expire_stale` once its heartbeat is old, which frees the lock.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        COMMAND = "command", "manage.py backup"
+        SCHEDULE = "schedule", "Schedule"
+
+    backup_id = models.CharField(max_length=40, blank=True, help_text="The backup's name at the destination.")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.COMMAND)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    destination = models.CharField(max_length=500, help_text="file:///path or s3://bucket/prefix (never a secret).")
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(help_text="Last sign of progress; a running backup silent for long is dead.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    object_count = models.PositiveIntegerField(
+        "objects", default=0, help_text="Files written: the database dump, seat files, copied outputs, the manifest."
+    )
+    byte_count = models.BigIntegerField("bytes", default=0)
+    reference_count = models.PositiveIntegerField(
+        "references", default=0, help_text="Outputs recorded by reference (left in R2, not copied)."
+    )
+    error = models.TextField(blank=True)
+    warnings = models.TextField(blank=True, help_text="Things worth a look that did not fail the backup.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=models.Q(status="running"), name="one_running_backup")
+        ]
+
+    def __str__(self) -> str:
+        return f"backup {self.backup_id or self.pk} ({self.status})"
+
+    def finish(self, status: str, **fields: object) -> bool:
+        """Move a running backup to ``status``; False when it is no longer running (expired meanwhile)."""
+        if status not in (self.Status.SUCCEEDED, self.Status.FAILED):
+            raise ValueError(f"A backup run ends as succeeded or failed, not {status!r}.")
+        fields = {"status": status, "finished_at": timezone.now(), **fields}
+        updated = BackupRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(**fields)
+        if updated == 1:
+            for key, value in fields.items():
+                setattr(self, key, value)
+        return updated == 1

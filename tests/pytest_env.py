@@ -15,4 +15,6 @@ os.environ.setdefault("COMFYUME_REDIS_PREFIX", f"cfme-test-{os.getpid()}")
 # Helper threads (sockets, workers) must not keep PostgreSQL connections open past their work, or the
 # test database cannot be dropped at the end.
 os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
+# A developer's own backup destination must never receive the test suite's scheduled backups.
+os.environ.pop("COMFYUME_BACKUP_URL", None)
 atexit.register(shutil.rmtree, _RUN_DIR, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The instructor's live dashboard in a real browser against `run_platform`: a participant's job appears,
 shows its progress and reaches Done without a reload; the pause button holds the queue; an announcement
-posted from the dashboard shows up in the participant's ComfyUI.
+posted from the dashboard shows up in the participant's ComfyUI; a waiting job moves to a second backend and
+runs there; the queue policy and caps change from the dashboard.
 
 Screenshots go to test-artifacts/ (instructor-dashboard*.png).
 """
@@ -149,6 +150,54 @@ def test_an_announcement_from_the_dashboard_appears_in_the_participants_comfyui(
     participant.wait_for_selector("#comfyume-banner .cm-note", state="detached", timeout=SLOW)
     assert dashboard.query_selector("#announcements li") is None or text not in dashboard.inner_text("#announcements")
     assert dashboard.evaluate("window.notReloaded") is True
+
+
+def test_a_waiting_job_moves_to_another_backend_and_the_policy_changes_from_the_dashboard(
+    platform, browser, participant
+):
+    """A second simulator-kind backend joins the demo workshop; with the queue paused, the participant's job is
+    moved to it from its row and shows the pin; the policy form switches to fifo with two running jobs per seat;
+    resumed, the job runs on the second backend."""
+    sim_url = f"http://127.0.0.1:{platform.env['COMFYUME_SIMULATOR_PORT']}"
+    added = platform.manage(
+        "add_backend", "simulator-2", "--kind", "simulator", "--url", sim_url, "--order", "1", "--workshop", "demo"
+    )
+    assert added.returncode == 0, added.stderr
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    open_dashboard(page, platform)  # fresh: its first snapshot lists the new backend
+    page.wait_for_selector("#backend-rows tr[data-backend=simulator-2]", timeout=SLOW)
+    page.click("#pause-toggle >> text=Pause the queue")
+    page.wait_for_selector("#paused-banner", state="visible", timeout=SLOW)
+    try:
+        participant.click("button[aria-label='Run']")
+        job = _first_row(page, "#queue-rows tr[data-status=queued]")
+        row = f'#queue-rows tr[data-job="{job}"]'
+        assert "any" in page.inner_text(f"{row} td:nth-child(6)")
+
+        page.select_option(f"{row} select.move", label="simulator-2")
+        page.wait_for_selector(f"{row} .tag.pin >> text=simulator-2", timeout=SLOW)
+        assert "Moved 1 waiting job to simulator-2." in page.inner_text("#dashboard-messages")
+        assert "1 pinned" in page.inner_text("#backend-rows tr[data-backend=simulator-2]")
+
+        page.select_option("#qs-queue_policy", "fifo")
+        page.fill("#qs-max_running_per_seat", "0")
+        page.click("#settings-save")
+        page.wait_for_selector("#dashboard-messages li.error >> text=greater than or equal to 1", timeout=SLOW)
+        page.fill("#qs-max_running_per_seat", "2")
+        page.click("#settings-save")
+        page.wait_for_selector("#dashboard-messages >> text=Saved: First in, first out", timeout=SLOW)
+        page.wait_for_selector("#policy >> text=First in, first out · up to 5 waiting and 2 running", timeout=SLOW)
+        actions = page.inner_text("#actions")
+        assert f"Moved waiting job #{job}" in actions and "queue policy: round_robin → fifo" in actions
+        page.wait_for_selector("#charts figure.chart svg", timeout=SLOW)  # the earlier tests' jobs
+        page.screenshot(path=str(ARTIFACTS / "instructor-dashboard-controls.png"), full_page=True)
+    finally:
+        page.click("#pause-toggle >> text=Resume the queue")
+    page.wait_for_selector(f'#ended-rows tr[data-job="{job}"][data-status=succeeded]', timeout=SLOW)
+    ran_on = platform.manage("shell", "-c", f"from jobs.models import Job; print(Job.objects.get(pk={job}).backend)")
+    assert ran_on.stdout.strip().splitlines()[-1] == "simulator-2", ran_on.stderr
+    assert page.evaluate("window.notReloaded") is True
+    page.close()
 
 
 def test_the_dashboard_reconnects_and_catches_up_with_what_it_missed(platform, browser):

@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from gpu_backends.inventory import model_presence, required_models
@@ -12,6 +13,7 @@ from gpu_backends.models import GpuBackend
 from gpu_backends.services import cached_object_info
 from jobs.models import Job
 from jobs.scheduler import schedule
+from jobs.services import cancel_job
 
 from . import admin_views, audit, frontends
 from .audit import AuditedModelAdmin
@@ -46,7 +48,7 @@ class WorkshopAdmin(AuditedModelAdmin):
     search_fields = ("slug", "title")
     filter_horizontal = ("backends", "templates")
     inlines = [SeatInline]
-    actions = ["start_comfyuis", "push_workflow_templates"]
+    actions = ["start_comfyuis", "push_workflow_templates", "archive"]
     audit_kind = "workshop"
 
     def save_model(self, request, obj, form, change):
@@ -103,6 +105,29 @@ class WorkshopAdmin(AuditedModelAdmin):
                 details={"templates": names},
             )
         self.message_user(request, "Sent. Open seats get new templates within a second (edited copies are kept).")
+
+    @admin.action(description="Archive: close the queue, cancel waiting jobs, stop the seats' ComfyUI (outputs stay)")
+    def archive(self, request, queryset):
+        for workshop in queryset.filter(archived_at__isnull=True):
+            with transaction.atomic():
+                Workshop.objects.filter(pk=workshop.pk).update(archived_at=timezone.now())
+                waiting = list(workshop.jobs.filter(status__in=(*Job.WAITING, *Job.ACTIVE)))
+                for job in waiting:
+                    cancel_job(job, by="instructor (workshop archived)")
+                stopped = frontends.stop_seats(workshop)
+                audit.record(
+                    request.user,
+                    "workshop.archive",
+                    f"Archived {workshop.slug}: {len(waiting)} unfinished job(s) cancelled, {stopped} seat(s) stopped",
+                    workshop=workshop,
+                    target=workshop,
+                    details={"cancelled_jobs": len(waiting), "stopped_seats": stopped},
+                )
+            self.message_user(
+                request,
+                f"{workshop.slug} archived: its queue is closed and its seats' ComfyUI stop within seconds. "
+                "Outputs, the gallery and the audit log stay.",
+            )
 
     def get_queryset(self, request):
         return (

@@ -17,6 +17,7 @@ from gpu_backends.models import GpuBackend
 
 from . import audit, frontends
 from .credentials import credential_sheet
+from .credentials_pdf import credential_pdf
 from .models import QueuePolicy, WorkflowTemplate, Workshop
 from .services import MAX_SEATS, WorkshopError, create_workshop, parse_names, reissue_credentials
 
@@ -151,7 +152,10 @@ def new_credentials(model_admin: admin.ModelAdmin, request: HttpRequest, object_
 
 
 def _sheet_response(workshop: Workshop, credentials: list) -> HttpResponse:
-    response = HttpResponse(credential_sheet(workshop, credentials))
+    # The PDF is made in this same request and rides in the page (a data: URL): the passwords are never kept
+    # server-side for a second request to fetch.
+    pdf = credential_pdf(workshop, credentials)
+    response = HttpResponse(credential_sheet(workshop, credentials, pdf=pdf))
     # Passwords: never kept by a proxy or the browser's cache.
     response["Cache-Control"] = "no-store"
     return response

@@ -1,18 +1,25 @@
-"""The instructor's live dashboard of one workshop: everything it shows, as one JSON-ready snapshot.
+"""The instructor's live dashboard of one workshop: everything it shows, as one JSON-ready snapshot, and its
+charts of the last hour.
 
 :func:`build_snapshot` costs the same nine queries whatever the number of seats and jobs: counts are
-annotated, each seat's last ended job comes from one correlated subquery, the queue is read once and its
-order projected in Python with the scheduler's own policy (:func:`projected_order`). The page fetches it
-again after every job event, so a workshop growing must not make that slower in queries. Live progress
-is not in it: the page keeps that itself from the ComfyUI events of the workshop's socket.
+annotated, each seat's last ended job comes from one correlated subquery, the queue is read once (with
+the backend each waiting job is pinned to) and its order projected in Python with the scheduler's own
+policy (:func:`projected_order`). The page fetches it again after every job event, so a workshop growing
+must not make that slower in queries. Live progress is not in it: the page keeps that itself from the
+ComfyUI events of the workshop's socket.
+
+:func:`build_charts` is one query over the last hour's finished jobs. It is not part of the snapshot: its
+5-minute buckets change slowly, and the page fetches it every 30 seconds instead of after every event.
 """
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +31,7 @@ from django.utils import timezone
 from gpu_backends.models import GpuBackend
 from jobs.instructor import can_resubmit
 from jobs.models import Job
-from jobs.policy import Candidate, head_order, pick_next
+from jobs.policy import Candidate, head_key, pick_next
 from storage.models import Artifact
 
 from . import frontends
@@ -41,6 +48,7 @@ QUEUE_FIELDS = (
     "id", "prompt_id", "status", "status_reason", "instructor_lane", "priority", "attempts", "gpu_seconds",
     "created_at", "dispatched_at", "started_at", "cancel_requested_at",
     "seat__id", "seat__label", "seat__display_name", "backend__id", "backend__name",
+    "pinned_backend__id", "pinned_backend__name",
 )  # fmt: skip
 ENDED_FIELDS = (
     "id", "prompt_id", "status", "status_reason", "gpu_seconds", "created_at", "finished_at", "seat_id",
@@ -56,7 +64,11 @@ def build_snapshot(workshop: Workshop, request: HttpRequest | None = None) -> di
     may_view_outputs = request is None or request.user.has_perm("storage.view_artifact")
     seats = _seats(workshop)
     last_ended = _last_ended_jobs(workshop)
-    queue = _queue(workshop, seats, now)
+    backends = _backends(workshop)
+    queue = _queue(workshop, seats, {b.pk: b for b in backends}, now)
+    pinned = Counter(
+        job["pinned_backend"]["id"] for job in queue if job["pinned_backend"] and job["status"] == "queued"
+    )
     ended = list(
         Job.objects.filter(workshop=workshop, status__in=Job.TERMINAL)
         .select_related("seat")
@@ -74,7 +86,7 @@ def build_snapshot(workshop: Workshop, request: HttpRequest | None = None) -> di
         "seats": seat_rows,
         "queue": queue,
         "ended": [_ended_row(job) for job in ended],
-        "backends": [_backend_row(b) for b in _backends(workshop)],
+        "backends": [_backend_row(b, pinned.get(b.pk, 0)) for b in backends],
         "totals": _totals(workshop, seats, by_status),
         "announcements": [
             {"id": note.pk, "message": note.message, "created_at": note.created_at.isoformat()}
@@ -194,12 +206,13 @@ def projected_order(policy: str, queued: Iterable[Candidate]) -> list[int]:
     Each seat's jobs line up in the policy's head order; the policy then picks among the seats' heads, as
     :func:`jobs.scheduler.claim_next` does, and every pick counts as one more running job for its seat.
     Exact under ``fifo``; under the fair policies an estimate, as finishing jobs and the GPU time they add
-    shift the later places. The per-seat running cap is left out: it delays a seat's jobs, not their order.
+    shift the later places. The per-seat running cap is left out: it delays a seat's jobs, not their order;
+    so are pins: a job pinned to a busy backend may start after the ones numbered after it.
     """
     per_seat: dict[int, list[Candidate]] = {}
     for candidate in queued:
         per_seat.setdefault(candidate.seat_id, []).append(candidate)
-    key = _head_key(head_order(policy))
+    key = head_key(policy)
     for jobs in per_seat.values():
         jobs.sort(key=key, reverse=True)  # popped from the end
     heads = {seat_id: jobs.pop() for seat_id, jobs in per_seat.items()}
@@ -216,27 +229,13 @@ def projected_order(policy: str, queued: Iterable[Candidate]) -> list[int]:
     return order
 
 
-_CANDIDATE_FIELD = {"id": "job_id", "priority": "priority", "instructor_lane": "instructor_lane"}
-
-
-def _head_key(order: Sequence[str]) -> Callable[[Candidate], tuple]:
-    """A sort key for Candidates from an ORM-style ordering ("-instructor_lane", "-priority", "id")."""
-
-    def key(candidate: Candidate) -> tuple:
-        parts = []
-        for name in order:
-            value = getattr(candidate, _CANDIDATE_FIELD[name.lstrip("-")])
-            parts.append(-value if name.startswith("-") else value)
-        return tuple(parts)
-
-    return key
-
-
-def _queue(workshop: Workshop, seats: list[Seat], now: datetime) -> list[dict[str, Any]]:
+def _queue(
+    workshop: Workshop, seats: list[Seat], backends: dict[int, GpuBackend], now: datetime
+) -> list[dict[str, Any]]:
     """Jobs on a GPU first (oldest start first), then waiting ones numbered in projected order."""
     jobs = list(
         Job.objects.filter(workshop=workshop, status__in=(*Job.WAITING, *Job.ACTIVE))
-        .select_related("seat", "backend")
+        .select_related("seat", "backend", "pinned_backend")
         .only(*QUEUE_FIELDS)
         .order_by("id")
     )
@@ -264,8 +263,8 @@ def _queue(workshop: Workshop, seats: list[Seat], now: datetime) -> list[dict[st
         ),
     )
     active = sorted((job for job in jobs if job.status in Job.ACTIVE), key=lambda j: (j.started_at or now, j.pk))
-    rows = [_queue_row(job, None, now, nodes.get(job.pk)) for job in active]
-    rows += [_queue_row(waiting[pk], position, now, None) for position, pk in enumerate(order, start=1)]
+    rows = [_queue_row(job, None, now, nodes.get(job.pk), backends) for job in active]
+    rows += [_queue_row(waiting[pk], position, now, None, backends) for position, pk in enumerate(order, start=1)]
     return rows
 
 
@@ -281,8 +280,11 @@ def _node_titles(prompt: Any) -> dict[str, str]:
     return titles
 
 
-def _queue_row(job: Job, position: int | None, now: datetime, nodes: dict[str, str] | None) -> dict[str, Any]:
+def _queue_row(
+    job: Job, position: int | None, now: datetime, nodes: dict[str, str] | None, backends: dict[int, GpuBackend]
+) -> dict[str, Any]:
     began = job.started_at or job.dispatched_at
+    pinned = job.pinned_backend if job.pinned_backend_id else None
     return {
         **_job_basics(job),
         "position": position,
@@ -291,6 +293,9 @@ def _queue_row(job: Job, position: int | None, now: datetime, nodes: dict[str, s
         "lane": job.instructor_lane,
         "priority": job.priority,
         "backend": job.backend.name if job.backend_id and job.backend else None,
+        "backend_id": job.backend_id,
+        "pinned_backend": {"id": pinned.pk, "name": pinned.name} if pinned else None,
+        "waiting_for": _pin_problem(pinned, backends) if pinned and job.status == Job.Status.QUEUED else None,
         "attempts": job.attempts,
         "dispatched_at": _iso(job.dispatched_at),
         "started_at": _iso(job.started_at),
@@ -300,6 +305,19 @@ def _queue_row(job: Job, position: int | None, now: datetime, nodes: dict[str, s
         "can_cancel": job.can_cancel(),
         "nodes": nodes,
     }
+
+
+def _pin_problem(pinned: GpuBackend, backends: dict[int, GpuBackend]) -> str | None:
+    """Why a job pinned to ``pinned`` cannot start now, when that is the backend's doing; None when it can."""
+    backend = backends.get(pinned.pk)
+    name = pinned.name
+    if backend is None:
+        return f"Pinned to {name}, which this workshop no longer uses: it cannot start until you move it."
+    if not backend.enabled:
+        return f"Waits for {name}, which is switched off: switch it on or move the job."
+    if backend.state not in GpuBackend.DISPATCHABLE:
+        return f"Waits for {name}, which is failing: it starts once {name} answers again, or move the job."
+    return None
 
 
 def _job_basics(job: Job) -> dict[str, Any]:
@@ -344,7 +362,7 @@ def _busy(backend: GpuBackend) -> bool:
     return backend.state == GpuBackend.State.READY and backend.n_active >= backend.max_concurrency  # type: ignore[attr-defined]
 
 
-def _backend_row(backend: GpuBackend) -> dict[str, Any]:
+def _backend_row(backend: GpuBackend, pinned_waiting: int) -> dict[str, Any]:
     return {
         "id": backend.pk,
         "name": backend.name,
@@ -361,6 +379,10 @@ def _backend_row(backend: GpuBackend) -> dict[str, Any]:
         "active": backend.n_active,  # type: ignore[attr-defined]
         "active_here": backend.n_active_here,  # type: ignore[attr-defined]
         "max_concurrency": backend.max_concurrency,
+        "pinned_waiting": pinned_waiting,  # jobs of this workshop that only it may start
+        "serverless": backend.is_serverless,
+        "warm_until": _iso(backend.warm_until),
+        "order": backend.order,
         "price_per_hour": float(backend.price_per_hour),
         "admin_url": reverse("admin:gpu_backends_gpubackend_change", args=[backend.pk]),
     }
@@ -410,3 +432,90 @@ def _workshop_row(workshop: Workshop, seat_count: int) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+# --- Charts of the last hour ---------------------------------------------------------------------------
+
+CHART_WINDOW = timedelta(minutes=60)
+CHART_BUCKET = timedelta(minutes=5)
+# How the charts group the ways a job ends (the colours of the throughput chart, in this order).
+OUTCOMES = (
+    ("succeeded", "Done", (Job.Status.SUCCEEDED,)),
+    ("failed", "Failed or timed out", (Job.Status.FAILED, Job.Status.TIMED_OUT)),
+    ("cancelled", "Cancelled or interrupted", (Job.Status.CANCELLED, Job.Status.INTERRUPTED)),
+)
+_OUTCOME_OF: dict[str, str] = {status: key for key, _, statuses in OUTCOMES for status in statuses}
+
+
+def build_charts(workshop: Workshop, now: datetime | None = None) -> dict[str, Any]:
+    """Throughput and latency of the workshop over the last hour, in 5-minute buckets by the time jobs ended:
+    jobs finished per bucket by outcome; the wait (queued → started) and the run time (started → finished)
+    of those that reached a GPU, as p50 and p90 per bucket.
+
+    One query, however many jobs: the last hour's ended jobs, four columns each, through the
+    ``job_workshop_finished`` index. The percentiles are computed here because SQLite has no percentile
+    aggregate (PostgreSQL's ``percentile_cont`` would tie the dashboard to one database); an hour of a
+    workshop's jobs is at most a few thousand short rows.
+    """
+    now = now or timezone.now()
+    # Buckets end on round times (…:05, …:10), so the axis reads like a clock; the last is the current one,
+    # partly filled.
+    step = CHART_BUCKET.total_seconds()
+    end = datetime.fromtimestamp((math.floor(now.timestamp() / step) + 1) * step, tz=now.tzinfo)
+    start = end - CHART_WINDOW
+    count = int(CHART_WINDOW / CHART_BUCKET)
+    counts = [dict.fromkeys(_OUTCOME_OF.values(), 0) for _ in range(count)]
+    waits: list[list[float]] = [[] for _ in range(count)]
+    runs: list[list[float]] = [[] for _ in range(count)]
+    ended = (
+        Job.objects.filter(workshop=workshop, finished_at__gte=start, status__in=Job.TERMINAL)
+        .order_by()
+        .values_list("status", "created_at", "started_at", "finished_at")
+    )
+    total = 0
+    for status, created_at, started_at, finished_at in ended:
+        assert finished_at is not None  # filtered above
+        index = min(int((finished_at - start) / CHART_BUCKET), count - 1)
+        counts[index][_OUTCOME_OF[status]] += 1
+        total += 1
+        if started_at is not None:
+            waits[index].append(max((started_at - created_at).total_seconds(), 0.0))
+            runs[index].append(max((finished_at - started_at).total_seconds(), 0.0))
+    return {
+        "generated_at": now.isoformat(),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "bucket_minutes": int(CHART_BUCKET.total_seconds() // 60),
+        "finished": total,
+        "outcomes": [{"key": key, "label": label} for key, label, _ in OUTCOMES],
+        "buckets": [
+            {
+                "start": (start + i * CHART_BUCKET).isoformat(),
+                "finished": counts[i],
+                "wait": _percentiles(waits[i]),
+                "run": _percentiles(runs[i]),
+            }
+            for i in range(count)
+        ],
+    }
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {"p50": _percentile(ordered, 0.5), "p90": _percentile(ordered, 0.9), "jobs": len(ordered)}
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The ``q`` quantile (0–1) of ``values``, interpolated between the nearest ranks as PostgreSQL's
+    ``percentile_cont`` does; None for no values."""
+    return _percentile(sorted(values), q)
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    value = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return round(value, 1)

@@ -9,5 +9,6 @@ app_name = "dashboard"
 urlpatterns = [
     path("<slug:slug>/", dashboard_views.dashboard, name="page"),
     path("<slug:slug>/snapshot", dashboard_views.snapshot, name="snapshot"),
+    path("<slug:slug>/charts", dashboard_views.charts, name="charts"),
     path("<slug:slug>/act", dashboard_views.act, name="act"),
 ]

@@ -1,11 +1,13 @@
-"""The instructor's live dashboard of a workshop, inside the admin: the page, its JSON snapshot, and the
-actions it offers (cancel, queue again, instructor lane, pause/resume, announce, withdraw).
+"""The instructor's live dashboard of a workshop, inside the admin: the page, its JSON snapshot and charts,
+and the actions it offers (cancel, queue again, instructor lane, move to another GPU backend, pause/resume,
+queue policy and caps, announce, withdraw; warm up, scale to zero, switch off and on a GPU backend).
 
-Staff only, and only staff who may view workshops (to look) or change them (to act). Every action is one
-POST of JSON ``{"action": ..., ...}`` with the CSRF token, answers JSON ``{ok, message, ...}`` and leaves
-one audit entry per job, workshop or announcement it changed. A request that cannot be carried out as a
-whole (an unknown action, a job of another workshop, a job in the wrong state) is refused with a 4xx and
-changes nothing.
+Staff only, and only staff who may view workshops (to look) or change them (to act); the backend actions
+also need the permission to change GPU backends. Every action is one POST of JSON ``{"action": ..., ...}``
+with the CSRF token, answers JSON ``{ok, message, ...}`` and leaves one audit entry per job, workshop,
+backend or announcement it changed. A request that cannot be carried out as a whole (an unknown action, a
+job of another workshop, a job in the wrong state, a backend the workshop does not use) is refused with a 4xx
+and changes nothing; a backend's own refusal (Verda's API) comes back as a 502 with its message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
@@ -23,18 +26,37 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from jobs.instructor import RESUBMITTABLE, can_resubmit, cancel_outcome, move_to_lane, resubmit_job, set_paused
+from gpu_backends import scaling
+from gpu_backends.client import BackendError
+from gpu_backends.models import GpuBackend
+from jobs.instructor import (
+    RESUBMITTABLE,
+    backend_changed,
+    can_resubmit,
+    cancel_outcome,
+    change_queue_settings,
+    move_running_job,
+    move_to_lane,
+    pin_waiting_jobs,
+    resubmit_job,
+    set_backend_enabled,
+    set_paused,
+)
 from jobs.models import Job
 from jobs.services import SubmissionRejected, cancel_job
 
 from . import audit
-from .dashboard import build_snapshot
-from .models import Announcement, QueuePolicy, Workshop
+from .dashboard import build_charts, build_snapshot
+from .models import Announcement, AuditEntry, QueuePolicy, Workshop
 from .services import WorkshopError, announcement_changed, post_announcement
 
 # A bulk action names at most this many jobs: the default cap on a workshop's queue.
 MAX_JOBS_PER_ACTION = 500
 MAX_ANNOUNCEMENT = Announcement._meta.get_field("message").max_length or 500
+# What the dashboard's queue form changes, validated by the same model fields (choices, minimums) as the
+# Workshop admin's form.
+QUEUE_SETTINGS = ("queue_policy", "max_queued_per_seat", "max_running_per_seat", "max_queue_depth")
+QueueSettingsForm = forms.modelform_factory(Workshop, fields=QUEUE_SETTINGS)
 
 
 class Refused(Exception):
@@ -58,6 +80,7 @@ def _get_workshop_for_staff(request: HttpRequest, slug: str) -> Workshop:
 def dashboard(request: HttpRequest, slug: str) -> HttpResponse:
     """The live page: rendered with a first snapshot, then kept current by its script over the socket."""
     workshop = _get_workshop_for_staff(request, slug)
+    may_act = request.user.has_perm("workshops.change_workshop")
     return render(
         request,
         "workshops/dashboard.html",
@@ -66,7 +89,10 @@ def dashboard(request: HttpRequest, slug: str) -> HttpResponse:
             "title": f"Live dashboard: {workshop}",
             "workshop": workshop,
             "snapshot": build_snapshot(workshop, request),
-            "may_act": request.user.has_perm("workshops.change_workshop"),
+            "charts": build_charts(workshop),
+            "may_act": may_act,
+            "may_change_backends": may_act and request.user.has_perm("gpu_backends.change_gpubackend"),
+            "policies": QueuePolicy.choices,
             "socket_path": f"/ws/hub/workshops/{workshop.slug}/",
             "audit_url": reverse("admin:workshops_auditentry_changelist") + f"?workshop__id__exact={workshop.pk}",
             "max_announcement": MAX_ANNOUNCEMENT,
@@ -82,6 +108,16 @@ def snapshot(request: HttpRequest, slug: str) -> JsonResponse:
     """What the page shows, as JSON (the page fetches it again after every job event)."""
     workshop = _get_workshop_for_staff(request, slug)
     response = JsonResponse(build_snapshot(workshop, request))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@staff_member_required
+@require_safe
+def charts(request: HttpRequest, slug: str) -> JsonResponse:
+    """Throughput and latency of the last hour, as JSON (the page fetches it every 30 seconds)."""
+    workshop = _get_workshop_for_staff(request, slug)
+    response = JsonResponse(build_charts(workshop))
     response["Cache-Control"] = "no-store"
     return response
 
@@ -128,7 +164,10 @@ def _jobs(workshop: Workshop, body: dict[str, Any]) -> list[Job]:
     ids = list(dict.fromkeys(ids))
     if len(ids) > MAX_JOBS_PER_ACTION:
         raise Refused(400, "too_many_jobs", f"At most {MAX_JOBS_PER_ACTION} jobs at once, not {len(ids)}.")
-    found = {job.pk: job for job in Job.objects.filter(pk__in=ids).select_related("seat__workshop", "backend")}
+    found = {
+        job.pk: job
+        for job in Job.objects.filter(pk__in=ids).select_related("seat__workshop", "backend", "pinned_backend")
+    }
     missing = [pk for pk in ids if pk not in found]
     if missing:
         raise Refused(404, "no_such_job", f"There is no job {_numbers(missing)}; nothing was changed.")
@@ -364,12 +403,306 @@ def withdraw(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> 
     return {"message": "Withdrawn: it is gone from every participant's banner."}
 
 
+# --- Moving jobs between GPU backends ----------------------------------------------------------------
+
+
+def _target_backend(workshop: Workshop, body: dict[str, Any]) -> GpuBackend | None:
+    """The backend ``body["backend"]`` names (None: any backend): one of the workshop's, switched on."""
+    if "backend" not in body:
+        raise Refused(400, "no_backend", 'Name the backend by number, or null for any backend: {"backend": 3}.')
+    pk = body["backend"]
+    if pk is None:
+        return None
+    backend = _attached_backend(workshop, pk)
+    if not backend.enabled:
+        raise Refused(
+            409, "backend_off", f"{backend.name} is switched off: switch it on first or pick another; nothing moved."
+        )
+    return backend
+
+
+def _attached_backend(workshop: Workshop, pk: Any) -> GpuBackend:
+    backend = workshop.backends.filter(pk=pk).first() if isinstance(pk, int) and not isinstance(pk, bool) else None
+    if backend is None:
+        raise Refused(404, "no_such_backend", f"GPU backend {pk!r} is not one of {workshop.slug}'s backends.")
+    return backend
+
+
+def move(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    """Waiting jobs are pinned to the chosen backend (``null``: any backend again); jobs on a GPU are stopped
+    there and queued again as new jobs pinned to it. All of them or, if one is refused, none."""
+    jobs = _jobs(workshop, body)
+    target = _target_backend(workshop, body)
+    ended = [job for job in jobs if not job.can_cancel()]
+    if ended:
+        raise Refused(409, "already_ended", f"Nothing was moved: {_names(ended)} had already ended.")
+    on_gpu = [job for job in jobs if job.status in Job.ACTIVE]
+    if on_gpu and target is None:
+        raise Refused(
+            409,
+            "pick_a_backend",
+            f"Nothing was moved: a job on a GPU moves to a named backend, not to “any backend”: {_names(on_gpu)}.",
+        )
+    stopping = [job for job in on_gpu if job.cancel_requested_at is not None]
+    if stopping:
+        raise Refused(409, "stopping", f"Nothing was moved: {_names(stopping)} is being stopped already.")
+    there = [job for job in on_gpu if target is not None and job.backend_id == target.pk]
+    if there:
+        assert target is not None
+        raise Refused(409, "already_there", f"Nothing was moved: {_names(there)} runs on {target.name} already.")
+    waiting = [job for job in jobs if job.status == Job.Status.QUEUED and job.pinned_backend_id != _pk(target)]
+    if not waiting and not on_gpu:
+        where = f"wait for {target.name}" if target else "may run on any backend"
+        raise Refused(409, "no_change", f"Those jobs {where} already.")
+    copies: list[tuple[Job, Job]] = []
+    with transaction.atomic():
+        pinned = set(pin_waiting_jobs(workshop, [job.pk for job in waiting], target))
+        for job in on_gpu:
+            assert target is not None  # refused above
+            try:
+                new = move_running_job(job, target, by=request.user.get_username())
+            except SubmissionRejected as exc:
+                # Leaving the atomic block by this exception undoes every pin and copy made before this one.
+                raise Refused(409, "refused", f"Nothing was moved: the new run of {_name(job)} was refused: {exc}")
+            if new is None:
+                raise Refused(409, "already_ended", f"Nothing was moved: {_name(job)} ended meanwhile.")
+            copies.append((job, new))
+        moved = [job for job in waiting if job.pk in pinned]
+        audit.record_all(_move_entries(request, workshop, target, moved, copies))
+    result: dict[str, Any] = {
+        "message": _move_message(target, moved, copies, len(waiting) - len(moved)),
+        "moved": sorted(pinned),
+        "jobs": [{"from": old.pk, "to": new.pk} for old, new in copies],
+    }
+    if target is not None and target.state not in GpuBackend.DISPATCHABLE:
+        result["warning"] = f"{target.name} is failing: the moved jobs wait until it answers again."
+    return result
+
+
+def _move_entries(
+    request: HttpRequest,
+    workshop: Workshop,
+    target: GpuBackend | None,
+    moved: list[Job],
+    copies: list[tuple[Job, Job]],
+) -> list[AuditEntry]:
+    """One audit entry per waiting job pinned (or unpinned) and per running job stopped and queued again."""
+    entries = [
+        audit.build(
+            request.user,
+            "job.move",
+            f"Moved waiting job #{job.pk} of {job.seat} to GPU backend {target.name}"
+            if target is not None
+            else f"Let job #{job.pk} of {job.seat} run on any GPU backend",
+            workshop=workshop,
+            target=job,
+            details=_via({"from": _name_of(job.pinned_backend), "to": _name_of(target)}),
+        )
+        for job in moved
+    ]
+    for old, new in copies:
+        assert target is not None  # a running job moves to a named backend only
+        entries.append(
+            audit.build(
+                request.user,
+                "job.move",
+                f"Stopped job #{old.pk} of {old.seat} on {_name_of(old.backend) or 'its GPU'} and queued it again "
+                f"on {target.name} as job #{new.pk}",
+                workshop=workshop,
+                target=old,
+                details=_via(
+                    {"from": _name_of(old.backend), "to": target.name, "new_job": new.pk, "previous_status": old.status}
+                ),
+            )
+        )
+    return entries
+
+
+def _move_message(target: GpuBackend | None, moved: list[Job], copies: list[tuple[Job, Job]], late: int) -> str:
+    to = target.name if target is not None else "any backend"
+    parts = []
+    if moved:
+        parts.append(
+            f"moved {_plural(len(moved), 'waiting job')} to {to}"
+            if target is not None
+            else f"{_plural(len(moved), 'waiting job')} may run on any backend again"
+        )
+    if len(copies) == 1:
+        old, new = copies[0]
+        parts.append(
+            f"stopped {_name(old)} on {_name_of(old.backend) or 'its GPU'}; it runs again on {to} as job #{new.pk}"
+        )
+    elif copies:
+        parts.append(
+            f"stopped {_plural(len(copies), 'running job')}; they run again on {to} as jobs "
+            f"{_numbers([new.pk for _, new in copies])}"
+        )
+    if late:
+        parts.append(f"{_plural(late, 'job')} had started meanwhile and did not move")
+    message = "; ".join(parts) + "."
+    return message[0].upper() + message[1:]
+
+
+def _pk(backend: GpuBackend | None) -> int | None:
+    return backend.pk if backend is not None else None
+
+
+def _name_of(backend: GpuBackend | None) -> str | None:
+    return backend.name if backend is not None else None
+
+
+# --- Queue policy and caps ---------------------------------------------------------------------------
+
+
+def queue_settings(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the queue policy and caps, validated as the Workshop admin validates them. Fields left out keep
+    their value. The scheduler runs on commit: a raised cap can start waiting jobs at once."""
+    data = {}
+    for name in QUEUE_SETTINGS:
+        value = body.get(name, getattr(workshop, name))
+        data[name] = "" if value is None or isinstance(value, bool) else str(value)
+    form = QueueSettingsForm(data, instance=Workshop.objects.get(pk=workshop.pk))
+    if not form.is_valid():
+        problems = "; ".join(
+            f"{form.fields[name].label if name in form.fields else name}: {' '.join(str(e) for e in errors)}"
+            for name, errors in form.errors.items()
+        )
+        raise Refused(400, "invalid_settings", f"Nothing was changed. {problems}")
+    changed = audit.changes(form)
+    if not changed:
+        raise Refused(409, "no_change", f"Those are the queue settings of {workshop.slug} already.")
+    with transaction.atomic():
+        change_queue_settings(workshop, {name: form.cleaned_data[name] for name in changed})
+        audit.record(
+            request.user,
+            "workshop.change",
+            f"Changed the queue settings of {workshop.slug}: {audit.describe_changes(changed, form)}",
+            workshop=workshop,
+            target=workshop,
+            details=_via({"changes": changed}),
+        )
+    message = (
+        f"Saved: {workshop.get_queue_policy_display()}; up to {workshop.max_queued_per_seat} waiting and "
+        f"{workshop.max_running_per_seat} running per seat; queue depth {workshop.max_queue_depth}."
+    )
+    return {"message": message, "changed": sorted(changed)}
+
+
+# --- GPU backends --------------------------------------------------------------------------------------
+
+
+def _backend_to_change(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> GpuBackend:
+    if not request.user.has_perm("gpu_backends.change_gpubackend"):
+        raise Refused(403, "forbidden", "Your account may run this workshop but not change its GPU backends.")
+    return _attached_backend(workshop, body.get("backend"))
+
+
+def _scale(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, warm: bool) -> dict[str, Any]:
+    backend = _backend_to_change(request, workshop, body)
+    if not backend.is_serverless:
+        raise Refused(
+            409,
+            "not_serverless",
+            f"Only Verda backends warm up and scale to zero; {backend.name} is a {backend.get_kind_display()}.",
+        )
+    try:
+        if warm:
+            scaling.warm_now(backend)
+        else:
+            scaling.scale_to_zero(backend)
+    except BackendError as exc:
+        verb = "warm up" if warm else "scale to zero"
+        raise Refused(502, "scaling_failed", f"Could not {verb} {backend.name}: {exc}")
+    backend_changed(backend)
+    if warm:
+        replicas = _plural(max(backend.warm_replicas, 1), "replica")
+        summary = f"Warmed up GPU backend {backend.name} ({replicas} for an hour)"
+        message = f"Warming up {backend.name}: {replicas} start now and stay for at least an hour."
+    else:
+        summary = f"Scaled GPU backend {backend.name} to zero"
+        message = (
+            f"Scaled {backend.name} to zero: its replicas stop once idle. While a workshop using it is on, "
+            "the next scaling check warms it again."
+        )
+    audit.record(
+        request.user,
+        "backend.warm" if warm else "backend.scale_to_zero",
+        summary,
+        workshop=workshop,
+        target=backend,
+        details=_via(),
+    )
+    return {"message": message}
+
+
+def warm(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    """Start a Verda backend's warm replicas now and keep them for an hour (gpu_backends.scaling.warm_now)."""
+    return _scale(request, workshop, body, warm=True)
+
+
+def scale_to_zero(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    """Let a Verda backend's replicas stop (gpu_backends.scaling.scale_to_zero)."""
+    return _scale(request, workshop, body, warm=False)
+
+
+def _switch(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, on: bool) -> dict[str, Any]:
+    backend = _backend_to_change(request, workshop, body)
+    word = "on" if on else "off"
+    with transaction.atomic():
+        if not set_backend_enabled(backend, on):
+            raise Refused(409, "no_change", f"{backend.name} is switched {word} already.")
+        audit.record(
+            request.user,
+            f"backend.switch_{word}",
+            f"Switched {word} GPU backend {backend.name}",
+            workshop=workshop,
+            target=backend,
+            details=_via({"changes": {"enabled": {"old": not on, "new": on}}}),
+        )
+    if on:
+        return {"message": f"Switched on {backend.name}: it takes jobs again, in its place in the failover order."}
+    running = Job.objects.filter(backend=backend, status__in=Job.ACTIVE).count()
+    pinned = Job.objects.filter(workshop=workshop, pinned_backend=backend, status=Job.Status.QUEUED).count()
+    successor = workshop.backends.filter(enabled=True).exclude(pk=backend.pk).order_by("order", "name").first()
+    message = f"Switched off {backend.name}: no new job starts on it"
+    if running:
+        message += f" (its {_plural(running, 'running job')} {'finishes' if running == 1 else 'finish'} there)"
+    message += f"; waiting jobs go to {successor.name}." if successor else "."
+    result: dict[str, Any] = {"message": message}
+    warnings = []
+    if successor is None:
+        warnings.append(f"No other GPU backend of {workshop.slug} is switched on: waiting jobs wait.")
+    if pinned:
+        wait, them = ("waits", "it") if pinned == 1 else ("wait", "them")
+        warnings.append(
+            f"{_plural(pinned, 'job')} pinned to {backend.name} {wait} until you switch it on again or move {them}."
+        )
+    if warnings:
+        result["warning"] = " ".join(warnings)
+    return result
+
+
+def switch_off(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    """No new job starts on the backend: the manual failover to the next backend in order."""
+    return _switch(request, workshop, body, on=False)
+
+
+def switch_on(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
+    return _switch(request, workshop, body, on=True)
+
+
 ACTIONS: dict[str, Callable[[HttpRequest, Workshop, dict[str, Any]], dict[str, Any]]] = {
     "cancel": cancel,
     "requeue": requeue,
     "lane": lane,
+    "move": move,
     "pause": pause,
     "resume": resume,
+    "queue_settings": queue_settings,
     "announce": announce,
     "withdraw": withdraw,
+    "warm": warm,
+    "scale_to_zero": scale_to_zero,
+    "switch_off": switch_off,
+    "switch_on": switch_on,
 }

@@ -1,18 +1,24 @@
 """Claims are atomic: under concurrent schedulers no job is dispatched twice, none is lost, and a backend
-never gets more jobs than its slots."""
+never gets more jobs than its slots. A job pinned to a backend goes to that backend only, and waits (then
+fails at the deadline) while that one is down."""
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from unittest import mock
 
 import pytest
-from django.db import connections
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import scheduler
+from gpu_backends.models import GpuBackend
+from jobs import reconciler, scheduler
 from jobs.models import IllegalTransition, Job
+from jobs.services import backend_is_available
 from tests.recorded import TINY_PATH, load
+from workshops.models import Seat
 
 TINY = load(TINY_PATH)
 
@@ -128,3 +134,172 @@ def test_workshops_sharing_a_backend_take_turns(personas):
     running = Job.objects.filter(status=Job.Status.DISPATCHING)
     assert running.filter(workshop=personas.workshop).count() == 2
     assert running.filter(workshop=personas.other_workshop).count() == 2
+
+
+# --- Jobs pinned to a backend ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def second_backend(personas) -> GpuBackend:
+    """A second simulator-kind backend of the first workshop, after the personas' one in failover order."""
+    backend = GpuBackend.objects.create(
+        name="sim-2", kind=GpuBackend.Kind.SIMULATOR, url=personas.backend.url, max_concurrency=1, order=1
+    )
+    personas.workshop.backends.add(backend)
+    return backend
+
+
+def _job(personas, seat=None, **fields) -> Job:
+    return Job.objects.create(workshop=personas.workshop, seat=seat or personas.seat_a, prompt=TINY, **fields)
+
+
+@pytest.mark.django_db
+def test_a_pinned_job_is_claimed_only_by_its_backend(personas, second_backend):
+    pinned = _job(personas, pinned_backend=second_backend)
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        assert scheduler.claim_next(personas.backend.pk) is None  # free, first in order, but not its backend
+        job = scheduler.claim_next(second_backend.pk)
+    assert job is not None and job.pk == pinned.pk
+    job.refresh_from_db()
+    assert (job.status, job.backend, job.pinned_backend) == (Job.Status.DISPATCHING, second_backend, second_backend)
+
+
+@pytest.mark.django_db
+def test_a_seats_job_pinned_elsewhere_does_not_hold_up_its_other_jobs(personas, second_backend):
+    """Seat A's oldest job waits for sim-2; its next one, unpinned, goes to the free backend first in order."""
+    personas.workshop.queue_policy = "fifo"
+    personas.workshop.save()
+    waits_for_sim2 = _job(personas, pinned_backend=second_backend)
+    unpinned = _job(personas)
+    GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        assert scheduler.schedule() == [unpinned.pk]
+    assert Job.objects.get(pk=unpinned.pk).backend == personas.backend
+    assert Job.objects.get(pk=waits_for_sim2.pk).status == Job.Status.QUEUED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("policy", ["fifo", "round_robin", "priority"])
+def test_a_backend_takes_the_seats_best_job_among_its_pinned_and_unpinned_ones(personas, second_backend, policy):
+    personas.workshop.queue_policy = policy
+    personas.workshop.save()
+    _job(personas, pinned_backend=personas.backend)  # another backend's: never this one's candidate
+    older = _job(personas)
+    lane = _job(personas, pinned_backend=second_backend, instructor_lane=True)
+    (candidate,) = scheduler.candidates(personas.workshop, second_backend.pk)
+    # The lane counts only under the priority policy; otherwise the older unpinned job goes first.
+    assert candidate.job_id == (lane.pk if policy == "priority" else older.pk)
+    assert candidate.instructor_lane == (policy == "priority")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("policy", ["fifo", "round_robin", "priority"])
+def test_a_claim_reads_each_seats_heads_through_the_pin_indexes_without_sorting(personas, second_backend, policy):
+    """The claim's cost stays one index seek per seat and head, whatever the queue's length: the plan reads the
+    head-of-queue indexes in their order (a sort would mean reading the seat's whole queue). Planned over a
+    workshop's worth of jobs with fresh statistics, as a database in use has them."""
+    seats = Seat.objects.bulk_create([Seat(workshop=personas.workshop, label=f"bulk{i:03d}") for i in range(40)])
+    statuses = [Job.Status.SUCCEEDED] * 16 + [Job.Status.QUEUED] * 3 + [Job.Status.RUNNING]
+    Job.objects.bulk_create(
+        [
+            Job(
+                workshop=personas.workshop,
+                seat=seats[i % len(seats)],
+                prompt=TINY,
+                status=statuses[i % len(statuses)],
+                pinned_backend=(second_backend, personas.backend, None, None, None)[i % 5],
+            )
+            for i in range(4000)
+        ]
+    )
+    sql = scheduler._candidates_sql(policy)
+    params = ["queued", "queued", second_backend.pk, personas.workshop.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Job._meta.db_table}")
+        if connection.vendor == "postgresql":
+            cursor.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Sort" not in plan, plan
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = "\n".join(row[-1] for row in cursor.fetchall())
+            assert "TEMP B-TREE" not in plan, plan
+    index = "job_seat_pin_priority_head" if policy == "priority" else "job_seat_pin_head"
+    assert plan.count(index) >= 2, plan  # the unpinned head and the pinned one
+
+
+@pytest.mark.django_db
+def test_a_claim_costs_the_same_queries_for_a_short_queue_and_a_long_one(personas, second_backend):
+    personas.workshop.max_running_per_seat = 100
+    personas.workshop.save()
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(max_concurrency=100)
+
+    def claim_queries(count: int) -> int:
+        Job.objects.all().delete()
+        for i in range(count):
+            seat = personas.seat_a if i % 2 else personas.seat_b
+            _job(personas, seat, pinned_backend=second_backend if i % 3 == 0 else None)
+        with (
+            mock.patch("jobs.scheduler.enqueue_dispatch"),
+            mock.patch("jobs.services.announce_job"),
+            CaptureQueriesContext(connection) as queries,
+        ):
+            assert scheduler.claim_next(personas.backend.pk) is not None
+        return len(queries.captured_queries)
+
+    assert claim_queries(3) == claim_queries(60)
+
+
+@pytest.mark.django_db
+def test_a_job_pinned_to_a_backend_that_is_down_waits_then_fails_at_the_deadline(personas, second_backend, settings):
+    """Judged by its own backend: sim-2 switched off fails its pinned job at the deadline while the workshop's
+    other backend works; the unpinned job of the same age keeps waiting for a slot on that one."""
+    old = timezone.now() - timedelta(seconds=settings.COMFYUME["BACKEND_DOWN_DEADLINE"] + 60)
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(max_concurrency=1)
+    _job(personas, personas.seat_b, status=Job.Status.RUNNING, backend=personas.backend)  # the slot is taken
+    pinned_to_off = _job(personas, pinned_backend=second_backend, created_at=old)
+    unpinned = _job(personas, created_at=old)
+    pinned_to_working = _job(personas, pinned_backend=personas.backend, created_at=old)
+    recent = _job(personas, pinned_backend=second_backend)
+    GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
+    assert backend_is_available(personas.workshop)
+    assert not backend_is_available(personas.workshop, second_backend.pk)
+    assert backend_is_available(personas.workshop, personas.backend.pk)
+
+    report = reconciler.SweepReport()
+    with mock.patch("jobs.services.announce_job"), mock.patch("jobs.scheduler.enqueue_dispatch"):
+        reconciler.sweep_deadline(report)
+
+    assert report.failed == [pinned_to_off.pk]
+    failed = Job.objects.get(pk=pinned_to_off.pk)
+    assert failed.status == Job.Status.FAILED
+    assert failed.status_reason.startswith("Its GPU backend sim-2 was not available for")
+    for job in (unpinned, pinned_to_working, recent):
+        assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
+
+
+@pytest.mark.django_db
+def test_a_job_pinned_to_a_backend_the_workshop_no_longer_uses_is_judged_unavailable(personas, second_backend):
+    personas.workshop.backends.remove(second_backend)
+    assert not backend_is_available(personas.workshop, second_backend.pk)
+    GpuBackend.objects.filter(pk=personas.backend.pk).update(state=GpuBackend.State.FAILING)
+    assert not backend_is_available(personas.workshop)
+
+
+def test_a_warm_backend_takes_the_job_before_a_cold_one_earlier_in_the_order(personas, sim):
+    from jobs.services import submit_prompt
+    from workshops.models import Workshop
+
+    cold = personas.backend
+    cold.state, cold.order = GpuBackend.State.COLD, 0
+    cold.save()
+    warm = GpuBackend.objects.create(
+        name="warm", kind=GpuBackend.Kind.SIMULATOR, url=sim.url, order=1, state=GpuBackend.State.READY
+    )
+    personas.workshop.backends.add(warm)
+    Workshop.objects.filter(pk=personas.workshop.pk).update(paused=True)
+    job = submit_prompt(personas.seat_a, {"prompt": TINY})
+    Workshop.objects.filter(pk=personas.workshop.pk).update(paused=False)
+    assert scheduler.schedule() == [job.pk]
+    job.refresh_from_db()
+    assert job.backend == warm

@@ -33,3 +33,24 @@ def test_only_the_newest_waiting_progress_state_of_a_prompt_is_sent_and_order_is
 def test_nothing_is_dropped_when_nothing_is_superseded():
     items = [(["seat.1"], msg("progress", value=i)) for i in range(5)]
     assert coalesce(items) == items
+
+
+def test_a_backend_changing_state_tells_its_workshops_and_their_seats(
+    personas, monkeypatch, django_capture_on_commit_callbacks
+):
+    from gpu_backends.models import GpuBackend
+    from jobs import events as events_module
+
+    sent = []
+    monkeypatch.setattr(events_module, "publish", lambda groups, message: sent.append((groups, message)))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert personas.backend.mark(GpuBackend.State.WARMING)
+        assert not personas.backend.mark(GpuBackend.State.WARMING)  # no change, no message
+    [(groups, message)] = sent
+    ws1, ws2 = personas.workshop.pk, personas.other_workshop.pk
+    seats = {personas.seat_a.pk, personas.seat_b.pk, personas.seat_c.pk}
+    assert set(groups) == {events_module.workshop_group(ws1), events_module.workshop_group(ws2)} | {
+        events_module.seat_group(pk) for pk in seats
+    }
+    assert message["message"]["type"] == "comfyume.backend"
+    assert message["message"]["data"]["state"] == "warming" and message["message"]["data"]["backend"] == "sim"

@@ -143,3 +143,19 @@ def test_health_shows_a_broken_object_store_by_the_setting_to_fix(client, person
     data = answer.json()
     assert answer.status_code == 200  # the hub still answers; outputs cannot be kept: degraded, and why
     assert data["status"] == "degraded" and "COMFYUME_R2_BUCKET" in data["storage"]
+
+
+def test_health_shows_a_failed_backup(client, personas):
+    from django.utils import timezone
+
+    from storage.models import BackupRun
+
+    assert client.get("/health").json()["backup"]["status"] == "off"  # no destination, never run: a choice
+    now = timezone.now()
+    BackupRun.objects.create(
+        status=BackupRun.Status.FAILED, destination="s3://backups/ws", started_at=now, heartbeat_at=now,
+        finished_at=now, error="s3://backups/ws: the bucket does not exist (COMFYUME_BACKUP_URL)",
+    )  # fmt: skip
+    data = client.get("/health").json()
+    assert data["status"] == "degraded" and data["backup"]["status"] == "failing"
+    assert "COMFYUME_BACKUP_URL" in str(data["backup"]["last_failure"])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs.policy import FIFO, PRIORITY, ROUND_ROBIN, Candidate, head_order, pick_next
+from jobs.policy import FIFO, PRIORITY, ROUND_ROBIN, Candidate, head_key, head_order, pick_next, seat_head
 
 
 def c(job_id, seat_id, running=0, gpu=0.0, priority=0, lane=False):
@@ -55,3 +55,37 @@ def test_unknown_policy_is_a_clear_error():
 def test_priority_orders_a_seats_own_jobs_by_lane_then_priority():
     assert head_order(PRIORITY) == ("-instructor_lane", "-priority", "id")
     assert head_order(ROUND_ROBIN) == ("id",)
+
+
+@pytest.mark.parametrize("policy", [FIFO, ROUND_ROBIN, PRIORITY])
+def test_head_key_sorts_a_seats_jobs_as_head_order_says(policy):
+    jobs = [c(4, 1), c(2, 1, priority=5), c(3, 1, lane=True), c(1, 1), c(5, 1, priority=5, lane=True)]
+    expected = {
+        FIFO: [1, 2, 3, 4, 5],
+        ROUND_ROBIN: [1, 2, 3, 4, 5],
+        # -instructor_lane, -priority, id
+        PRIORITY: [5, 3, 2, 1, 4],
+    }[policy]
+    assert [job.job_id for job in sorted(jobs, key=head_key(policy))] == expected
+
+
+SEAT_HEADS = [
+    # (name, policy, unpinned head, head pinned to the claiming backend, expected job id)
+    ("the older of the two under fifo", FIFO, c(7, 1), c(3, 1), 3),
+    ("the older of the two under round robin", ROUND_ROBIN, c(3, 1), c(7, 1), 3),
+    ("priority: a pinned lane job before an older unpinned one", PRIORITY, c(3, 1), c(7, 1, lane=True), 7),
+    ("priority: higher priority before age", PRIORITY, c(3, 1, priority=1), c(2, 1), 3),
+    ("only unpinned jobs", ROUND_ROBIN, c(3, 1), None, 3),
+    ("only pinned jobs", ROUND_ROBIN, None, c(7, 1), 7),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "policy", "unpinned", "pinned", "expected"), SEAT_HEADS, ids=[s[0] for s in SEAT_HEADS]
+)
+def test_seat_head_is_the_first_of_the_jobs_the_backend_may_run(name, policy, unpinned, pinned, expected):
+    assert seat_head(policy, [unpinned, pinned]).job_id == expected
+
+
+def test_a_seat_whose_jobs_are_all_pinned_elsewhere_has_no_head():
+    assert seat_head(ROUND_ROBIN, [None, None]) is None

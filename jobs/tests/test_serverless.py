@@ -254,3 +254,38 @@ def test_storage_refusing_the_outputs_fails_the_job_and_says_so(client, personas
     assert not Artifact.objects.filter(job=job).exists()
     verda.refresh_from_db()
     assert verda.state == GpuBackend.State.READY
+
+
+def test_adding_a_verda_backend_in_the_admin_reads_its_node_list(client, personas, fake_verda, worker, monkeypatch):
+    from django.contrib.auth import get_user_model
+
+    fake_verda.add_deployment("comfy-b300", worker, running=True)
+    monkeypatch.setenv("COMFYUME_VERDA_INFERENCE_KEY", INFERENCE_KEY)
+    admin = get_user_model().objects.create_user("ops", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    form = {
+        "name": "b300", "kind": "verda", "url": fake_verda.deployment_url("comfy-b300"), "gpu_type": "B300",
+        "price_per_hour": "4.90", "max_concurrency": 2, "enabled": "on", "order": 2,
+        "api_key_env": "COMFYUME_VERDA_INFERENCE_KEY", "inference_mode": "auto", "warm_replicas": 1,
+        "prewarm_minutes": 20,
+    }  # fmt: skip
+    answer = client.post("/admin/gpu_backends/gpubackend/add/", form, follow=True)
+    assert answer.status_code == 200 and "reading its node list in the background" in answer.content.decode()
+    run_worker()  # the queued read
+    backend = GpuBackend.objects.get(name="b300")
+    assert backend.object_info_fetched_at is not None and backend.state == GpuBackend.State.READY
+    assert len(fake_verda.gateway_requests("comfy-b300")) == 1  # GET /object_info through the gateway
+
+
+def test_a_seat_gets_another_backends_node_list_while_its_gpu_has_not_reported(client, personas, verda, sim):
+    from gpu_backends.services import refresh_object_info
+
+    other = GpuBackend.objects.create(name="box", kind=GpuBackend.Kind.COMFYUI, url=sim.url, order=5)
+    refresh_object_info(other)
+    personas.workshop.backends.add(other)
+    token = personas.seat_a.issue_token()
+    answer = client.get("/api/hub/object_info", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 200 and "KSampler" in answer.json()
+    personas.workshop.backends.remove(other)
+    answer = client.get("/api/hub/object_info", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert answer.status_code == 503 and "reload" in answer.json()["error"]["message"]

@@ -5,6 +5,7 @@
  * comfyume.* ones. A job changing state re-fetches the snapshot (at most one fetch per 300 ms), progress
  * messages move that job's bar in place, and each action is one POST whose answer is shown above the tables.
  * A dropped socket reconnects with backoff and fetches the snapshot again, so no missed event is lost.
+ * The charts of the last hour come from their own endpoint every 30 s and are drawn as inline SVG.
  */
 "use strict";
 
@@ -17,13 +18,22 @@
   const MAX_BACKOFF_MS = 15000;
   const MAX_MESSAGES = 4;
   const MESSAGE_SECONDS = 20;
+  const CHARTS_REFRESH_MS = 30000; // 5-minute buckets: fresher would show nothing new
+  const QUEUE_SETTINGS = ["queue_policy", "max_queued_per_seat", "max_running_per_seat", "max_queue_depth"];
 
-  const urls = { snapshot: root.dataset.snapshotUrl, act: root.dataset.actUrl };
+  const urls = { snapshot: root.dataset.snapshotUrl, charts: root.dataset.chartsUrl, act: root.dataset.actUrl };
   const mayAct = root.dataset.mayAct === "true";
+  const mayChangeBackends = root.dataset.mayChangeBackends === "true";
   const csrfToken = root.querySelector("input[name=csrfmiddlewaretoken]")?.value || "";
   const $ = (id) => document.getElementById(id);
 
   let snap = JSON.parse($("dashboard-snapshot").textContent);
+  let charts = JSON.parse($("dashboard-charts").textContent);
+  // The queue form keeps what the instructor is typing; the snapshot fills it only while it is untouched.
+  let settingsEdited = false;
+  // A re-drawn queue would close a "Move to…" list the instructor has open: drawn once it is closed.
+  let queueRenderWaiting = false;
+  let anyPinned = false; // some waiting job is pinned to a backend (so "any backend" is worth offering)
   let clockOffset = 0; // the hub's clock minus this browser's, so waits tick from the hub's timestamps
   let busy = false;
   // Live progress of jobs on a GPU, by prompt id: {nodes: {id: {state, value, max}}, node}. Kept here, not
@@ -88,6 +98,7 @@
     renderTotals();
     renderAnnouncements();
     renderActions();
+    renderSettings();
   }
 
   function renderBar() {
@@ -111,6 +122,13 @@
   }
 
   function renderQueue() {
+    anyPinned = snap.queue.some((job) => job.status === "queued" && job.pinned_backend);
+    const open = document.activeElement;
+    if (open && open.matches && open.matches("#queue-rows select.move")) {
+      queueRenderWaiting = true;
+      return;
+    }
+    queueRenderWaiting = false;
     const rows = snap.queue;
     const present = new Set(rows.map((job) => job.id));
     for (const id of [...selected.queue]) if (!present.has(id)) selected.queue.delete(id);
@@ -153,12 +171,69 @@
         job.cancel_requested ? el("span", { class: "reason" }, "stopping…") : null,
         job.reason ? el("span", { class: "reason" }, job.reason) : null,
       ),
-      el("td", {}, job.backend || el("span", { class: "quiet" }, "—")),
+      el("td", {}, backendCell(job)),
       el("td", { class: "num" }, onGpu ? duration(job.waited_seconds) : ticking(job.created_at)),
       el("td", {}, onGpu ? progressBox(job) : null),
     );
     if (mayAct) tr.append(el("td", { class: "actions" }, queueActions(job)));
     return tr;
+  }
+
+  /** Where a job runs or may run: its GPU, the backend it is pinned to, and why it waits for that one. */
+  function backendCell(job) {
+    const pin = job.pinned_backend;
+    const tag = pin
+      ? el("span", { class: "tag pin", title: `Pinned: only ${pin.name} may start this job` }, `→ ${pin.name}`)
+      : null;
+    if (job.status !== "queued") return [job.backend || el("span", { class: "quiet" }, "—"), pin && pin.name !== job.backend ? tag : null];
+    return [
+      pin ? tag : el("span", { class: "quiet", title: "Any of the workshop's backends may start it" }, "any"),
+      job.waiting_for ? el("span", { class: "reason warn" }, job.waiting_for) : null,
+    ];
+  }
+
+  /** The backends a job may be moved to: the workshop's switched-on ones, less where it is or waits already. */
+  function moveTargets(job) {
+    const here = job.status === "queued" ? (job.pinned_backend ? job.pinned_backend.id : null) : job.backend_id;
+    return snap.backends.filter((b) => b.enabled && b.id !== here);
+  }
+
+  /** Moving only means something with two backends switched on, or to let a pinned job go anywhere again. */
+  const canMove = () => snap.backends.filter((b) => b.enabled).length > 1 || anyPinned;
+
+  function moveSelect(job) {
+    const targets = moveTargets(job);
+    const unpin = job.status === "queued" && job.pinned_backend;
+    if (!unpin && (!targets.length || !canMove())) return null;
+    const onGpu = job.status !== "queued";
+    return el(
+      "select",
+      {
+        class: "move",
+        "aria-label": `Move job #${job.id} of ${job.seat} to another GPU backend`,
+        title: onGpu
+          ? `Stop job #${job.id} on ${job.backend || "its GPU"} and run it again from the start on another backend`
+          : `Only the backend you pick may start job #${job.id}; "any backend" lets the workshop's backends share it again`,
+        onchange: (event) => {
+          const value = event.target.value;
+          event.target.value = ""; // back to "Move to…" whatever the answer (or a declined confirmation)
+          event.target.blur();
+          if (!value) return;
+          const backend = value === "any" ? null : Number(value);
+          const name = backend === null ? "any backend" : snap.backends.find((b) => b.id === backend).name;
+          const question = onGpu
+            ? `Stop job #${job.id} of ${job.seat} on ${job.backend || "its GPU"} and queue it again on ${name}? It starts again from the beginning.`
+            : null;
+          act({ action: "move", jobs: [job.id], backend }, question);
+        },
+        onblur: () => {
+          if (queueRenderWaiting) setTimeout(renderQueue, 0);
+        },
+      },
+      el("option", { value: "" }, onGpu ? "Run on…" : "Move to…"),
+      unpin ? el("option", { value: "any" }, "any backend") : null,
+      targets.map((b) => el("option", { value: String(b.id) }, b.name)),
+    );
   }
 
   function laneAdvice() {
@@ -193,9 +268,13 @@
           },
           "Cancel",
         ),
+        " ",
+        moveSelect(job),
       ];
     }
     return [
+      job.cancel_requested ? null : moveSelect(job),
+      " ",
       el(
         "button",
         {
@@ -241,11 +320,9 @@
         .filter(Boolean)
         .join(" · ");
     }
-    box.replaceChildren(
-      bar,
-      el("span", { class: "node" }, words),
-      job.started_at ? el("span", { class: "node" }, "running for ", ticking(job.started_at)) : null,
-    );
+    const parts = [bar, el("span", { class: "node" }, words)];
+    if (job.started_at) parts.push(el("span", { class: "node" }, "running for ", ticking(job.started_at)));
+    box.replaceChildren(...parts); // replaceChildren would write a null as the text "null"
   }
 
   function showProgress(promptId) {
@@ -395,19 +472,220 @@
             const kind = { ready: "online", busy: "running", warming: "queued", failing: "failed" }[b.state] || "idle";
             return el(
               "tr",
-              { dataset: { backend: b.name } },
+              { dataset: { backend: b.name, enabled: String(b.enabled) } },
               el("td", {}, el("a", { href: b.admin_url }, b.name),
-                el("span", { class: "reason" }, [b.kind_label, b.gpu_type].filter(Boolean).join(" · "))),
+                el("span", { class: "reason" }, [b.kind_label, b.gpu_type].filter(Boolean).join(" · ")),
+                backendActions(b)),
               el("td", {}, pill(kind, b.enabled ? b.state_label : `${b.state_label}, switched off`),
                 b.state === "warming" ? el("span", { class: "reason" }, "starting for ", ticking(b.state_since)) : null,
                 b.last_error ? el("span", { class: "reason" }, b.last_error) : null),
               el("td", { class: "num" }, `${b.active} / ${b.max_concurrency}`,
-                el("span", { class: "reason" }, `${b.active_here} here`)),
+                el("span", { class: "reason" }, `${b.active_here} here`),
+                b.pinned_waiting ? el("span", { class: "reason", title: `Waiting jobs only ${b.name} may start` },
+                  `${b.pinned_waiting} pinned`) : null),
               el("td", { class: "num" }, money(b.price_per_hour)),
             );
           })
         : [emptyRow(4, "No GPU backend is attached: jobs cannot run. Add one in the workshop's settings.")]),
     );
+  }
+
+  function backendActions(b) {
+    if (!mayChangeBackends) return null;
+    const button = (label, title, payload, question, danger) =>
+      el("button", { type: "button", class: `button${danger ? " danger" : ""}`, title, onclick: () => act(payload, question) }, label);
+    return el(
+      "div",
+      { class: "backend-actions" },
+      b.serverless
+        ? [
+            button(
+              "Warm up now",
+              `Start ${b.name}'s warm replicas now and keep them for an hour, so the next jobs skip the cold start (Verda).`,
+              { action: "warm", backend: b.id },
+            ),
+            button(
+              "Scale to zero",
+              `Let ${b.name}'s replicas stop once idle, to stop paying for them. While a workshop using it is on, the next scaling check warms it again.`,
+              { action: "scale_to_zero", backend: b.id },
+              `Scale ${b.name} to zero? Jobs sent to it then wait for a cold start.`,
+            ),
+          ]
+        : null,
+      b.enabled
+        ? button(
+            "Switch off",
+            `No new job starts on ${b.name}; jobs running on it finish. Waiting jobs go to the next backend in order: ` +
+              `switching off a spot backend is the manual failover to the on-demand one. Jobs pinned to ${b.name} wait.`,
+            { action: "switch_off", backend: b.id },
+            `Switch off ${b.name}? Waiting jobs go to the next backend in order; jobs pinned to it wait.`,
+            true,
+          )
+        : button(
+            "Switch on",
+            `Let ${b.name} take jobs again, in its place in the failover order.`,
+            { action: "switch_on", backend: b.id },
+          ),
+    );
+  }
+
+  function renderSettings() {
+    const form = $("queue-settings");
+    if (!form || settingsEdited) return;
+    const w = snap.workshop;
+    form.elements.queue_policy.value = w.policy;
+    for (const name of QUEUE_SETTINGS.slice(1)) form.elements[name].value = String(w.caps[name]);
+  }
+
+  // --- Charts of the last hour ----------------------------------------------------------------------------
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  // Drawn at about its own size (a third or half of the main column), so its 15 px text stays readable.
+  const CHART = { width: 320, height: 180, left: 46, right: 14, top: 12, bottom: 30 };
+  const OUTCOME_COLOURS = { succeeded: "#2e7d32", failed: "#b3261e", cancelled: "#8d8d8d" };
+  const LINE_COLOURS = { p50: "#1f6feb", p90: "#c2410c" };
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) if (value !== null && value !== undefined) node.setAttribute(key, value);
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  /** A round top for an axis whose ticks are 0, half and top; whole numbers for counts. */
+  function niceTop(value, minimum, whole) {
+    const top = Math.max(value, minimum);
+    const magnitude = 10 ** Math.floor(Math.log10(top));
+    let nice = 10 * magnitude;
+    for (const step of [1, 2, 4, 6, 8, 10]) { // halves that read well: 0.5, 1, 2, 3, 4, 5
+      if (step * magnitude >= top) {
+        nice = step * magnitude;
+        break;
+      }
+    }
+    return whole ? Math.ceil(nice / 2) * 2 : nice;
+  }
+
+  function shortDuration(seconds) {
+    const trim = (value) => value.toFixed(1).replace(/\.0$/, "");
+    if (seconds < 10) return `${trim(seconds)} s`;
+    if (seconds < 90) return `${Math.round(seconds)} s`;
+    const minutes = seconds / 60;
+    return minutes < 10 ? `${trim(minutes)} min` : `${Math.round(minutes)} min`;
+  }
+
+  /** The frame every chart shares: horizontal grid with labels, and the clock at its start, middle and end. */
+  function chartFrame(title, top, label) {
+    const { width, height, left, right, top: pad, bottom } = CHART;
+    const plotHeight = height - pad - bottom;
+    const y = (value) => pad + plotHeight - (value / top) * plotHeight;
+    const buckets = charts.buckets.length;
+    const x = (index) => left + (index / buckets) * (width - left - right);
+    const frame = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+    for (const value of [0, top / 2, top]) {
+      frame.append(
+        svg("line", { class: value ? "grid" : "axis", x1: left, x2: width - right, y1: y(value), y2: y(value) }),
+        svg("text", { x: left - 6, y: y(value) + 4, "text-anchor": "end" }, label(value)),
+      );
+    }
+    const times = charts.buckets.map((b) => b.start).concat([charts.end]);
+    for (let index = 0; index <= buckets; index += buckets / 2) {
+      const anchor = index === 0 ? "start" : index === buckets ? "end" : "middle"; // the ends stay inside
+      frame.append(svg("text", { x: x(index), y: height - 8, "text-anchor": anchor }, clock(times[index])));
+    }
+    return { frame, x, y, step: (width - left - right) / buckets };
+  }
+
+  function bucketSpan(index) {
+    const b = charts.buckets;
+    return `${clock(b[index].start)}–${clock(index + 1 < b.length ? b[index + 1].start : charts.end)}`;
+  }
+
+  function throughputChart() {
+    const outcomes = charts.outcomes;
+    const totals = charts.buckets.map((b) => outcomes.reduce((sum, o) => sum + b.finished[o.key], 0));
+    const top = niceTop(Math.max(...totals), 4, true);
+    const { frame, x, y, step } = chartFrame("Jobs ended per 5 minutes, by outcome", top, (v) => String(Math.round(v)));
+    charts.buckets.forEach((bucket, index) => {
+      let base = 0;
+      const words = outcomes.filter((o) => bucket.finished[o.key]).map((o) => `${bucket.finished[o.key]} ${o.label.toLowerCase()}`);
+      const bar = svg("g", {}, svg("title", {}, `${bucketSpan(index)}: ${words.join(", ") || "none"}`));
+      for (const outcome of outcomes) {
+        const count = bucket.finished[outcome.key];
+        if (!count) continue;
+        bar.append(svg("rect", { x: x(index) + 2, width: Math.max(step - 4, 1), y: y(base + count), height: y(base) - y(base + count), fill: OUTCOME_COLOURS[outcome.key] }));
+        base += count;
+      }
+      frame.append(bar);
+    });
+    return chartBox(
+      "Jobs ended per 5 minutes",
+      frame,
+      outcomes.map((o) => el("span", { style: `--swatch: ${OUTCOME_COLOURS[o.key]}` }, o.label)),
+    );
+  }
+
+  function latencyChart(key, title) {
+    const values = charts.buckets.flatMap((b) => [b[key].p50, b[key].p90]).filter((v) => v !== null);
+    const top = niceTop(values.length ? Math.max(...values) : 1, 1, false);
+    const { frame, x, y, step } = chartFrame(title, top, shortDuration);
+    for (const quantile of ["p50", "p90"]) {
+      let path = "";
+      charts.buckets.forEach((bucket, index) => {
+        const value = bucket[key][quantile];
+        if (value === null) return;
+        const cx = x(index) + step / 2;
+        // A bucket without jobs breaks the line rather than drawing through it.
+        const joined = index > 0 && charts.buckets[index - 1][key][quantile] !== null;
+        path += `${joined ? "L" : "M"}${cx.toFixed(1)},${y(value).toFixed(1)}`;
+        frame.append(
+          svg("circle", { cx, cy: y(value), r: 3.5, fill: LINE_COLOURS[quantile] },
+            svg("title", {}, `${bucketSpan(index)}: ${quantile} ${shortDuration(value)} (${plural(bucket[key].jobs, "job")})`)),
+        );
+      });
+      frame.insertBefore(
+        svg("path", { d: path, fill: "none", stroke: LINE_COLOURS[quantile], "stroke-width": 2.5, "stroke-dasharray": quantile === "p90" ? "6 4" : null }),
+        frame.querySelector("circle"),
+      );
+    }
+    return chartBox(title, frame, [
+      el("span", { class: "line", style: `--swatch: ${LINE_COLOURS.p50}` }, "median (p50)"),
+      el("span", { class: "line", style: `--swatch: ${LINE_COLOURS.p90}` }, "9 in 10 jobs under (p90)"),
+    ]);
+  }
+
+  function chartBox(title, frame, legend) {
+    return el("figure", { class: "chart", dataset: { chart: title } }, el("h3", {}, title), frame, el("div", { class: "legend" }, legend));
+  }
+
+  function renderCharts() {
+    const box = $("charts");
+    $("charts-count").textContent = `(${charts.bucket_minutes}-minute steps · ${plural(charts.finished, "job")} ended)`;
+    if (!charts.finished) {
+      box.replaceChildren(el("p", { class: "charts-empty" }, "No jobs finished in the last hour"));
+      return;
+    }
+    box.replaceChildren(
+      throughputChart(),
+      latencyChart("wait", "Wait before starting"),
+      latencyChart("run", "Run time on the GPU"),
+    );
+  }
+
+  async function refreshCharts() {
+    try {
+      const response = await fetch(urls.charts, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+      const data = await readJson(response);
+      if (data) {
+        charts = data;
+        renderCharts();
+      }
+    } catch (error) {
+      // The next tick tries again; the socket's indicator already says when the hub cannot be reached.
+    }
   }
 
   function renderTotals() {
@@ -481,6 +759,7 @@
       ? `Move ${plural(movable.length, "waiting job")} to the instructor lane`
       : "Move selected to the instructor lane";
     lane.title = laneAdvice();
+    updateBulkMove(chosen);
     $("bulk-hint").textContent = chosen.length ? "" : "Tick jobs to act on several at once.";
     const requeue = $("bulk-requeue");
     requeue.disabled = busy || !selected.ended.size;
@@ -489,8 +768,55 @@
       : "Queue selected again";
   }
 
+  /** The bulk "Move selected" list offers the switched-on backends (and "any backend" to unpin waiting jobs). */
+  function updateBulkMove(chosen) {
+    $("bulk-move-box").hidden = !canMove();
+    const select = $("bulk-move-target");
+    const previous = select.value;
+    const options = [el("option", { value: "any" }, "to any backend")].concat(
+      snap.backends.filter((b) => b.enabled).map((b) => el("option", { value: String(b.id) }, `to ${b.name}`)),
+    );
+    select.replaceChildren(...options);
+    if ([...select.options].some((o) => o.value === previous)) select.value = previous;
+    else if (select.options.length > 1) select.value = select.options[1].value;
+    const button = $("bulk-move");
+    button.disabled = busy || !chosen.length;
+    button.textContent = chosen.length ? `Move ${plural(chosen.length, "selected job")}` : "Move selected";
+    button.title =
+      "Waiting jobs wait for that backend only (any backend: for whichever is free); jobs on a GPU are stopped " +
+      "and run again from the start there.";
+  }
+
   function wireControls() {
     if (!mayAct) return;
+    $("bulk-move").addEventListener("click", () => {
+      const chosen = snap.queue.filter((job) => selected.queue.has(job.id));
+      const value = $("bulk-move-target").value;
+      const backend = value === "any" ? null : Number(value);
+      const name = backend === null ? "any backend" : snap.backends.find((b) => b.id === backend).name;
+      const running = chosen.filter((job) => job.status !== "queued").length;
+      const question = running
+        ? `Move ${plural(chosen.length, "job")} to ${name}? ${running === 1 ? "One is" : `${running} are`} on a GPU: ` +
+          "stopped there, they start again from the beginning."
+        : null;
+      act({ action: "move", jobs: chosen.map((job) => job.id), backend }, question).then((answer) => {
+        if (answer && answer.ok) selected.queue.clear();
+      });
+    });
+    const settings = $("queue-settings");
+    settings.addEventListener("input", () => {
+      settingsEdited = true;
+    });
+    settings.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const payload = { action: "queue_settings" };
+      for (const name of QUEUE_SETTINGS) payload[name] = settings.elements[name].value.trim();
+      const answer = await act(payload);
+      if (answer && answer.ok) {
+        settingsEdited = false;
+        renderSettings();
+      }
+    });
     $("queue-all").addEventListener("change", (event) => {
       for (const job of snap.queue) pick("queue", job.id, event.target.checked);
       renderQueue();
@@ -659,6 +985,7 @@
       case "comfyume.job":
       case "comfyume.queue":
       case "comfyume.announcement":
+      case "comfyume.backend":
         refreshSoon();
         break;
       case "progress_state": {
@@ -699,6 +1026,7 @@
   }
 
   let attempt = 0;
+  let reconnected = false;
 
   function connect() {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
@@ -707,6 +1035,8 @@
       attempt = 0;
       setLive("live", "live");
       refresh(); // whatever happened while the socket was down (or before it first opened)
+      if (reconnected) refreshCharts(); // the page came with fresh ones the first time
+      reconnected = true;
     };
     socket.onmessage = (event) => {
       try {
@@ -732,6 +1062,7 @@
 
   clockOffset = Date.parse(snap.generated_at) - Date.now();
   renderAll();
+  renderCharts();
   wireControls();
   connect();
   setInterval(() => {
@@ -740,4 +1071,7 @@
   setInterval(() => {
     if (!document.hidden) refresh();
   }, SAFETY_REFRESH_MS);
+  setInterval(() => {
+    if (!document.hidden) refreshCharts();
+  }, CHARTS_REFRESH_MS);
 })();

@@ -456,6 +456,8 @@ def _passthrough(method: str, hub_path: str) -> Any:
 
 
 OBJECT_INFO_TTL = 60.0
+# How long a page load waits for a node list the hub does not have yet (a backend still starting).
+OBJECT_INFO_WAIT = 45.0
 
 
 async def object_info(request: web.Request) -> web.Response:
@@ -463,10 +465,17 @@ async def object_info(request: web.Request) -> web.Response:
     cache = request.app[OBJECT_INFO]
     now = asyncio.get_running_loop().time()
     if cache.get("expires", 0) < now:
-        response = await _relay(request, "GET", "/api/hub/object_info")
+        # ComfyUI's frontend cannot start without the node list (an error body here breaks it for good), so
+        # while the hub has none yet (its GPU still starting) the request waits a while rather than fail.
+        deadline = now + OBJECT_INFO_WAIT
+        while True:
+            response = await _relay(request, "GET", "/api/hub/object_info")
+            if response.status != 503 or asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(1.0)
         if response.status != 200:
             return response
-        cache.update(body=response.body, expires=now + OBJECT_INFO_TTL)
+        cache.update(body=response.body, expires=asyncio.get_running_loop().time() + OBJECT_INFO_TTL)
     body = cache["body"]
     node = request.match_info.get("node")
     if node:

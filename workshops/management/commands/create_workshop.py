@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gpu_backends.models import GpuBackend
 from workshops.credentials import credential_sheet
+from workshops.credentials_pdf import credential_pdf
 from workshops.models import QueuePolicy
 from workshops.services import WorkshopError, create_workshop, credentials_as_dicts
 
@@ -24,15 +25,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--credentials-html", type=Path, help="Write a printable sheet (one card per seat, QR join link) here"
         )
+        parser.add_argument("--credentials-pdf", type=Path, help="Write the same cards as an A4 PDF here")
 
-    def handle(self, *args, slug, seats, title, policy, backend, credentials_json, credentials_html, **options):
+    def handle(
+        self, *args, slug, seats, title, policy, backend, credentials_json, credentials_html, credentials_pdf, **options
+    ):
         backends = []
         for name in backend:
             found = GpuBackend.objects.filter(name=name).first()
             if found is None:
                 raise CommandError(f"No GPU backend called {name!r}; add it first with add_backend.")
             backends.append(found)
-        for target in (credentials_json, credentials_html):
+        for target in (credentials_json, credentials_html, credentials_pdf):
             if target and target.exists():
                 raise CommandError(f"{target} exists already; refusing to overwrite credentials.")
         try:
@@ -45,6 +49,11 @@ class Command(BaseCommand):
             credentials_html.write_text(credential_sheet(workshop, credentials))
             credentials_html.chmod(0o600)
             self.stdout.write(f"Printable credential cards: {credentials_html}")
+        if credentials_pdf:
+            credentials_pdf.parent.mkdir(parents=True, exist_ok=True)
+            credentials_pdf.write_bytes(credential_pdf(workshop, credentials))
+            credentials_pdf.chmod(0o600)
+            self.stdout.write(f"Credential cards as PDF: {credentials_pdf}")
         if credentials_json:
             credentials_json.parent.mkdir(parents=True, exist_ok=True)
             credentials_json.write_text(json.dumps({"workshop": workshop.slug, "seats": rows}, indent=2))

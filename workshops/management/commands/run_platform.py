@@ -30,6 +30,7 @@ from comfyume import embedded_redis
 from gpu_backends.models import GpuBackend
 from workshops import frontends
 from workshops.credentials import credential_sheet
+from workshops.credentials_pdf import credential_pdf
 from workshops.models import WorkflowTemplate, Workshop
 from workshops.services import create_workshop, credentials_as_dicts
 
@@ -202,6 +203,9 @@ class Command(BaseCommand):
             sheet = settings.DATA_DIR / "demo_credentials.html"
             sheet.write_text(credential_sheet(workshop, credentials))
             sheet.chmod(0o600)
+            cards_pdf = settings.DATA_DIR / "demo_credentials.pdf"
+            cards_pdf.write_bytes(credential_pdf(workshop, credentials))
+            cards_pdf.chmod(0o600)
         workshop = Workshop.objects.get(slug="demo")
         if sim_port:
             workshop.backends.add(backend)
@@ -263,9 +267,9 @@ class Command(BaseCommand):
         w(f"  Participant sign-in:       {base}/login/")
         for seat in demo["seats"][:3]:
             w(f"    {seat['username']} / {seat['password']}   one-time link: {seat['join_url']}")
-        sheet = settings.DATA_DIR / "demo_credentials.html"
-        if sheet.exists():
-            w(f"    printable cards with QR codes: {sheet}")
+        sheets = [settings.DATA_DIR / f"demo_credentials.{kind}" for kind in ("html", "pdf")]
+        if any(sheet.exists() for sheet in sheets):
+            w(f"    printable cards with QR codes: {' and '.join(str(s) for s in sheets if s.exists())}")
         if len(demo["seats"]) > 3:
             w(f"    … {len(demo['seats']) - 3} more in {settings.DATA_DIR / 'demo_credentials.json'}")
         if settings.SEAT_FRONTENDS["ROUTING"] == "port":
