@@ -141,9 +141,10 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             # redis-py 8 gives every connection a 5 s read timeout by default, exactly as long as channels_redis's
-            # blocking receive: idle sockets then fail every ~5 s and messages sent meanwhile are lost. Longer
-            # than the receive, still short enough to notice a dead Redis.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            # blocking receive (BZPOPMIN with a 5 s timeout): idle sockets then fail every ~5 s and messages sent
+            # meanwhile are lost. No read timeout: the server answers every receive within 5 s by itself. (A
+            # finite one above 5 s made cancelled receives hang at shutdown in the tests.)
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": f"{REDIS_PREFIX}:asgi",
             "capacity": 1000,
             "expiry": 60,

@@ -97,9 +97,8 @@ class Command(BaseCommand):
         result = verify_backup(destination, backup_id, progress=progress)
         if not result.ok:
             listed = "\n".join(f"  - {problem}" for problem in result.problems)
-            raise CommandError(
-                f"Backup {backup_id} at {destination.url} is NOT intact ({len(result.problems)} problems):\n{listed}"
-            )
+            count = f"{len(result.problems)} problem{'s' if len(result.problems) != 1 else ''}"
+            raise CommandError(f"Backup {backup_id} at {destination.url} is NOT intact ({count}):\n{listed}")
         references = len(result.manifest.references) if result.manifest else 0
         self.stdout.write(
             f"Backup {backup_id} is intact: {result.checked} files, {human_size(result.bytes)} match the manifest."
