@@ -69,7 +69,7 @@ def health(request: HttpRequest) -> JsonResponse:
         any(b["state"] == GpuBackend.State.FAILING for b in backends.values())
         or not backends
         or storage != "ok"
-        or backups.get("status") in ("failing", "stale")
+        or backups.get("status") in ("failing", "stale", "empty")
     )
     status = "down" if not healthy else ("degraded" if degraded else "ok")
     return JsonResponse(

@@ -179,7 +179,7 @@ def write_backup(
             references=[] if copied else [Reference(r.key, r.size, r.sha256) for r in snapshot.stored],
         )
         if manifest.rows == 0:
-            manifest.warnings.append("The database has no rows: this backup is empty.")
+            manifest.warnings.append(EMPTY_WARNING)
         if manifest.seat_driver == "docker":
             manifest.warnings.append(
                 "Seat frontends run in Docker volumes, which the hub cannot read: seats' saved workflows and "
@@ -290,12 +290,16 @@ def _discard(destination: Destination, backup_id: str) -> None:
 # --- Health and the schedule ------------------------------------------------------------------------------
 
 
+EMPTY_WARNING = "The database has no rows: this backup is empty."
+
+
 def health(now: datetime | None = None) -> dict[str, Any]:
     """For /health and /metrics: when the last backup succeeded, how old it is, and the last failure.
 
     ``status``: ``ok``; ``stale`` (no success within twice the interval, 24 h when the schedule is off);
-    ``failing`` (the newest finished run failed); ``never`` (runs, or a schedule, but no success yet); ``off``
-    (no schedule and no backup ever run: the operator chose no backups, which is not a failing backup).
+    ``failing`` (the newest finished run failed); ``empty`` (the newest success holds no database rows);
+    ``never`` (runs, or a schedule, but no success yet); ``off`` (no schedule and no backup ever run: the
+    operator chose no backups, which is not a failing backup).
     """
     now = now or timezone.now()
     conf = backup_settings()
@@ -314,6 +318,8 @@ def health(now: datetime | None = None) -> dict[str, Any]:
         status = "never"
     elif age > 2 * expected_hours * 3600:
         status = "stale"
+    elif success and EMPTY_WARNING in success.warnings:
+        status = "empty"  # it succeeded, but holds no database rows: as bad as none
     else:
         status = "ok"
     return {

@@ -159,3 +159,18 @@ def test_health_shows_a_failed_backup(client, personas):
     data = client.get("/health").json()
     assert data["status"] == "degraded" and data["backup"]["status"] == "failing"
     assert "COMFYUME_BACKUP_URL" in str(data["backup"]["last_failure"])
+
+
+def test_health_shows_an_empty_backup(client, personas):
+    from django.utils import timezone
+
+    from storage.backup import EMPTY_WARNING
+    from storage.models import BackupRun
+
+    now = timezone.now()
+    BackupRun.objects.create(
+        status=BackupRun.Status.SUCCEEDED, destination="file:///backups", started_at=now, heartbeat_at=now,
+        finished_at=now, backup_id="20261129T000000Z", warnings=EMPTY_WARNING,
+    )  # fmt: skip
+    data = client.get("/health").json()
+    assert data["status"] == "degraded" and data["backup"]["status"] == "empty"
