@@ -7,14 +7,16 @@ says whether trying again can help (``permanent``) — a refused connection or a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 import websocket
+
+from .prompts import FileRef, decode_message
+
+__all__ = ["BackendError", "ComfyUIClient", "FileRef", "decode_message"]
 
 
 class BackendError(Exception):
@@ -39,15 +41,6 @@ class BackendError(Exception):
         self.lost = lost
         self.status = status
         self.payload = payload
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """A file as ComfyUI names it in an ``executed`` output."""
-
-    filename: str
-    subfolder: str
-    type: str
 
 
 class ComfyUIClient:
@@ -199,18 +192,3 @@ class ComfyUIClient:
             raise BackendError(f"WebSocket to {self.base_url} failed: {exc.__class__.__name__}: {exc}") from exc
         ws.settimeout(recv_timeout)
         return ws
-
-
-def decode_message(raw: str | bytes) -> dict[str, Any] | None:
-    """A text frame as a ComfyUI message; binary frames (previews) and junk give None."""
-    if isinstance(raw, bytes):
-        return None
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        return None
-    if not isinstance(message.get("data"), dict):
-        message["data"] = {}
-    return message

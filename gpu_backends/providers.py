@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
-from .prompts import rewrite_inputs
+from .prompts import file_refs, rewrite_inputs
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,6 @@ class Provider:
 
     def cancel(self, backend_prompt_id: str) -> None:
         raise NotImplementedError
-
-
-def _file_refs(output: dict[str, Any]) -> Iterator[tuple[str, int, FileRef]]:
-    """Every file named in an ``executed`` output (images, gifs, videos, audio, …)."""
-    for key, items in output.items():
-        if not isinstance(items, list):
-            continue
-        for index, item in enumerate(items):
-            if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                ref = FileRef(item["filename"], str(item.get("subfolder") or ""), str(item.get("type") or "output"))
-                yield key, index, ref
 
 
 @dataclass
@@ -258,7 +247,7 @@ class ComfyUIProvider(Provider):
 
     def _store_outputs(self, node_id: str, output: dict[str, Any], sink: RunSink, state: _RunState) -> dict[str, Any]:
         rewritten = {key: list(value) if isinstance(value, list) else value for key, value in output.items()}
-        for key, index, ref in _file_refs(output):
+        for key, index, ref in file_refs(output):
             if ref not in state.stored:
                 content_type, chunks = self.client.view(ref)
                 state.stored[ref] = sink.store_output(node_id, ref, content_type, chunks)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from .client import BackendError, FileRef
 from .mailbox import Mailbox
+from .prompts import file_refs
 from .providers import Provider, RunOutcome, RunSink, RunSpec
 
 log = logging.getLogger(__name__)
@@ -346,14 +347,13 @@ class _Follower:
     def _unstored(self) -> list[str]:
         """Files named in the outputs that the hub has no stored copy of."""
         stored = {(ref.get("filename"), ref.get("subfolder")) for ref in self.state.refs.values()}
-        missing = []
-        for output in self.state.outputs.values():
-            for items in output.values() if isinstance(output, dict) else ():
-                for item in items if isinstance(items, list) else ():
-                    named = isinstance(item, dict) and isinstance(item.get("filename"), str)
-                    if named and (item["filename"], item.get("subfolder")) not in stored:
-                        missing.append(item["filename"])
-        return missing
+        return [
+            ref.filename
+            for output in self.state.outputs.values()
+            if isinstance(output, dict)
+            for _, _, ref in file_refs(output)
+            if (ref.filename, ref.subfolder) not in stored
+        ]
 
     # --- the request's own answer ---
     def _answered(self, answer: tuple[int, Any] | BackendError) -> RunOutcome | None:

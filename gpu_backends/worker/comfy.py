@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from yarl import URL
+
+from gpu_backends.prompts import FileRef
 
 CHUNK = 256 * 1024
 # ComfyUI answers quickly on its own loop even while a node runs; a minute of silence means it is stuck.
@@ -39,39 +39,6 @@ class ComfyRejected(ComfyError):
     def __init__(self, message: str, payload: Any) -> None:
         super().__init__(message, status=400)
         self.payload = payload
-
-
-@dataclass(frozen=True)
-class FileRef:
-    """A file as ComfyUI names it in an ``executed`` output."""
-
-    filename: str
-    subfolder: str
-    type: str
-
-
-def file_refs(output: dict[str, Any]) -> Iterator[FileRef]:
-    """Every file an ``executed`` output names: any key holding ``{filename, subfolder, type}`` dicts
-    (images, gifs, videos, audio, …)."""
-    for items in output.values():
-        if not isinstance(items, list):
-            continue
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("filename"), str) and item["filename"]:
-                yield FileRef(item["filename"], str(item.get("subfolder") or ""), str(item.get("type") or "output"))
-
-
-def decode_message(raw: str) -> dict[str, Any] | None:
-    """A text frame as a ComfyUI message (``data`` always a dict), or None for junk."""
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        return None
-    if not isinstance(message.get("data"), dict):
-        message["data"] = {}
-    return message
 
 
 class ComfyClient:

@@ -29,9 +29,11 @@ from typing import Any
 
 import aiohttp
 
+from gpu_backends.prompts import FileRef, decode_message, file_refs
+
 from ..prompts import rewrite_inputs
 from .callback import Callback, HubError, presigned
-from .comfy import ComfyClient, ComfyError, ComfyRejected, FileRef, decode_message, file_refs
+from .comfy import ComfyClient, ComfyError, ComfyRejected
 from .request import BadRequest, InputSpec, RunRequest
 
 log = logging.getLogger("comfyume.worker")
@@ -398,7 +400,9 @@ class JobRunner:
     async def _store_outputs(self, node_id: str, output: dict[str, Any]) -> list[dict[str, Any]]:
         """Upload every file an ``executed`` output names (each once per job); their comfyume_files entries."""
         state, entries = self.state, []
-        for ref in file_refs(output):
+        for _, _, ref in file_refs(output):
+            if not ref.filename:
+                continue
             if ref in state.stored:
                 if state.stored[ref] not in entries:
                     entries.append(state.stored[ref])
