@@ -138,16 +138,16 @@ REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub: a group_send is one PUBLISH and each web process's subscriber gets it pushed, instead of
+        # the list layer's group lookup, a script per member channel and a blocking pop per receive (the final
+        # event of a job reached the participant ~8 ms sooner under 20 seats; docs/BENCHMARKS.md). Live events are
+        # fire-and-forget either way: a socket that is not connected misses them and catches up from the API.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # redis-py 8 gives every connection a 5 s read timeout by default, exactly as long as channels_redis's
-            # blocking receive (BZPOPMIN with a 5 s timeout): idle sockets then fail every ~5 s and messages sent
-            # meanwhile are lost. No read timeout: the server answers every receive within 5 s by itself. (A
-            # finite one above 5 s made cancelled receives hang at shutdown in the tests.)
+            # redis-py 8 gives every connection a 5 s read timeout by default; the subscriber waits for messages
+            # far longer than that, so no read timeout (a finite one made cancelled receives hang at shutdown).
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "prefix": f"{REDIS_PREFIX}:asgi",
-            "capacity": 1000,
-            "expiry": 60,
         },
     }
 }

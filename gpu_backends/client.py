@@ -7,6 +7,8 @@ says whether trying again can help (``permanent``) — a refused connection or a
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -43,8 +45,27 @@ class BackendError(Exception):
         self.payload = payload
 
 
+_sessions = threading.local()
+
+
+def shared_session(base_url: str) -> requests.Session:
+    """This thread's keep-alive HTTP session to ``base_url``, for every client of that backend in the thread.
+
+    A worker makes a new client per job; with a session each, every job paid a new connection to the GPU
+    server (a TLS handshake to a remote one) before ``POST /prompt``. Per thread because a requests Session
+    is not promised to be thread-safe; per process because a forked child must not share the parent's sockets.
+    """
+    if getattr(_sessions, "pid", None) != os.getpid():
+        _sessions.pid, _sessions.by_url = os.getpid(), {}
+    session = _sessions.by_url.get(base_url)
+    if session is None:
+        session = _sessions.by_url[base_url] = requests.Session()
+    return session
+
+
 class ComfyUIClient:
-    """Requests to one ComfyUI base URL."""
+    """Requests to one ComfyUI base URL. ``headers`` (e.g. a proxy's Authorization) go with each request, so
+    clients with different credentials can share the thread's connection to the backend."""
 
     def __init__(
         self,
@@ -56,14 +77,16 @@ class ComfyUIClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
-        self.session = requests.Session()
-        self.session.headers.update(headers or {})
+        self.headers = dict(headers or {})
+        self.session = shared_session(self.base_url)
 
     # --- HTTP ---
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = f"{self.base_url}{path}"
         try:
-            response = self.session.request(method, url, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
+            response = self.session.request(
+                method, url, headers=self.headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs
+            )
         except requests.Timeout as exc:
             raise BackendError(f"{method} {url} timed out") from exc
         except requests.RequestException as exc:
@@ -185,7 +208,7 @@ class ComfyUIClient:
             ws = websocket.create_connection(
                 self.ws_url(client_id),
                 timeout=self.timeout[0],
-                header=[f"{k}: {v}" for k, v in self.session.headers.items() if k.lower() == "authorization"],
+                header=[f"{k}: {v}" for k, v in self.headers.items() if k.lower() == "authorization"],
                 enable_multithread=False,
             )
         except (OSError, websocket.WebSocketException) as exc:

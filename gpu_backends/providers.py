@@ -4,8 +4,9 @@
 file to ``sink`` as it happens, and returns a :class:`RunOutcome`. The ``comfyui`` provider speaks the
 real protocol (the simulator speaks the same one, so it uses this provider too):
 
-1. open ``/ws?clientId=…`` first, so no event of the prompt can be missed;
-2. ``POST /prompt`` with that ``client_id`` and our own ``prompt_id``;
+1. have ``/ws?clientId=…`` open first, so no event of the prompt can be missed (a worker keeps its socket
+   between jobs: see :class:`EventSockets`);
+2. ``POST /prompt`` with that socket's ``client_id`` and our own ``prompt_id``;
 3. read events until ``executing {node: null}`` for the prompt — not ``execution_success``, which can
    arrive before ``/history`` is written;
 4. fetch each file named by ``executed`` through ``/view`` and hand it to the sink;
@@ -16,7 +17,10 @@ real protocol (the simulator speaks the same one, so it uses this provider too):
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -35,6 +39,10 @@ INTERRUPT_GRACE = 30.0
 # How long to wait for /history after the socket dropped (execution_success can precede it).
 HISTORY_GRACE = 3.0
 RECONNECT_ATTEMPTS = 5
+# An event socket idle longer than this is closed instead of reused (a proxy or NAT may have dropped it quietly).
+SOCKET_IDLE_REUSE = 60.0
+# Idle event sockets a process keeps at most, over all backends.
+SOCKET_IDLE_MAX = 8
 
 
 @dataclass
@@ -43,7 +51,6 @@ class RunSpec:
 
     prompt: dict[str, Any]
     backend_prompt_id: str
-    client_id: str
     extra_data: dict[str, Any] = field(default_factory=dict)
     inputs: list[InputFile] = field(default_factory=list)
     # Serverless backends only: where the GPU worker reports (gpu_backends.serverless.WorkerCallback).
@@ -134,6 +141,75 @@ class _RunState:
         return RunOutcome("succeeded", self.outputs, None, gpu, self.stop_reason)
 
 
+@dataclass
+class EventSocket:
+    """An open ``/ws`` of one backend and the ``clientId`` it was opened with (ComfyUI sends a prompt's events
+    to the sockets of the client that queued it)."""
+
+    key: tuple[str, ...]
+    client_id: str
+    ws: websocket.WebSocket
+    idle_since: float = 0.0
+
+
+class EventSockets:
+    """Event sockets kept open between jobs, per backend, for the next job of this process.
+
+    Opening ``/ws`` costs a TCP connection, an HTTP upgrade and ComfyUI's greeting before the prompt can be
+    sent: a few milliseconds of every job's start when the hub is busy. A worker runs one job at a time, so
+    its socket waits here in between. A socket is taken again only if its last job ended without trouble and
+    it has been idle less than ``SOCKET_IDLE_REUSE`` seconds; else a new one is opened. What arrived while it
+    waited (ComfyUI's ``status`` broadcasts, late events of earlier prompts) is read and skipped by the next
+    job while its prompt runs, not before it is sent. If the backend closed the socket meanwhile (a restart),
+    that job finds out on its first read and recovers as from any dropped socket (reconnect, then ``/queue``
+    and ``/history``). Each socket has its own ``clientId``, so two jobs running at once in one process never
+    share one.
+    """
+
+    def __init__(self) -> None:
+        self._idle: list[EventSocket] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _key(client: ComfyUIClient) -> tuple[str, ...]:
+        auth = {k.lower(): v for k, v in client.headers.items()}.get("authorization", "")
+        return (client.base_url, auth)
+
+    def acquire(self, client: ComfyUIClient) -> EventSocket:
+        key = self._key(client)
+        while (sock := self._take(key)) is not None:
+            if time.monotonic() - sock.idle_since < SOCKET_IDLE_REUSE and sock.ws.connected:
+                return sock
+            sock.ws.close()
+        client_id = f"comfyume-{uuid.uuid4().hex[:16]}"
+        return EventSocket(key, client_id, client.connect_ws(client_id))
+
+    def _take(self, key: tuple[str, ...]) -> EventSocket | None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours to read
+                self._idle, self._pid = [], os.getpid()
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index].key == key:
+                    return self._idle.pop(index)
+        return None
+
+    def release(self, sock: EventSocket, *, reusable: bool) -> None:
+        if not reusable or not sock.ws.connected:
+            sock.ws.close()
+            return
+        sock.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.append(sock)
+            surplus = self._idle[:-SOCKET_IDLE_MAX] if len(self._idle) > SOCKET_IDLE_MAX else []
+            del self._idle[: len(surplus)]
+        for old in surplus:
+            old.ws.close()
+
+
+EVENT_SOCKETS = EventSockets()
+
+
 class ComfyUIProvider(Provider):
     """Runs jobs on a ComfyUI server (or the simulator) over HTTP + WebSocket."""
 
@@ -167,18 +243,22 @@ class ComfyUIProvider(Provider):
 
     def run(self, spec: RunSpec, sink: RunSink) -> RunOutcome:
         prompt = rewrite_inputs(spec.prompt, self.upload_inputs(spec))
-        ws = self.client.connect_ws(spec.client_id)
+        sock = EVENT_SOCKETS.acquire(self.client)
+        reusable = False
         try:
             response = self.client.submit(
-                prompt, client_id=spec.client_id, prompt_id=spec.backend_prompt_id, extra_data=spec.extra_data
+                prompt, client_id=sock.client_id, prompt_id=spec.backend_prompt_id, extra_data=spec.extra_data
             )
             state = _RunState(prompt_id=spec.backend_prompt_id)
             if not sink.accepted(response):
                 self._best_effort_cancel(spec.backend_prompt_id)
-                return RunOutcome("interrupted", stop_reason="cancel")
-            return self._follow(ws, spec, sink, state)
+                outcome = RunOutcome("interrupted", stop_reason="cancel")
+            else:
+                outcome = self._follow(sock, sink, state)
+            reusable = True
+            return outcome
         finally:
-            ws.close()
+            EVENT_SOCKETS.release(sock, reusable=reusable)
 
     def _best_effort_cancel(self, prompt_id: str) -> None:
         try:
@@ -186,7 +266,7 @@ class ComfyUIProvider(Provider):
         except BackendError as exc:
             log.warning("Could not cancel %s on the backend: %s", prompt_id, exc)
 
-    def _follow(self, ws: websocket.WebSocket, spec: RunSpec, sink: RunSink, state: _RunState) -> RunOutcome:
+    def _follow(self, sock: EventSocket, sink: RunSink, state: _RunState) -> RunOutcome:
         last_tick = 0.0
         while True:
             now = time.monotonic()
@@ -202,17 +282,20 @@ class ComfyUIProvider(Provider):
             if state.terminal_at is not None and now - state.terminal_at > TERMINAL_GRACE:
                 return state.outcome()
             try:
-                raw = ws.recv()
+                raw = sock.ws.recv()
             except websocket.WebSocketTimeoutException:
                 continue
             except (websocket.WebSocketException, OSError) as exc:
                 log.warning("Event socket for %s dropped (%s); recovering", state.prompt_id, exc)
-                ws.close()
-                recovered = self._recover(spec, sink, state)
+                sock.ws.close()
+                recovered = self._recover(sock, sink, state)
                 if isinstance(recovered, RunOutcome):
                     return recovered
-                ws = recovered
                 state.reconnected = True
+                continue
+            # Most frames are about other prompts (ComfyUI broadcasts `status` to every socket): skip them
+            # before parsing any JSON.
+            if not isinstance(raw, str) or state.prompt_id not in raw:
                 continue
             message = decode_message(raw)
             if message is None or message["data"].get("prompt_id") != state.prompt_id:
@@ -254,29 +337,28 @@ class ComfyUIProvider(Provider):
             rewritten[key][index] = state.stored[ref]
         return rewritten
 
-    def _recover(self, spec: RunSpec, sink: RunSink, state: _RunState) -> websocket.WebSocket | RunOutcome:
-        """After the socket dropped: reconnect, then find the prompt in /queue or /history."""
+    def _recover(self, sock: EventSocket, sink: RunSink, state: _RunState) -> EventSocket | RunOutcome:
+        """After the socket dropped: reconnect (same ``clientId``), then find the prompt in /queue or /history."""
         ws = None
         for attempt in range(RECONNECT_ATTEMPTS):
             time.sleep(min(0.2 * 2**attempt, 3.0))
             try:
-                ws = self.client.connect_ws(spec.client_id)
+                ws = self.client.connect_ws(sock.client_id)
                 break
             except BackendError as exc:
                 log.warning("Reconnect %d to the backend failed: %s", attempt + 1, exc)
         if ws is None:
             raise BackendError("Lost the connection to the backend while the job ran", lost=True)
+        sock.ws = ws
         # The socket is open again before we look, so whatever happens after the look arrives on it.
         if self.client.is_queued(state.prompt_id):
-            return ws
+            return sock
         deadline = time.monotonic() + HISTORY_GRACE
         while True:
             entry = self.client.history(state.prompt_id)
             if entry is not None:
-                ws.close()
                 return self._finish_from_history(entry, sink, state)
             if time.monotonic() > deadline:
-                ws.close()
                 raise BackendError("The backend no longer knows the job (restarted or replaced?)", lost=True)
             time.sleep(0.2)
 

@@ -143,8 +143,9 @@ class Job(models.Model):
             fields.setdefault("heartbeat_at", now)
         elif to in self.TERMINAL:
             fields.setdefault("finished_at", now)
-        # One transaction (one commit, one fsync on PostgreSQL) for the change and its history row.
-        with transaction.atomic():
+        # One transaction (one commit, one fsync on PostgreSQL) for the change and its history row. Inside a
+        # caller's transaction (a claim, a finish) no savepoint of its own: a failure here fails the caller's.
+        with transaction.atomic(savepoint=False):
             updated = Job.objects.filter(pk=self.pk, status=source).update(**fields)
             if updated != 1:
                 return False

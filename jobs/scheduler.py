@@ -124,7 +124,13 @@ def claim_next(backend_id: int) -> Job | None:
                 continue
             # Locked, so an instructor moving it to another backend right now waits for this claim (and then
             # finds it started) instead of pinning a job that is already on its way here.
-            job = Job.objects.select_for_update(of=("self",)).select_related("seat", "workshop").get(pk=pick.job_id)
+            # The prompt (tens of KB of JSON for a real workflow) is read by the worker, not here.
+            job = (
+                Job.objects.select_for_update(of=("self",))
+                .select_related("seat", "workshop")
+                .defer("prompt", "extra_data", "inputs")
+                .get(pk=pick.job_id)
+            )
             if job.status != Job.Status.QUEUED or job.pinned_backend_id not in (None, backend.pk):
                 continue
             if job.transition(Job.Status.DISPATCHING, backend=backend, attempts=job.attempts + 1):
@@ -135,8 +141,14 @@ def claim_next(backend_id: int) -> Job | None:
         return None
 
 
-def schedule() -> list[int]:
-    """Fill every free slot of every dispatchable backend; returns the claimed job ids."""
+def schedule(*, until: int | None = None) -> list[int]:
+    """Fill every free slot of every dispatchable backend; returns the claimed job ids.
+
+    ``until``: stop as soon as that job is claimed. After a submit nothing else can have become claimable
+    (every slot that could take a waiting job took it when that job was queued or the slot was freed), so
+    the scheduler need not read the queue again to find that out — a whole second claim on every submit.
+    The reconciler's sweep still fills whatever a lost trigger left.
+    """
     claimed: list[int] = []
     # Warm backends first: a job should not wait out a cold start while a ready GPU has a free slot. Within the
     # same warmth, the instructor's order (the failover order: spot, on-demand, B300).
@@ -155,7 +167,10 @@ def schedule() -> list[int]:
     for backend_id in backends:
         while (job := claim_next(backend_id)) is not None:
             claimed.append(job.pk)
-            transaction.on_commit(functools.partial(announce_job, job))
+            # Waiting or dispatching, the job counts the same in the seat's queue: only the job itself changed.
+            transaction.on_commit(functools.partial(announce_job, job, queue_changed=False))
+            if job.pk == until:
+                return claimed
             if job.slots_left <= 0:  # type: ignore[attr-defined]
                 break
     return claimed

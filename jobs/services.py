@@ -155,8 +155,11 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
 
 
 def _schedule_or_announce(job: Job) -> None:
-    """After a submit: try to start it at once; a job that got a slot was announced by its claim."""
-    if job.pk not in schedule():
+    """After a submit: try to start it at once. A job that got a slot was announced by its claim; the seat's
+    queue counter still has to hear of the new job."""
+    if job.pk in schedule(until=job.pk):
+        announce_queue(job)
+    else:
         announce_job(job)
 
 
@@ -247,18 +250,32 @@ def seat_queue_remaining(seat_id: int) -> int:
     return Job.objects.filter(seat_id=seat_id, status__in=(*Job.WAITING, *Job.ACTIVE)).count()
 
 
-def announce_job(job: Job) -> None:
-    """Tell the seat and the instructor view that a job changed state (plus ComfyUI's queue counter)."""
-    seat_label = job.seat.label
+def announce_job(job: Job, *, queue_changed: bool = True) -> None:
+    """Tell the seat and the instructor view that a job changed state, and ComfyUI's queue counter when the
+    seat's count of waiting and running jobs changed (a submit, an end; not a claim or a start)."""
     events.publish(
         [events.seat_group(job.seat_id), events.workshop_group(job.workshop_id)],
-        {"type": "comfy.message", "seat": seat_label, "message": {"type": "comfyume.job", "data": job_summary(job)}},
+        {
+            "type": "comfy.message",
+            "seat": job.seat.label,
+            "message": {"type": "comfyume.job", "data": job_summary(job)},
+        },
     )
-    events.comfy_message(
-        job.seat_id,
-        job.workshop_id,
-        {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": seat_queue_remaining(job.seat_id)}}}},
-        seat_label,
+    if queue_changed:
+        announce_queue(job)
+
+
+def announce_queue(job: Job) -> None:
+    """ComfyUI's queue counter for the job's seat (``status.exec_info.queue_remaining``); only the seat's own
+    ComfyUI shows it, so the instructor view does not get it."""
+    remaining = seat_queue_remaining(job.seat_id)
+    events.publish(
+        [events.seat_group(job.seat_id)],
+        {
+            "type": "comfy.message",
+            "seat": job.seat.label,
+            "message": {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}},
+        },
     )
 
 

@@ -99,7 +99,8 @@ class Platform:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if not os.environ.get("COMFYUME_KEEP_E2E"):  # set it to read a failed run's logs in data_dir/logs
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def launch(log_dir: Path, seats: int = 3, **extra_env: str) -> Platform:

@@ -90,7 +90,6 @@ def run(items: list[dict[str, Any]], answer: tuple[int, Any] | BackendError, sin
     spec = RunSpec(
         prompt={"9": {"class_type": "SaveImage", "inputs": {}}},
         backend_prompt_id=JOB,
-        client_id="c",
         callback=WorkerCallback(url="http://hub/cb/", token="t"),
     )
     provider = ServerlessProvider(Gateway(items, answer), mode="sync", timing=Timing(silence=5, cold_start=5))
@@ -170,7 +169,7 @@ def test_a_cancel_before_a_replica_took_the_job_ends_it_at_once():
             never.wait(10)  # a cold start that never ends within the test
             return 503, {}
 
-    spec = RunSpec(prompt={}, backend_prompt_id=JOB, client_id="c", callback=WorkerCallback(url="u", token="t"))
+    spec = RunSpec(prompt={}, backend_prompt_id=JOB, callback=WorkerCallback(url="u", token="t"))
     started = time.monotonic()
     outcome = ServerlessProvider(Waiting([], (200, {})), mode="sync").run(spec, sink)
     never.set()

@@ -303,3 +303,26 @@ def test_a_warm_backend_takes_the_job_before_a_cold_one_earlier_in_the_order(per
     assert scheduler.schedule() == [job.pk]
     job.refresh_from_db()
     assert job.backend == warm
+
+
+@pytest.mark.django_db
+def test_after_a_submit_the_scheduler_stops_once_that_job_is_claimed(personas):
+    """A submit needs one claim, not a second one to find nothing else claimable; a job whose own trigger was
+    lost (queued straight into the table here) is still started by the next submit's claim on the way."""
+    personas.backend.max_concurrency = 5
+    personas.backend.save()
+    personas.workshop.max_running_per_seat = 5
+    personas.workshop.save()
+    lost = Job.objects.create(workshop=personas.workshop, seat=personas.seat_a, prompt=TINY)
+    submitted = Job.objects.create(workshop=personas.workshop, seat=personas.seat_b, prompt=TINY)
+    with (
+        mock.patch("jobs.scheduler.enqueue_dispatch"),
+        mock.patch("jobs.services.announce_job"),
+        mock.patch("jobs.scheduler.claim_next", wraps=scheduler.claim_next) as claim,
+    ):
+        assert scheduler.schedule(until=submitted.pk) == [lost.pk, submitted.pk]
+        assert claim.call_count == 2  # free slots remain, but no third claim looked for another job
+        later = Job.objects.create(workshop=personas.workshop, seat=personas.seat_a, prompt=TINY)
+        claim.reset_mock()
+        assert scheduler.schedule() == [later.pk]  # without `until`: fill slots until nothing is claimable
+        assert claim.call_count == 2

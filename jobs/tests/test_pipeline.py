@@ -282,3 +282,28 @@ def test_job_lost_by_a_restarted_backend_is_retried_once_under_a_new_prompt_id(c
         assert Artifact.objects.filter(job=job).count() == 1
     finally:
         second.stop()
+
+
+def test_the_seat_hears_its_queue_counter_only_when_it_changes_and_the_instructor_never(
+    client, personas, sim, monkeypatch
+):
+    from jobs import events
+
+    sent: list[tuple[list[str], dict]] = []
+    original = events.publish
+    monkeypatch.setattr(
+        events, "publish", lambda groups, message: (sent.append((groups, message)), original(groups, message))
+    )
+    job = Job.objects.get(prompt_id=submit(client, personas.seat_a).json()["prompt_id"])
+    run_worker()
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    seat, workshop = events.seat_group(job.seat_id), events.workshop_group(job.workshop_id)
+    counters = [(groups, m["message"]["data"]) for groups, m in sent if m["message"]["type"] == "status"]
+    # Queued (then claimed at once), and finished: claiming and starting do not change the seat's count.
+    assert counters == [
+        ([seat], {"status": {"exec_info": {"queue_remaining": 1}}}),
+        ([seat], {"status": {"exec_info": {"queue_remaining": 0}}}),
+    ]
+    jobs = [(groups, m["message"]["data"]["status"]) for groups, m in sent if m["message"]["type"] == "comfyume.job"]
+    assert jobs == [([seat, workshop], "dispatching"), ([seat, workshop], "running"), ([seat, workshop], "succeeded")]
