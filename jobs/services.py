@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from gpu_backends.client import BackendError
@@ -69,7 +69,11 @@ def parse_prompt_request(raw: bytes) -> dict[str, Any]:
 
 
 def _check_caps(seat: Seat, workshop: Workshop) -> None:
-    waiting = Job.objects.filter(seat=seat, status=Job.Status.QUEUED).count()
+    # One read of the workshop's waiting jobs (never more than its queue-depth cap) answers both caps.
+    counts = Job.objects.filter(workshop=workshop, status=Job.Status.QUEUED).aggregate(
+        depth=Count("id"), waiting=Count("id", filter=Q(seat=seat))
+    )
+    waiting, depth = counts["waiting"], counts["depth"]
     if waiting >= workshop.max_queued_per_seat:
         raise _reject(
             429,
@@ -77,7 +81,6 @@ def _check_caps(seat: Seat, workshop: Workshop) -> None:
             f"You already have {waiting} jobs waiting (the limit is {workshop.max_queued_per_seat}). "
             "Wait for one to start before queueing another.",
         )
-    depth = Job.objects.filter(workshop=workshop, status=Job.Status.QUEUED).count()
     if depth >= workshop.max_queue_depth:
         raise _reject(
             429,
