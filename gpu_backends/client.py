@@ -60,6 +60,11 @@ def shared_session(base_url: str) -> requests.Session:
     session = _sessions.by_url.get(base_url)
     if session is None:
         session = _sessions.by_url[base_url] = requests.Session()
+        # The environment's proxy (honouring NO_PROXY for this backend) and CA bundle, read once: requests
+        # otherwise walks the whole environment on every request, a millisecond of every job's dispatch.
+        session.proxies = requests.utils.get_environ_proxies(base_url)
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.trust_env = False
     return session
 
 
@@ -210,6 +215,8 @@ class ComfyUIClient:
                 timeout=self.timeout[0],
                 header=[f"{k}: {v}" for k, v in self.headers.items() if k.lower() == "authorization"],
                 enable_multithread=False,
+                # websocket-client checks UTF-8 byte by byte in Python; decoding the frame checks it anyway, in C.
+                skip_utf8_validation=True,
             )
         except (OSError, websocket.WebSocketException) as exc:
             raise BackendError(f"WebSocket to {self.base_url} failed: {exc.__class__.__name__}: {exc}") from exc

@@ -285,6 +285,8 @@ class ComfyUIProvider(Provider):
                 raw = sock.ws.recv()
             except websocket.WebSocketTimeoutException:
                 continue
+            except UnicodeDecodeError:  # a text frame that is not UTF-8: not a ComfyUI message
+                continue
             except (websocket.WebSocketException, OSError) as exc:
                 log.warning("Event socket for %s dropped (%s); recovering", state.prompt_id, exc)
                 sock.ws.close()

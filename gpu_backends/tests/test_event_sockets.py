@@ -169,3 +169,24 @@ def test_clients_of_one_backend_share_the_threads_connection_but_not_their_crede
     assert seen["connections"] == 1  # the second client's request went over the first one's connection
     assert "Authorization" not in seen["session_headers"]  # credentials travel per request, not on the session
     assert seen["session"] is not shared_session(sim.url)  # another thread has its own
+
+
+def test_a_backend_session_reads_the_environment_once_and_honours_no_proxy(monkeypatch):
+    from gpu_backends.client import shared_session
+
+    found: dict = {}
+
+    def in_a_fresh_thread() -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+        monkeypatch.setenv("NO_PROXY", "gpu-near.example")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/our-ca.pem")
+        found["far"] = shared_session("http://gpu-far.example:8188")
+        found["near"] = shared_session("http://gpu-near.example:8188")
+
+    thread = threading.Thread(target=in_a_fresh_thread)
+    thread.start()
+    thread.join()
+    assert found["far"].proxies.get("http") == "http://proxy.example:3128"
+    assert "http" not in found["near"].proxies  # NO_PROXY names it
+    assert found["far"].verify == "/etc/ssl/certs/our-ca.pem"
+    assert not found["far"].trust_env  # not re-read on every request
