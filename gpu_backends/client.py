@@ -60,10 +60,11 @@ def shared_session(base_url: str) -> requests.Session:
     session = _sessions.by_url.get(base_url)
     if session is None:
         session = _sessions.by_url[base_url] = requests.Session()
-        # The environment's proxy (honouring NO_PROXY for this backend) and CA bundle, read once: requests
-        # otherwise walks the whole environment on every request, a millisecond of every job's dispatch.
-        session.proxies = requests.utils.get_environ_proxies(base_url)
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        # What requests takes from the environment (the proxy, honouring NO_PROXY for this backend; the CA
+        # bundle), read once: it otherwise walks the whole environment on every request, a millisecond of
+        # every job's dispatch.
+        found = session.merge_environment_settings(base_url, {}, None, None, None)
+        session.proxies, session.verify = found["proxies"], found["verify"]
         session.trust_env = False
     return session
 
