@@ -112,6 +112,16 @@ def personas(db, sim) -> Personas:
     return Personas(instructor, workshop, other, seats[0], seats[1], seats[2], backend)
 
 
+@pytest.fixture
+def second_backend(personas) -> GpuBackend:
+    """A second simulator-kind backend of ws1 (not of ws2), after the personas' one in failover order."""
+    backend = GpuBackend.objects.create(
+        name="sim-2", kind=GpuBackend.Kind.SIMULATOR, url=personas.backend.url, max_concurrency=1, order=1
+    )
+    personas.workshop.backends.add(backend)
+    return backend
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's headless Chromium through Playwright (never Playwright's own browser download)."""

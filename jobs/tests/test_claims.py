@@ -139,16 +139,6 @@ def test_workshops_sharing_a_backend_take_turns(personas):
 # --- Jobs pinned to a backend ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def second_backend(personas) -> GpuBackend:
-    """A second simulator-kind backend of the first workshop, after the personas' one in failover order."""
-    backend = GpuBackend.objects.create(
-        name="sim-2", kind=GpuBackend.Kind.SIMULATOR, url=personas.backend.url, max_concurrency=1, order=1
-    )
-    personas.workshop.backends.add(backend)
-    return backend
-
-
 def _job(personas, seat=None, **fields) -> Job:
     return Job.objects.create(workshop=personas.workshop, seat=seat or personas.seat_a, prompt=TINY, **fields)
 

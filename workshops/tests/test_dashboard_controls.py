@@ -37,16 +37,6 @@ def staff(personas) -> Client:
     return client
 
 
-@pytest.fixture
-def sim2(personas) -> GpuBackend:
-    """A second simulator-kind backend of ws1 (not of ws2), after the personas' one in failover order."""
-    backend = GpuBackend.objects.create(
-        name="sim-2", kind=GpuBackend.Kind.SIMULATOR, url=personas.backend.url, max_concurrency=1, order=1
-    )
-    personas.workshop.backends.add(backend)
-    return backend
-
-
 def queue_row(client: Client, job: Job) -> dict[str, Any]:
     return next(row for row in client.get(snapshot_url()).json()["queue"] if row["id"] == job.pk)
 
@@ -60,32 +50,32 @@ def unchanged(*jobs: Job) -> list[tuple]:
 
 
 def test_moving_a_waiting_job_pins_it_to_that_backend_and_schedules_on_commit(
-    staff, personas, sim2, django_capture_on_commit_callbacks
+    staff, personas, second_backend, django_capture_on_commit_callbacks
 ):
     job = make_job(personas.seat_a)
     other = make_job(personas.seat_b)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        response = post(staff, {"action": "move", "jobs": [job.pk], "backend": sim2.pk})
+        response = post(staff, {"action": "move", "jobs": [job.pk], "backend": second_backend.pk})
 
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["message"] == "Moved 1 waiting job to sim-2." and body["moved"] == [job.pk]
     assert schedule in callbacks
-    assert Job.objects.get(pk=job.pk).pinned_backend == sim2
+    assert Job.objects.get(pk=job.pk).pinned_backend == second_backend
     assert Job.objects.get(pk=other.pk).pinned_backend is None
     (entry,) = entries("job.move")
     assert entry.summary == f"Moved waiting job #{job.pk} of ws1/user001 to GPU backend sim-2"
     assert entry.details == {"from": None, "to": "sim-2", "via": "dashboard"}
     assert (entry.workshop, entry.target_id) == (personas.workshop, str(job.pk))
     row = queue_row(staff, job)
-    assert row["pinned_backend"] == {"id": sim2.pk, "name": "sim-2"} and row["waiting_for"] is None
+    assert row["pinned_backend"] == {"id": second_backend.pk, "name": "sim-2"} and row["waiting_for"] is None
     backends = {b["name"]: b for b in staff.get(snapshot_url()).json()["backends"]}
     assert backends["sim-2"]["pinned_waiting"] == 1 and backends["sim"]["pinned_waiting"] == 0
 
 
-def test_any_backend_unpins_waiting_jobs(staff, personas, sim2):
-    pinned = make_job(personas.seat_a, pinned_backend=sim2)
+def test_any_backend_unpins_waiting_jobs(staff, personas, second_backend):
+    pinned = make_job(personas.seat_a, pinned_backend=second_backend)
     free = make_job(personas.seat_b)
 
     response = post(staff, {"action": "move", "jobs": [pinned.pk, free.pk], "backend": None})
@@ -98,14 +88,16 @@ def test_any_backend_unpins_waiting_jobs(staff, personas, sim2):
     assert entry.details == {"from": "sim-2", "to": None, "via": "dashboard"}
 
 
-def test_a_job_pinned_to_a_backend_that_cannot_take_it_stays_queued_and_the_dashboard_says_why(staff, personas, sim2):
-    job = make_job(personas.seat_a, pinned_backend=sim2)
+def test_a_job_pinned_to_a_backend_that_cannot_take_it_stays_queued_and_the_dashboard_says_why(
+    staff, personas, second_backend
+):
+    job = make_job(personas.seat_a, pinned_backend=second_backend)
 
-    GpuBackend.objects.filter(pk=sim2.pk).update(enabled=False)
+    GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
     switched_off = queue_row(staff, job)
-    GpuBackend.objects.filter(pk=sim2.pk).update(enabled=True, state=GpuBackend.State.FAILING)
+    GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=True, state=GpuBackend.State.FAILING)
     failing = queue_row(staff, job)
-    personas.workshop.backends.remove(sim2)
+    personas.workshop.backends.remove(second_backend)
     detached = queue_row(staff, job)
 
     assert switched_off["status"] == "queued"
@@ -119,13 +111,13 @@ def test_a_job_pinned_to_a_backend_that_cannot_take_it_stays_queued_and_the_dash
 
 
 def test_moving_a_running_job_stops_it_and_queues_its_prompt_again_pinned_to_the_target(
-    staff, personas, sim2, django_capture_on_commit_callbacks
+    staff, personas, second_backend, django_capture_on_commit_callbacks
 ):
     running = make_job(personas.seat_a, Job.Status.RUNNING, backend=personas.backend, instructor_lane=True)
     starting = make_job(personas.seat_b, Job.Status.DISPATCHING, backend=personas.backend, priority=3)
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = post(staff, {"action": "move", "jobs": [running.pk, starting.pk], "backend": sim2.pk})
+        response = post(staff, {"action": "move", "jobs": [running.pk, starting.pk], "backend": second_backend.pk})
 
     assert response.status_code == 200, response.content
     body = response.json()
@@ -134,7 +126,7 @@ def test_moving_a_running_job_stops_it_and_queues_its_prompt_again_pinned_to_the
         f"Stopped 2 running jobs; they run again on sim-2 as jobs #{copies[running.pk].pk}, #{copies[starting.pk].pk}."
     )
     for old, new in ((running, copies[running.pk]), (starting, copies[starting.pk])):
-        assert (new.seat, new.prompt, new.pinned_backend) == (old.seat, old.prompt, sim2)
+        assert (new.seat, new.prompt, new.pinned_backend) == (old.seat, old.prompt, second_backend)
         assert (new.instructor_lane, new.priority) == (old.instructor_lane, old.priority)
         assert new.status in (Job.Status.QUEUED, Job.Status.DISPATCHING)
     # Its dispatch loop ends the running one (interrupted) within a second; the starting one never ran.
@@ -157,14 +149,14 @@ def test_moving_a_running_job_stops_it_and_queues_its_prompt_again_pinned_to_the
     }
 
 
-def test_a_move_whose_new_run_the_seat_cap_refuses_changes_nothing(staff, personas, sim2):
+def test_a_move_whose_new_run_the_seat_cap_refuses_changes_nothing(staff, personas, second_backend):
     Workshop.objects.filter(pk=personas.workshop.pk).update(max_queued_per_seat=1)
     waiting_b = make_job(personas.seat_b)
     make_job(personas.seat_a)  # seat A's one waiting place is taken
     running_a = make_job(personas.seat_a, Job.Status.RUNNING, backend=personas.backend)
     before, count = unchanged(waiting_b, running_a), Job.objects.count()
 
-    response = post(staff, {"action": "move", "jobs": [waiting_b.pk, running_a.pk], "backend": sim2.pk})
+    response = post(staff, {"action": "move", "jobs": [waiting_b.pk, running_a.pk], "backend": second_backend.pk})
 
     assert response.status_code == 409
     body = response.json()
@@ -190,17 +182,19 @@ def test_a_move_whose_new_run_the_seat_cap_refuses_changes_nothing(staff, person
         ("waiting job pinned there already", 409, "no_change"),
     ],
 )
-def test_a_move_that_cannot_be_done_is_refused_and_changes_nothing(staff, personas, sim2, case, status, error):
+def test_a_move_that_cannot_be_done_is_refused_and_changes_nothing(
+    staff, personas, second_backend, case, status, error
+):
     waiting = make_job(personas.seat_a)
     running = make_job(personas.seat_b, Job.Status.RUNNING, backend=personas.backend)
     elsewhere = GpuBackend.objects.create(name="elsewhere", kind=GpuBackend.Kind.SIMULATOR, url=personas.backend.url)
-    payload: dict[str, Any] = {"action": "move", "jobs": [waiting.pk], "backend": sim2.pk}
+    payload: dict[str, Any] = {"action": "move", "jobs": [waiting.pk], "backend": second_backend.pk}
     if case == "backend of no workshop of mine":
         payload["backend"] = elsewhere.pk
     elif case == "backend switched off":
-        GpuBackend.objects.filter(pk=sim2.pk).update(enabled=False)
+        GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
     elif case == "backend named as text":
-        payload["backend"] = str(sim2.pk)
+        payload["backend"] = str(second_backend.pk)
     elif case == "no backend named":
         del payload["backend"]
     elif case == "running job to any backend":
@@ -213,7 +207,7 @@ def test_a_move_that_cannot_be_done_is_refused_and_changes_nothing(staff, person
     elif case == "ended job":
         payload["jobs"] = [waiting.pk, make_job(personas.seat_a, Job.Status.SUCCEEDED).pk]
     elif case == "waiting job pinned there already":
-        Job.objects.filter(pk=waiting.pk).update(pinned_backend=sim2)
+        Job.objects.filter(pk=waiting.pk).update(pinned_backend=second_backend)
     before, count = unchanged(waiting, running), Job.objects.count()
 
     response = post(staff, payload)
@@ -225,7 +219,9 @@ def test_a_move_that_cannot_be_done_is_refused_and_changes_nothing(staff, person
 
 
 @pytest.mark.django_db(transaction=True)  # the stop and the new run go through commits, RQ and the simulator
-def test_a_running_job_moved_to_another_backend_is_interrupted_and_its_new_run_finishes_there(personas, sim, sim2):
+def test_a_running_job_moved_to_another_backend_is_interrupted_and_its_new_run_finishes_there(
+    personas, sim, second_backend
+):
     staff = Client(enforce_csrf_checks=True)
     staff.force_login(personas.instructor)
     staff.csrf = staff.get(page_url()).cookies["csrftoken"].value  # type: ignore[attr-defined]
@@ -238,7 +234,7 @@ def test_a_running_job_moved_to_another_backend_is_interrupted_and_its_new_run_f
         time.sleep(0.05)
     assert Job.objects.get(pk=job.pk).backend == personas.backend
 
-    response = post(staff, {"action": "move", "jobs": [job.pk], "backend": sim2.pk})
+    response = post(staff, {"action": "move", "jobs": [job.pk], "backend": second_backend.pk})
     sim.config.hang_on_class = set()  # the new run must not hang too
     worker.join(timeout=60)
     run_worker()  # the new run, if it was claimed after the first worker had emptied the queue
@@ -248,7 +244,7 @@ def test_a_running_job_moved_to_another_backend_is_interrupted_and_its_new_run_f
     old = Job.objects.get(pk=job.pk)
     assert old.status == Job.Status.INTERRUPTED and old.backend == personas.backend
     assert new.status == Job.Status.SUCCEEDED, new.status_reason
-    assert (new.backend, new.pinned_backend) == (sim2, sim2)
+    assert (new.backend, new.pinned_backend) == (second_backend, second_backend)
 
 
 # --- Queue policy and caps ---------------------------------------------------------------------------
@@ -341,7 +337,7 @@ def test_queue_settings_that_change_nothing_are_refused(staff, personas):
 
 
 def test_switching_a_backend_off_fails_over_to_the_next_and_every_dashboard_using_it_hears(
-    staff, personas, sim2, django_capture_on_commit_callbacks
+    staff, personas, second_backend, django_capture_on_commit_callbacks
 ):
     make_job(personas.seat_a, Job.Status.RUNNING, backend=personas.backend)
     make_job(personas.seat_b, pinned_backend=personas.backend)
@@ -473,14 +469,14 @@ def test_the_page_offers_the_new_controls(staff, personas):
 
 
 @pytest.mark.parametrize("url", [snapshot_url, page_url], ids=["snapshot", "page"])
-def test_pins_and_a_second_backend_cost_no_extra_queries_however_big_the_workshop(personas, sim2, url):
+def test_pins_and_a_second_backend_cost_no_extra_queries_however_big_the_workshop(personas, second_backend, url):
     client = Client()
     client.force_login(personas.instructor)
-    GpuBackend.objects.filter(pk=sim2.pk).update(enabled=False)
+    GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
 
     def pin_some() -> None:
         for i, job in enumerate(Job.objects.filter(workshop=personas.workshop, status=Job.Status.QUEUED)):
-            Job.objects.filter(pk=job.pk).update(pinned_backend=(sim2, personas.backend, None)[i % 3])
+            Job.objects.filter(pk=job.pk).update(pinned_backend=(second_backend, personas.backend, None)[i % 3])
 
     _seed(personas, seats=2, jobs_per_seat=3)
     pin_some()
