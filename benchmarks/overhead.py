@@ -87,6 +87,20 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+def _wait_for_workers(count: int, deadline: float) -> None:
+    """Until every RQ worker has registered (it has imported Django and listens): 20 processes importing at
+    once saturate both cores for several seconds, and jobs measured meanwhile would measure that."""
+    from rq import Worker
+
+    from jobs.scheduler import dispatch_queue
+
+    queue = dispatch_queue()
+    while Worker.count(queue=queue) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {Worker.count(queue=queue)} of {count} RQ workers started; see the logs")
+        time.sleep(0.2)
+
+
 def _seat_loop(base: str, ws_base: str, token: str, seat: int, results: list, errors: list) -> None:
     ws = websocket.create_connection(f"{ws_base}/ws/hub/seat/", header=[f"Authorization: Bearer {token}"], timeout=30)
     session = requests.Session()
@@ -188,7 +202,7 @@ def run(report) -> None:
                 break
             except requests.RequestException:
                 time.sleep(0.2)
-        time.sleep(3)  # let the workers finish importing Django
+        _wait_for_workers(SEATS, time.monotonic() + 120)
         results: list = []
         errors: list[str] = []
         threads = [

@@ -1,11 +1,16 @@
-"""ASGI entry point: Django for HTTP, Channels for the hub's WebSockets."""
+"""ASGI entry point: Django for HTTP (its middleware and views in one hand-over to a thread, see
+comfyume.handlers), Channels for the hub's WebSockets."""
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "comfyume.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
+
+from comfyume.handlers import SyncChainASGIHandler  # noqa: E402  (needs Django set up)
+
+django_asgi_app = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs Django set up)
 

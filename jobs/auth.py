@@ -28,7 +28,10 @@ class SeatRequest(HttpRequest):
 def seat_from_token(raw: str) -> Seat | None:
     if not raw:
         return None
-    return Seat.objects.select_related("workshop").filter(token_hash=hash_token(raw)).first()
+    try:
+        return Seat.objects.select_related("workshop").get(token_hash=hash_token(raw))
+    except Seat.DoesNotExist:
+        return None
 
 
 def _bearer(value: str) -> str | None:
@@ -39,7 +42,10 @@ def _bearer(value: str) -> str | None:
 def seat_for_user(user: Any) -> Seat | None:
     if not getattr(user, "is_authenticated", False):
         return None
-    return Seat.objects.select_related("workshop").filter(participant=user).first()
+    try:
+        return Seat.objects.select_related("workshop").get(participant=user)
+    except Seat.DoesNotExist:
+        return None
 
 
 def _csrf_failure(request: HttpRequest) -> HttpResponse | None:

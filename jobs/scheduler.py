@@ -150,6 +150,11 @@ def schedule(*, until: int | None = None) -> list[int]:
     The reconciler's sweep still fills whatever a lost trigger left.
     """
     claimed: list[int] = []
+    if until is None and not Job.objects.filter(status=Job.Status.QUEUED).exists():
+        # Nothing waits (the usual case after a job ends in a class that keeps up): no claim could succeed,
+        # so none is tried. A claim's transaction locks its backend's row — on SQLite, the whole database.
+        # A job queued after this read is claimed by its own submit's schedule(), which runs on its commit.
+        return claimed
     # Warm backends first: a job should not wait out a cold start while a ready GPU has a free slot. Within the
     # same warmth, the instructor's order (the failover order: spot, on-demand, B300).
     warmth = Case(

@@ -104,7 +104,8 @@ def _uploaded_inputs(seat: Seat, prompt: Any) -> list[dict[str, Any]]:
         return []
     return [
         {"name": i.name, "key": i.key, "sha256": i.sha256, "size": i.size, "content_type": i.content_type}
-        for i in SeatInput.objects.filter(seat=seat, name__in=names)
+        # No ordering: the model's default (by seat, hence by workshop) would join both tables for nothing.
+        for i in SeatInput.objects.filter(seat=seat, name__in=names).order_by()
     ]
 
 
@@ -136,7 +137,7 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
     inputs = _uploaded_inputs(seat, prompt)
     with transaction.atomic():
         # Lock the seat so two quick submits cannot both pass the per-seat cap; its usage is read fresh.
-        locked = Seat.objects.select_for_update().select_related("workshop").filter(pk=seat.pk).first()
+        locked = Seat.objects.select_for_update().select_related("workshop").filter(pk=seat.pk).order_by().first()
         exhausted = locked.budget_exhausted() if locked is not None else None
         if exhausted:
             raise _reject(403, "budget_exhausted", exhausted)

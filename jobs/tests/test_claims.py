@@ -316,3 +316,20 @@ def test_after_a_submit_the_scheduler_stops_once_that_job_is_claimed(personas):
         claim.reset_mock()
         assert scheduler.schedule() == [later.pk]  # without `until`: fill slots until nothing is claimable
         assert claim.call_count == 2
+
+
+@pytest.mark.django_db
+def test_with_nothing_queued_the_scheduler_reads_once_and_locks_nothing(personas):
+    """After a job ends in a class that keeps up, nothing waits: one indexed read answers that, without a
+    claim's transaction (which locks a backend row, and on SQLite the whole database for writing)."""
+    Job.objects.create(workshop=personas.workshop, seat=personas.seat_a, prompt=TINY, status=Job.Status.SUCCEEDED)
+    with (
+        mock.patch("jobs.scheduler.claim_next", wraps=scheduler.claim_next) as claim,
+        CaptureQueriesContext(connection) as queries,
+    ):
+        assert scheduler.schedule() == []
+    assert claim.call_count == 0
+    assert len(queries.captured_queries) == 1
+    waiting = Job.objects.create(workshop=personas.workshop, seat=personas.seat_b, prompt=TINY)
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        assert scheduler.schedule() == [waiting.pk]  # and a waiting job is still found

@@ -1,0 +1,77 @@
+"""The hub's ASGI handler (comfyume.handlers): one hand-over to the sync thread per request, middleware intact."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+from asgiref.sync import SyncToAsync, sync_to_async
+from channels.testing import HttpCommunicator
+from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
+
+from comfyume.asgi import application
+from comfyume.handlers import SyncChainASGIHandler
+from tests.recorded import TINY_PATH, load
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def _close_executor_connections():
+    """The views run in asgiref's sync thread; close its connection so PostgreSQL can drop the test database."""
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+async def _request(app, method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, int]:
+    """Send one request through ``app``; the response and how many times it handed work to a thread."""
+    original = SyncToAsync.__call__
+    calls = 0
+
+    async def counting(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await original(self, *args, **kwargs)
+
+    with mock.patch.object(SyncToAsync, "__call__", counting):
+        response = await HttpCommunicator(
+            app, method, path, body=body, headers=[(b"host", b"127.0.0.1"), *headers]
+        ).get_response()
+    return response, calls
+
+
+async def test_a_request_reaches_its_view_and_leaves_it_in_one_hand_over(personas):
+    token = await sync_to_async(personas.seat_a.issue_token)()
+    auth = [(b"authorization", f"Bearer {token}".encode())]
+    ours, hand_overs = await _request(application, "GET", "/api/hub/queue", headers=auth)
+    assert ours["status"] == 200
+    assert json.loads(ours["body"]) == {"queue_running": [], "queue_pending": []}
+    # request_started's receivers, the middleware chain with the view (and the response's close, which may come
+    # after the communicator has its answer).
+    assert hand_overs <= 3
+    # Django's own handler for the same request: each middleware's request and response hooks separately.
+    stock, stock_hand_overs = await _request(ASGIHandler(), "GET", "/api/hub/queue", headers=auth)
+    assert stock["status"] == 200 and stock["body"] == ours["body"]
+    assert stock_hand_overs > 10, stock_hand_overs  # 14 with our eight middleware
+
+
+async def test_the_middleware_still_applies(personas):
+    token = await sync_to_async(personas.seat_a.issue_token)()
+    response, _ = await _request(
+        application, "POST", "/api/hub/prompt", body=json.dumps({"prompt": load(TINY_PATH)}).encode(),
+        headers=[(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")],
+    )  # fmt: skip
+    assert response["status"] == 200
+    headers = dict(response["headers"])
+    assert headers[b"X-Frame-Options"] == b"DENY" and headers[b"X-Content-Type-Options"] == b"nosniff"
+    # A session-cookie POST without a CSRF token is refused by the CSRF machinery, as under Django's handler.
+    refused, _ = await _request(SyncChainASGIHandler(), "POST", "/admin/login/", body=b"username=x&password=y",
+                                headers=[(b"content-type", b"application/x-www-form-urlencoded")])  # fmt: skip
+    assert refused["status"] == 403
+
+
+async def test_an_unknown_path_is_a_404_page():
+    response, _ = await _request(application, "GET", "/no/such/page/")
+    assert response["status"] == 404
