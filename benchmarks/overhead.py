@@ -5,7 +5,10 @@ Two figures per job, with the simulator at zero node delay (so whatever time pas
   the worker's WebSocket and ``POST /prompt``);
 - the backend sends its final ``executing {node: null}`` → the participant's socket receives it (the
   worker's event loop, the Redis channel layer, daphne).
-Then the same "finish → noticed" figure for the design we replace: a loop polling ``/history`` every 2 s.
+``hub_overhead_p50_ms`` / ``_p99_ms`` take both figures' samples together; each direction is also printed on
+its own, and the two of each job added up (``hub_per_job_total_*``). Measuring starts once all 20 RQ workers
+have registered. Then the same "finish → noticed" figure for the design we replace: a loop polling
+``/history`` every 2 s.
 
 Load model: each seat submits a job, waits for its final event, "looks at the result" for a random 1–5 s
 (BENCH_THINK_S=lo,hi) and submits the next — about 5 jobs a second over 20 seats, far more than a real
@@ -230,6 +233,16 @@ def run(report) -> None:
             f"  backend final event → participant socket: p50 {_pct(finish, 0.5):.1f} ms, "
             f"p90 {_pct(finish, 0.9):.1f} ms, p99 {_pct(finish, 0.99):.1f} ms (n={len(finish)})"
         )
+        # Both directions of the same job added up: what the hub adds to one job's round trip.
+        per_job = [
+            (clock.received[pid] - t0 + t_end - clock.finished[pid]) * 1000
+            for _, pid, t0, t_end in counted
+            if pid in clock.received and pid in clock.finished
+        ]
+        report.line(
+            f"  both directions of a job added up: p50 {_pct(per_job, 0.5):.1f} ms, p90 {_pct(per_job, 0.9):.1f} ms, "
+            f"p99 {_pct(per_job, 0.99):.1f} ms (n={len(per_job)})"
+        )
         both = submit + finish
         report.bench("hub_overhead_p50_ms", _pct(both, 0.5), "ms")
         report.bench("hub_overhead_p99_ms", _pct(both, 0.99), "ms")
@@ -237,6 +250,8 @@ def run(report) -> None:
         report.bench("hub_submit_to_backend_p99_ms", _pct(submit, 0.99), "ms")
         report.bench("hub_finish_to_socket_p50_ms", _pct(finish, 0.5), "ms")
         report.bench("hub_finish_to_socket_p99_ms", _pct(finish, 0.99), "ms")
+        report.bench("hub_per_job_total_p50_ms", _pct(per_job, 0.5), "ms")
+        report.bench("hub_per_job_total_p99_ms", _pct(per_job, 0.99), "ms")
         report.bench("hub_jobs_failed", len(errors), "jobs")
     finally:
         for proc in procs:
