@@ -51,6 +51,17 @@ def test_banner_prints_where_to_sign_in(platform):
     assert f"{platform['base']}/admin/" in text and "password: e2e-admin-password" in text
     assert "the ComfyUI simulator (not a GPU)" in text
     assert requests.get(f"{platform['base']}/health", timeout=5).json()["status"] in ("ok", "degraded")
+    # The reconciler starts once the simulator listens: its first health check finds it ready, not failing.
+    deadline = time.monotonic() + 30
+    while (state := _simulator_state(platform)) == "unknown" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state == "ready"
+    reconciler_log = (platform["data_dir"] / "logs" / "reconciler.log").read_text()
+    assert "is failing" not in reconciler_log, reconciler_log[-2000:]
+
+
+def _simulator_state(platform) -> str:
+    return requests.get(f"{platform['base']}/health", timeout=5).json()["backends"]["simulator"]["state"]
 
 
 def _sign_in(page, platform, seat: dict) -> None:

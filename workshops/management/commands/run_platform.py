@@ -150,6 +150,10 @@ class Command(BaseCommand):
                     [*MANAGE, "rqworker", settings.RQ_QUEUE_NAME, "--worker-class", "rq.worker.SimpleWorker"],
                     logs,
                 )
+            if sim_port:
+                # The reconciler's first sweep checks the backends' health: started before the simulator listens,
+                # it marked it failing and logged a "Connection refused" warning on every start.
+                self._wait_for_listener("simulator", sim_port)
             self._spawn("reconciler", [*MANAGE, "run_reconciler"], logs)
             self._spawn("seat-frontends", [*MANAGE, "run_seat_frontends"], logs)
             self._spawn(
@@ -242,6 +246,16 @@ class Command(BaseCommand):
         child = Child(name, args, logs / f"{name}.log")
         child.start()
         self.children.append(child)
+
+    def _wait_for_listener(self, name: str, port: int, timeout: float = 30) -> None:
+        """Until a child accepts connections on ``port`` (it exited, or the time is up: go on; it is supervised)."""
+        child = next(c for c in self.children if c.name == name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping and not (child.proc and child.proc.poll() is not None):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
 
     def _wait_until_up(self, host: str, port: int, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
