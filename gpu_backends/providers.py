@@ -11,7 +11,8 @@ real protocol (the simulator speaks the same one, so it uses this provider too):
    arrive before ``/history`` is written;
 4. fetch each file named by ``executed`` through ``/view`` and hand it to the sink;
 5. if the socket drops, reconnect and ask ``/queue`` and ``/history`` where the prompt is, so a job is
-   neither lost nor run twice.
+   neither lost nor run twice; if it says nothing for ``QUIET_CHECK`` seconds (a long node, or a socket
+   dropped on the way without a close), ask ``/history`` whether the prompt ended meanwhile.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ RECONNECT_ATTEMPTS = 5
 SOCKET_IDLE_REUSE = 60.0
 # Idle event sockets a process keeps at most, over all backends.
 SOCKET_IDLE_MAX = 8
+# Seconds without a single frame on a job's event socket before /history is asked whether the prompt ended:
+# a long node is quiet, but so is a socket that a proxy or NAT dropped without closing it.
+QUIET_CHECK = 10.0
 
 
 @dataclass
@@ -268,6 +272,7 @@ class ComfyUIProvider(Provider):
 
     def _follow(self, sock: EventSocket, sink: RunSink, state: _RunState) -> RunOutcome:
         last_tick = 0.0
+        last_frame = time.monotonic()
         while True:
             now = time.monotonic()
             if now - last_tick >= 1.0:
@@ -284,8 +289,14 @@ class ComfyUIProvider(Provider):
             try:
                 raw = sock.ws.recv()
             except websocket.WebSocketTimeoutException:
+                if now - last_frame >= QUIET_CHECK:
+                    last_frame = now
+                    ended = self._ended_while_quiet(sock, sink, state)
+                    if ended is not None:
+                        return ended
                 continue
             except UnicodeDecodeError:  # a text frame that is not UTF-8: not a ComfyUI message
+                last_frame = time.monotonic()
                 continue
             except (websocket.WebSocketException, OSError) as exc:
                 log.warning("Event socket for %s dropped (%s); recovering", state.prompt_id, exc)
@@ -294,7 +305,9 @@ class ComfyUIProvider(Provider):
                 if isinstance(recovered, RunOutcome):
                     return recovered
                 state.reconnected = True
+                last_frame = time.monotonic()
                 continue
+            last_frame = time.monotonic()
             # Most frames are about other prompts (ComfyUI broadcasts `status` to every socket): skip them
             # before parsing any JSON.
             if not isinstance(raw, str) or state.prompt_id not in raw:
@@ -338,6 +351,23 @@ class ComfyUIProvider(Provider):
                 state.stored[ref] = sink.store_output(node_id, ref, content_type, chunks)
             rewritten[key][index] = state.stored[ref]
         return rewritten
+
+    def _ended_while_quiet(self, sock: EventSocket, sink: RunSink, state: _RunState) -> RunOutcome | None:
+        """The socket has said nothing for ``QUIET_CHECK`` seconds: a long node, or a socket dropped on the way
+        without a close (then the prompt's end would never arrive, and the job would wait out its time limit).
+        /history answers which: a prompt that ended is finished from there, and its socket is not kept."""
+        try:
+            entry = self.client.history(state.prompt_id)
+        except BackendError as exc:
+            log.warning("Could not ask /history about quiet prompt %s: %s", state.prompt_id, exc)
+            return None
+        if entry is None:
+            return None
+        log.warning(
+            "Event socket for %s went quiet and missed the prompt's end; finished from /history", state.prompt_id
+        )
+        sock.ws.close()
+        return self._finish_from_history(entry, sink, state)
 
     def _recover(self, sock: EventSocket, sink: RunSink, state: _RunState) -> EventSocket | RunOutcome:
         """After the socket dropped: reconnect (same ``clientId``), then find the prompt in /queue or /history."""

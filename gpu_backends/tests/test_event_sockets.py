@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,17 @@ class Sink:
 
     def tick(self) -> str | None:
         return None
+
+
+class TimeLimitedSink(Sink):
+    """A sink whose job has a time limit, as the hub's has (``JobRun.tick``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.deadline = time.monotonic() + seconds
+
+    def tick(self) -> str | None:
+        return "timeout" if time.monotonic() > self.deadline else None
 
 
 def prompt(color: int) -> dict[str, Any]:
@@ -190,3 +202,70 @@ def test_a_backend_session_reads_the_environment_once_and_honours_no_proxy(monke
     assert "http" not in found["near"].proxies  # NO_PROXY names it
     assert found["far"].verify == "/etc/ssl/certs/our-ca.pem"
     assert not found["far"].trust_env  # not re-read on every request
+
+
+class SilentProxy:
+    """A TCP proxy to a backend that can go silent on its WebSocket connections the way a NAT or proxy that
+    dropped them does: the connection stays open and what the client sends still goes through, but nothing
+    the server sends arrives. Plain HTTP connections keep working."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.open += [client, server]
+            websocket_seen = threading.Event()
+            threading.Thread(target=self._pump, args=(client, server, websocket_seen, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, websocket_seen, False), daemon=True).start()
+
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, websocket_seen: threading.Event, upstream: bool
+    ) -> None:
+        try:
+            while data := source.recv(65536):
+                if upstream and b"upgrade: websocket" in data.lower():
+                    websocket_seen.set()
+                if not upstream and websocket_seen.is_set() and self.silent.is_set():
+                    continue  # swallowed on the way, the connection left open
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.open:
+            sock.close()
+
+
+def test_a_socket_dropped_silently_on_the_way_does_not_hang_the_next_job(sim, pool, monkeypatch, caplog):
+    """A reused socket that a NAT dropped without a close delivers nothing: the prompt's end is found in
+    /history once the socket has been quiet too long, instead of the job waiting out its time limit."""
+    monkeypatch.setattr(providers, "QUIET_CHECK", 0.5)
+    monkeypatch.setattr(providers, "INTERRUPT_GRACE", 1.0)
+    proxy = SilentProxy(int(sim.url.rsplit(":", 1)[1]))
+    try:
+        run_job(proxy.url, "quiet-1", 0x070707)
+        kept = pool._idle[0]
+        proxy.silent.set()
+        sink = TimeLimitedSink(8.0)  # without the quiet check the job would be stopped here, not succeed
+        spec = RunSpec(prompt=prompt(0x080808), backend_prompt_id="quiet-2")
+        outcome = ComfyUIProvider(proxy.url).run(spec, sink)
+        assert outcome.status == "succeeded" and outcome.stop_reason is None
+        assert sink.stored and all(size > 0 for _, size in sink.stored)
+        assert client_of(sim.url, "quiet-2") == kept.client_id  # it did run on the silent socket
+        assert [m["type"] for m in sink.events] == ["executed", "execution_success", "executing"]
+        assert "Event socket for quiet-2 went quiet" in caplog.text
+        assert kept not in pool._idle and not kept.ws.connected  # the silent socket was not kept for another job
+    finally:
+        proxy.close()
