@@ -124,10 +124,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")
-# Keep connections between requests and jobs: reconnecting (and, for SQLite, re-running the PRAGMAs above)
-# cost 3-4 ms on every request and every dispatch.
+# Keep connections between jobs: reconnecting (and, for SQLite, re-running the PRAGMAs above) cost 3-4 ms on
+# every dispatch.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# That does not help the web server: under ASGI Django runs each request in a thread of its own, and a thread's
+# connection ends with it. Every request opened a new PostgreSQL connection (a server process forked and
+# authenticated: ~5 ms under load, and a connection storm when a class of participants is busy). Each process
+# keeps a pool of them instead (Django's, on psycopg_pool), checked as they are handed out.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": 10,  # seconds a request waits for a free connection before it fails
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: an embedded server on a unix socket unless REDIS_URL names a real one. ---

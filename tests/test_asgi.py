@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from unittest import mock
 
 import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
-from django.db import connections
+from django.db import connection, connections
 
 from comfyume.asgi import application
 from comfyume.handlers import SyncChainASGIHandler
@@ -35,10 +36,12 @@ async def _request(app, method: str, path: str, body: bytes = b"", headers=()) -
         calls += 1
         return await original(self, *args, **kwargs)
 
+    communicator = HttpCommunicator(app, method, path, body=body, headers=[(b"host", b"127.0.0.1"), *headers])
     with mock.patch.object(SyncToAsync, "__call__", counting):
-        response = await HttpCommunicator(
-            app, method, path, body=body, headers=[(b"host", b"127.0.0.1"), *headers]
-        ).get_response()
+        response = await communicator.get_response()
+        # As daphne does: let the handler finish (it closes the response, which hands the request's database
+        # connection back to the pool).
+        await communicator.wait()
     return response, calls
 
 
@@ -48,9 +51,8 @@ async def test_a_request_reaches_its_view_and_leaves_it_in_one_hand_over(persona
     ours, hand_overs = await _request(application, "GET", "/api/hub/queue", headers=auth)
     assert ours["status"] == 200
     assert json.loads(ours["body"]) == {"queue_running": [], "queue_pending": []}
-    # request_started's receivers, the middleware chain with the view (and the response's close, which may come
-    # after the communicator has its answer).
-    assert hand_overs <= 3
+    # request_started's receivers, the middleware chain with the view, the response's close.
+    assert hand_overs == 3
     # Django's own handler for the same request: each middleware's request and response hooks separately.
     stock, stock_hand_overs = await _request(ASGIHandler(), "GET", "/api/hub/queue", headers=auth)
     assert stock["status"] == 200 and stock["body"] == ours["body"]
@@ -75,3 +77,29 @@ async def test_the_middleware_still_applies(personas):
 async def test_an_unknown_path_is_a_404_page():
     response, _ = await _request(application, "GET", "/no/such/page/")
     assert response["status"] == 404
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the pool is PostgreSQL's (Django's, on psycopg_pool)")
+def test_request_threads_take_pooled_postgresql_connections_instead_of_opening_them():
+    """Under ASGI each request runs in a thread of its own, whose connection ends with it: without the pool every
+    request started a new PostgreSQL server process (~5 ms, more under load)."""
+
+    def like_a_request() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connection.close()  # as Django does at the end of a request: back to the pool
+
+    def in_a_thread_of_its_own() -> None:
+        thread = threading.Thread(target=like_a_request)
+        thread.start()
+        thread.join()
+
+    in_a_thread_of_its_own()
+    pool = connection.pool
+    assert pool is not None
+    opened = pool.get_stats()["connections_num"]
+    for _ in range(5):
+        in_a_thread_of_its_own()
+    stats = pool.get_stats()
+    assert stats["connections_num"] == opened  # not one more server connection for five more requests
+    assert stats["requests_num"] >= 6
