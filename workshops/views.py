@@ -90,8 +90,10 @@ def seat_page(request: HttpRequest, seat: Seat, *, comfyui_url: str | None) -> H
 def join(request: HttpRequest, token: str) -> HttpResponse:
     """Follow a one-time join link: sign in as the seat's participant, and the link is spent."""
     with transaction.atomic():
+        # Only the link's row is locked: PostgreSQL refuses FOR UPDATE on the nullable side of the outer join
+        # to the participant (every join link answered 500 there).
         link = (
-            JoinLink.objects.select_for_update()
+            JoinLink.objects.select_for_update(of=("self",))
             .select_related("seat__participant")
             .filter(token_hash=hash_token(token))
             .first()

@@ -233,3 +233,32 @@ TINY_PROMPT = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
+
+
+def test_a_join_link_signs_its_participant_in_once(personas):
+    """The link on the credential card: it signs the participant in and is spent; an expired, used, unknown or
+    participant-less link signs no one in. (PostgreSQL once refused the link's locking read: every link was a
+    500 there.)"""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workshops.models import JoinLink
+
+    token = JoinLink.issue(personas.seat_a)
+    client = Client()
+    response = client.get(f"/join/{token}/")
+    assert response.status_code == 302
+    assert client.get("/api/hub/queue").status_code == 200  # signed in, as the seat's participant
+    assert int(client.session["_auth_user_id"]) == personas.seat_a.participant.pk
+    assert JoinLink.objects.get(seat=personas.seat_a).used_at is not None
+    again = Client().get(f"/join/{token}/")
+    assert again.status_code == 410 and "_auth_user_id" not in again.client.session
+    assert Client().get("/join/not-a-link/").status_code == 404
+    expired = JoinLink.issue(personas.seat_b, valid_for=timedelta(seconds=-1))
+    assert Client().get(f"/join/{expired}/").status_code == 410
+    personas.seat_b.participant = None
+    personas.seat_b.save()
+    orphan = JoinLink.issue(personas.seat_b)
+    assert Client().get(f"/join/{orphan}/").status_code == 410
+    assert timezone.now() > JoinLink.objects.get(seat=personas.seat_a).used_at
