@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -140,9 +141,23 @@ COMFYUI_LOAD_MS = 90_000
 
 
 def wait_for_comfyui(page) -> None:
-    """Until the participant's ComfyUI has loaded and drawn a graph (the workshop's default template)."""
-    page.wait_for_selector("#graph-canvas", timeout=COMFYUI_LOAD_MS)
-    page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=COMFYUI_LOAD_MS)
+    """Until the participant's ComfyUI has loaded and drawn a graph (the workshop's default template).
+
+    If it does not, the failure says what the page had loaded: a first load that never drew its canvas has
+    been seen twice in CI, never locally, and this is what the next one should tell."""
+    try:
+        page.wait_for_selector("#graph-canvas", timeout=COMFYUI_LOAD_MS)
+        page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=COMFYUI_LOAD_MS)
+    except Exception as exc:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "comfyui-did-not-load.png"))
+        state = page.evaluate(
+            """() => ({readyState: document.readyState, title: document.title,
+                       resources: performance.getEntriesByType('resource').length,
+                       last: performance.getEntriesByType('resource').slice(-25)
+                             .map(r => `${Math.round(r.startTime)}+${Math.round(r.duration)}ms ${r.name}`)})"""
+        )
+        raise AssertionError(f"ComfyUI did not load at {page.url}: {exc}\n{json.dumps(state, indent=1)}") from exc
 
 
 def run_until_image(page) -> None:
