@@ -25,13 +25,16 @@ class SeatRequest(HttpRequest):
     seat: Seat
 
 
-def seat_from_token(raw: str) -> Seat | None:
-    if not raw:
-        return None
+def _seat_where(**lookup: Any) -> Seat | None:
+    # get(), not filter().first(): first() would order by Seat's default ordering, through the workshop's.
     try:
-        return Seat.objects.select_related("workshop").get(token_hash=hash_token(raw))
+        return Seat.objects.select_related("workshop").get(**lookup)
     except Seat.DoesNotExist:
         return None
+
+
+def seat_from_token(raw: str) -> Seat | None:
+    return _seat_where(token_hash=hash_token(raw)) if raw else None
 
 
 def _bearer(value: str) -> str | None:
@@ -42,10 +45,7 @@ def _bearer(value: str) -> str | None:
 def seat_for_user(user: Any) -> Seat | None:
     if not getattr(user, "is_authenticated", False):
         return None
-    try:
-        return Seat.objects.select_related("workshop").get(participant=user)
-    except Seat.DoesNotExist:
-        return None
+    return _seat_where(participant=user)
 
 
 def _csrf_failure(request: HttpRequest) -> HttpResponse | None:

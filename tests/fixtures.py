@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import django_rq
@@ -44,6 +44,17 @@ def _test_settings(tmp_path, settings) -> None:
     settings.STORAGE_DIR = tmp_path / "storage"
     # Real hashing costs ~0.5 s per account; the tests create many and never attack them.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+async def close_sync_thread_connections() -> AsyncIterator[None]:
+    """For tests driving the ASGI app: after the test, close the connection of asgiref's shared sync thread (where
+    Channels' consumers and these tests' own ``sync_to_async`` calls run), so PostgreSQL lets the test database be
+    dropped at the end."""
+    from asgiref.sync import sync_to_async
+
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture(scope="session")

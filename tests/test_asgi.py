@@ -10,20 +10,13 @@ import pytest
 from asgiref.sync import SyncToAsync, sync_to_async
 from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
-from django.db import connection, connections
+from django.db import connection
 
 from comfyume.asgi import application
 from comfyume.handlers import SyncChainASGIHandler
 from tests.recorded import TINY_PATH, load
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-async def _close_executor_connections():
-    """The views run in asgiref's sync thread; close its connection so PostgreSQL can drop the test database."""
-    yield
-    await sync_to_async(connections.close_all)()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("close_sync_thread_connections")]
 
 
 async def _request(app, method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, int]:

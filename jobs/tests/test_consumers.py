@@ -9,7 +9,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 from django.test import Client
 
 from comfyume.asgi import application
@@ -19,15 +18,7 @@ from tests.recorded import TINY_PATH, load
 
 TINY = load(TINY_PATH)
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-async def _close_executor_connections():
-    """Consumers run ORM calls in asgiref's shared executor thread; close its connection after each test
-    so PostgreSQL lets the test database be dropped at the end."""
-    yield
-    await sync_to_async(connections.close_all)()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("close_sync_thread_connections")]
 
 
 def _session_cookie(user) -> bytes:
