@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Value, When
 
+from comfyume import db
 from gpu_backends.models import GpuBackend
 from workshops.models import Seat, Workshop
 
@@ -88,7 +89,7 @@ def _waiting_workshops_sql() -> str:
     through = Workshop.backends.through._meta.db_table
     active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
     return f"""
-        SELECT w.id, w.queue_policy, w.max_running_per_seat,
+        SELECT w.id, w.queue_policy, w.max_running_per_seat, w.job_timeout_seconds,
                (SELECT COUNT(*) FROM {job} a WHERE a.workshop_id = w.id AND a.status IN ({active})) AS active
         FROM {workshop} w
         JOIN {through} wb ON wb.workshop_id = w.id
@@ -98,46 +99,63 @@ def _waiting_workshops_sql() -> str:
     """
 
 
-def _waiting_workshops(backend_id: int) -> list[tuple[int, str, int]]:
-    """Workshops sharing this backend that have work waiting, the one with the fewest jobs running first
-    (so one workshop's backlog cannot starve another's): (id, policy, max running per seat)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_waiting_workshops_sql(), [backend_id, Job.Status.QUEUED.value])
-        return [(workshop_id, policy, cap) for workshop_id, policy, cap, _ in cursor.fetchall()]
+@functools.cache
+def _backend_slot_sql() -> tuple[str, str]:
+    """The backend's row, locked (whether it may take a job, how many), and its count of active jobs."""
+    backend, job = GpuBackend._meta.db_table, Job._meta.db_table
+    active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""  # SQLite: the transaction's lock
+    return (
+        f"SELECT enabled, state, max_concurrency FROM {backend} WHERE id = %s{lock}",
+        f"SELECT COUNT(*) FROM {job} WHERE backend_id = %s AND status IN ({active})",
+    )
 
 
-def claim_next(backend_id: int) -> Job | None:
+def claim_next(backend: GpuBackend | int) -> Job | None:
     """Claim one job for one free slot of the backend, or None (no slot, no eligible job).
 
     ``job.slots_left`` tells the caller whether another claim on this backend could succeed.
+
+    Round trips: the backend's lock, its active count and the workshops with work waiting go together in one
+    (:func:`comfyume.db.together`; the count runs after the lock is granted, so it sees every claim committed
+    before); the candidates in one; the move of the picked job with its JobEvent in one; BEGIN and COMMIT.
     """
+    backend_id = backend if isinstance(backend, int) else backend.pk
+    lock_sql, active_sql = _backend_slot_sql()
     with transaction.atomic():
-        backend = GpuBackend.objects.select_for_update().filter(pk=backend_id).first()
-        if backend is None or not backend.enabled or backend.state not in GpuBackend.DISPATCHABLE:
+        locked, counted, waiting = db.together(
+            [
+                (lock_sql, [backend_id]),
+                (active_sql, [backend_id]),
+                (_waiting_workshops_sql(), [backend_id, Job.Status.QUEUED.value]),
+            ]
+        )
+        if not locked:
             return None
-        active = Job.objects.filter(backend=backend, status__in=Job.ACTIVE).count()
-        if active >= backend.max_concurrency:
+        enabled, state, max_concurrency = locked[0]
+        if not enabled or state not in GpuBackend.DISPATCHABLE:
             return None
-        for workshop_id, policy, cap in _waiting_workshops(backend_id):
+        active = counted[0][0]
+        if active >= max_concurrency:
+            return None
+        # Waiting workshops: the one with the fewest jobs running first, so one's backlog cannot starve another's.
+        for workshop_id, policy, cap, timeout, _ in waiting:
             pick = pick_next(policy, _candidates(workshop_id, policy, backend_id), cap)
             if pick is None:
                 continue
-            # Locked, so an instructor moving it to another backend right now waits for this claim (and then
-            # finds it started) instead of pinning a job that is already on its way here.
+            # The pick moves only if it still waits and is not pinned elsewhere: an instructor moving it to another
+            # backend right now either goes first (and this finds it pinned there) or finds it started.
             # The prompt (tens of KB of JSON for a real workflow) is read by the worker, not here.
-            job = (
-                Job.objects.select_for_update(of=("self",))
-                .select_related("seat", "workshop")
-                .defer("prompt", "extra_data", "inputs")
-                .get(pk=pick.job_id)
-            )
-            if job.status != Job.Status.QUEUED or job.pinned_backend_id not in (None, backend.pk):
+            job = Job.claim(pick.job_id, backend_id, defer=("prompt", "extra_data", "inputs"))
+            if job is None:
                 continue
-            if job.transition(Job.Status.DISPATCHING, backend=backend, attempts=job.attempts + 1):
-                timeout = job.workshop.job_timeout
-                transaction.on_commit(functools.partial(enqueue_dispatch, job.pk, job.attempts, timeout))
-                job.slots_left = backend.max_concurrency - active - 1  # type: ignore[attr-defined]
-                return job
+            if not isinstance(backend, int):
+                backend.enabled, backend.state, backend.max_concurrency = bool(enabled), state, max_concurrency
+                job.backend = backend
+            timeout = timeout or settings.COMFYUME["JOB_TIMEOUT"]  # Workshop.job_timeout
+            transaction.on_commit(functools.partial(enqueue_dispatch, job.pk, job.attempts, timeout))
+            job.slots_left = max_concurrency - active - 1  # type: ignore[attr-defined]
+            return job
         return None
 
 
@@ -162,15 +180,13 @@ def schedule(*, until: int | None = None) -> list[int]:
         When(state=GpuBackend.State.COLD, then=Value(2)),
         default=Value(0),
     )
-    backends = (
-        GpuBackend.objects.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE)
-        .order_by(warmth, "order", "name")
-        .values_list("pk", flat=True)
+    backends = GpuBackend.objects.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE).order_by(
+        warmth, "order", "name"
     )
     from .services import announce_job  # services imports this module
 
-    for backend_id in backends:
-        while (job := claim_next(backend_id)) is not None:
+    for backend in backends:
+        while (job := claim_next(backend)) is not None:
             claimed.append(job.pk)
             # Waiting or dispatching, the job counts the same in the seat's queue: only the job itself changed.
             transaction.on_commit(functools.partial(announce_job, job, queue_changed=False))

@@ -6,16 +6,18 @@ changes a job's status any other way.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
+from comfyume import db
 from gpu_backends.client import BackendError
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import provider_for
@@ -68,12 +70,8 @@ def parse_prompt_request(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_caps(seat: Seat, workshop: Workshop) -> None:
-    # One read of the workshop's waiting jobs (never more than its queue-depth cap) answers both caps.
-    counts = Job.objects.filter(workshop=workshop, status=Job.Status.QUEUED).aggregate(
-        depth=Count("id"), waiting=Count("id", filter=Q(seat=seat))
-    )
-    waiting, depth = counts["waiting"], counts["depth"]
+def _check_caps(workshop: Workshop, waiting: int, depth: int) -> None:
+    """The seat's jobs waiting and the workshop's, against their caps."""
     if waiting >= workshop.max_queued_per_seat:
         raise _reject(
             429,
@@ -89,9 +87,9 @@ def _check_caps(seat: Seat, workshop: Workshop) -> None:
         )
 
 
-def _uploaded_inputs(seat: Seat, prompt: Any) -> list[dict[str, Any]]:
-    """The seat's uploaded images that the prompt names (LoadImage and friends name them by file name,
-    optionally annotated `` [input]``); they go with the job to its GPU."""
+def _named_files(prompt: Any) -> list[str]:
+    """The file names a prompt may mean: LoadImage and friends name an upload by its name, optionally annotated
+    `` [input]``."""
     if not isinstance(prompt, dict):
         return []
     names = set()
@@ -100,13 +98,27 @@ def _uploaded_inputs(seat: Seat, prompt: Any) -> list[dict[str, Any]]:
         for value in values.values() if isinstance(values, dict) else ():
             if isinstance(value, str) and 0 < len(value) <= 320:
                 names.add(value.removesuffix(" [input]"))
-    if not names:
-        return []
-    return [
-        {"name": i.name, "key": i.key, "sha256": i.sha256, "size": i.size, "content_type": i.content_type}
-        # No ordering: the model's default (by seat, hence by workshop) would join both tables for nothing.
-        for i in SeatInput.objects.filter(seat=seat, name__in=names).order_by()
-    ]
+    return sorted(names)
+
+
+_UPLOAD_FIELDS = ("name", "key", "sha256", "size", "content_type")  # what a job keeps of each upload it uses
+
+
+@functools.cache
+def _submit_sql() -> tuple[str, str, str]:
+    """A submit's reads inside its transaction: the seat's usage, locked with its workshop's row (a workshop's
+    submits take turns, which keeps the queue-depth cap exact); the workshop's waiting jobs and the seat's
+    share of them (never more than the cap); the seat's uploads named in the prompt (``{names}``)."""
+    seat, workshop = Seat._meta.db_table, Workshop._meta.db_table
+    job, uploads = Job._meta.db_table, SeatInput._meta.db_table
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""  # SQLite: the transaction's lock
+    columns = ", ".join(connection.ops.quote_name(name) for name in _UPLOAD_FIELDS)
+    return (
+        f"SELECT s.gpu_seconds_used, s.cost_used FROM {seat} s JOIN {workshop} w ON w.id = s.workshop_id "
+        f"WHERE s.id = %s{lock}",
+        f"SELECT COUNT(*), COUNT(*) FILTER (WHERE seat_id = %s) FROM {job} WHERE workshop_id = %s AND status = %s",
+        f"SELECT {columns} FROM {uploads} WHERE seat_id = %s AND name IN ({{names}})",
+    )
 
 
 def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = False, priority: int = 0) -> Job:
@@ -134,14 +146,27 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
     raw_client_id = body.get("client_id")
     client_id = raw_client_id[:128] if isinstance(raw_client_id, str) else ""
 
-    inputs = _uploaded_inputs(seat, prompt)
+    names = _named_files(prompt)
+    lock_sql, caps_sql, uploads_sql = _submit_sql()
     with transaction.atomic():
-        # Lock the seat so two quick submits cannot both pass the per-seat cap; its usage is read fresh.
-        locked = Seat.objects.select_for_update().select_related("workshop").filter(pk=seat.pk).order_by().first()
-        exhausted = locked.budget_exhausted() if locked is not None else None
+        # One round trip for the three reads (comfyume.db.together); the counts run after the lock is granted, so
+        # two quick submits of a seat cannot both pass its cap. The seat's usage is read fresh.
+        statements: list[db.Statement] = [
+            (lock_sql, [seat.pk]),
+            (caps_sql, [seat.pk, workshop.pk, Job.Status.QUEUED.value]),
+        ]
+        if names:
+            statements.append((uploads_sql.format(names=", ".join(["%s"] * len(names))), [seat.pk, *names]))
+        locked, ((depth, waiting),), *uploads = db.together(statements)
+        if not locked:
+            raise _reject(403, "seat_gone", "This seat no longer exists. Please tell the instructor.")
+        seat.gpu_seconds_used = _field_value(Seat, "gpu_seconds_used", locked[0][0])
+        seat.cost_used = _field_value(Seat, "cost_used", locked[0][1])
+        exhausted = seat.budget_exhausted()
         if exhausted:
             raise _reject(403, "budget_exhausted", exhausted)
-        _check_caps(seat, workshop)
+        _check_caps(workshop, waiting, depth)
+        inputs = [dict(zip(_UPLOAD_FIELDS, row, strict=True)) for row in (uploads[0] if uploads else [])]
         job = Job.objects.create(
             workshop=workshop,
             seat=seat,
@@ -156,6 +181,11 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
         transaction.on_commit(lambda: _schedule_or_announce(job))
     log.info("Queued job %s for %s", job.pk, seat, extra={"job_id": job.pk, "seat": seat.label})
     return job
+
+
+def _field_value(model: type[Any], name: str, value: Any) -> Any:
+    """A column read by hand, as the ORM would have given it (SQLite has no decimal type)."""
+    return model._meta.get_field(name).to_python(value)
 
 
 def _schedule_or_announce(job: Job) -> None:

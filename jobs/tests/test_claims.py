@@ -333,3 +333,39 @@ def test_with_nothing_queued_the_scheduler_reads_once_and_locks_nothing(personas
     waiting = Job.objects.create(workshop=personas.workshop, seat=personas.seat_b, prompt=TINY)
     with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
         assert scheduler.schedule() == [waiting.pk]  # and a waiting job is still found
+
+
+@pytest.mark.django_db
+def test_a_claim_moves_only_a_job_still_waiting_for_this_backend(personas, second_backend):
+    """The claim's conditional UPDATE is the check: a job pinned to another backend a moment before (the
+    instructor's move) or no longer waiting is left alone, with no JobEvent."""
+    job = _job(personas, pinned_backend=second_backend)
+    assert Job.claim(job.pk, personas.backend.pk) is None
+    claimed = Job.claim(job.pk, second_backend.pk, defer=("prompt", "extra_data", "inputs"))
+    assert claimed is not None and claimed.pk == job.pk
+    assert (claimed.status, claimed.backend_id, claimed.attempts) == (Job.Status.DISPATCHING, second_backend.pk, 1)
+    assert claimed.dispatched_at is not None and claimed.get_deferred_fields() == {"prompt", "extra_data", "inputs"}
+    assert Job.claim(job.pk, second_backend.pk) is None  # already on its way
+    assert [(e.from_status, e.to_status) for e in job.events.all()] == [("queued", "dispatching")]
+    assert Job.objects.get(pk=job.pk).attempts == 1
+
+
+@pytest.mark.django_db
+def test_a_transition_is_one_statement_on_postgresql(personas):
+    """The status change and its JobEvent: one statement on PostgreSQL (no BEGIN/COMMIT around it), a
+    transaction of two elsewhere; both or neither are written."""
+    job = _job(personas)
+    with CaptureQueriesContext(connection) as queries:
+        assert job.transition(Job.Status.CANCELLED, reason="Cancelled by the participant.")
+    statements = [q["sql"] for q in queries.captured_queries]
+    if connection.vendor == "postgresql":
+        assert len(statements) == 1 and statements[0].startswith("WITH moved AS (UPDATE"), statements
+    stored = Job.objects.get(pk=job.pk)
+    assert (stored.status, stored.status_reason) == (Job.Status.CANCELLED, "Cancelled by the participant.")
+    assert [(e.from_status, e.to_status, e.reason) for e in stored.events.all()] == [
+        ("queued", "cancelled", "Cancelled by the participant.")
+    ]
+    stale = Job.objects.get(pk=job.pk)
+    stale.status = Job.Status.QUEUED  # it believes the job still waits
+    assert not stale.transition(Job.Status.CANCELLED)
+    assert stored.events.count() == 1

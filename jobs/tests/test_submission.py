@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from unittest import mock
 
 import pytest
+from django.db import connections
 
 from jobs.models import Job, JobEvent
+from jobs.services import SubmissionRejected, submit_prompt
 from tests.recorded import TINY_PATH, load, recorded_invalid
+from workshops.models import Seat
 
 TINY = load(TINY_PATH)
 
@@ -209,3 +215,60 @@ def test_a_money_budget_counts_each_jobs_gpu_time_at_its_backends_price(personas
     assert seat.cost_used == Decimal("0.5000") and seat.gpu_seconds_used == 500.0
     assert seat.budget_used() == pytest.approx(1.0)
     assert "You have used your GPU budget for this workshop (0.50 of 0.50)" in seat.budget_exhausted()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("cap", ["seat", "workshop"])
+def test_caps_hold_under_concurrent_submits(personas, cap):
+    """Eight submits at once (one seat, or spread over two seats) against a cap of 3: exactly 3 queue.
+    The submit's lock and its counts travel in one round trip; the counts still run after the lock is
+    granted, so none of them misses a job a submit before it committed. Each submit holds its lock a while
+    (a slow INSERT), so that the others are all waiting on it with their reads sent."""
+    personas.backend.enabled = False  # nothing starts: every accepted job stays queued
+    personas.backend.save()
+    personas.workshop.max_queued_per_seat = 3 if cap == "seat" else 100
+    personas.workshop.max_queue_depth = 3 if cap == "workshop" else 100
+    personas.workshop.save()
+    seats = [personas.seat_a] if cap == "seat" else [personas.seat_a, personas.seat_b]
+    start = threading.Barrier(8)  # each holds a connection: fewer than the pool's (DATABASE_POOL_MAX_SIZE)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+
+    def submit(i: int) -> None:
+        try:
+            seat = Seat.objects.select_related("workshop").get(pk=seats[i % len(seats)].pk)
+            start.wait(timeout=30)
+            submit_prompt(seat, {"prompt": TINY})
+            answers.append(200)
+        except SubmissionRejected as exc:
+            answers.append(exc.status)
+        except BaseException as exc:  # reported below, not swallowed
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    create = Job.objects.create
+
+    def slow_create(**fields):
+        time.sleep(0.2)
+        return create(**fields)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    with mock.patch.object(Job.objects, "create", side_effect=slow_create):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors
+    assert sorted(answers) == [200] * 3 + [429] * 5
+    assert Job.objects.filter(status=Job.Status.QUEUED).count() == 3
+
+
+@pytest.mark.django_db
+def test_a_submit_for_a_seat_that_was_deleted_meanwhile_queues_nothing(personas):
+    seat = Seat.objects.select_related("workshop").get(pk=personas.seat_a.pk)
+    Seat.objects.filter(pk=seat.pk).delete()
+    with pytest.raises(SubmissionRejected) as rejected:
+        submit_prompt(seat, {"prompt": TINY})
+    assert rejected.value.status == 403 and "no longer exists" in str(rejected.value)
+    assert Job.objects.count() == 0
