@@ -69,19 +69,16 @@ def _candidates(workshop_id: int, policy: str, backend_id: int) -> list[Candidat
     with connection.cursor() as cursor:
         cursor.execute(_candidates_sql(policy), [queued, queued, backend_id, workshop_id])
         rows = cursor.fetchall()
+    # Per seat with work, so kept lean: a claim's cost is to follow the seats, and barely at that.
     found = []
-    for seat_id, gpu, running, *heads in rows:
-        load = {"seat_id": seat_id, "seat_running": running, "seat_gpu_seconds": gpu}
-        head = seat_head(policy, (_head(load, *heads[:3]), _head(load, *heads[3:])))
+    for seat_id, gpu, running, job_id, priority, lane, pinned_id, pinned_priority, pinned_lane in rows:
+        head = None if job_id is None else Candidate(job_id, seat_id, running, gpu, priority or 0, bool(lane))
+        if pinned_id is not None:  # the seat also has a job pinned to this backend: the better of the two
+            pinned = Candidate(pinned_id, seat_id, running, gpu, pinned_priority or 0, bool(pinned_lane))
+            head = seat_head(policy, (head, pinned))
         assert head is not None  # the WHERE keeps only seats with a head
         found.append(head)
     return found
-
-
-def _head(load: dict[str, Any], job_id: int | None, priority: int | None, lane: Any) -> Candidate | None:
-    if job_id is None:
-        return None
-    return Candidate(job_id=job_id, priority=priority or 0, instructor_lane=bool(lane), **load)
 
 
 def _waiting_workshops_sql() -> str:
