@@ -167,9 +167,10 @@ class Job(models.Model):
         else:  # SQLite has UPDATE … RETURNING, not a data-modifying WITH: the JobEvent is a statement of its own
             update_sql, params = _update_sql(jobs.filter(pk=job_id), fields)
             returning = ", ".join(connection.ops.quote_name(column) for column in columns)
-            found = list(cls.objects.raw(f"{update_sql} RETURNING {returning}", params))
-            if found:
-                JobEvent.objects.create(job_id=job_id, from_status=waiting, to_status=dispatching)
+            with transaction.atomic(savepoint=False):
+                found = list(cls.objects.raw(f"{update_sql} RETURNING {returning}", params))
+                if found:
+                    JobEvent.objects.create(job_id=job_id, from_status=waiting, to_status=dispatching)
         return found[0] if found else None
 
     def refresh_status(self) -> str:
