@@ -25,7 +25,7 @@ def together(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
     the ones after it, as a sequence would.
     """
     with connection.cursor() as cursor:
-        if not _sends_together(cursor):
+        if not one_round_trip():
             results = []
             for sql, params in statements:
                 cursor.execute(sql, params)
@@ -40,9 +40,7 @@ def together(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
         return results
 
 
-def _sends_together(cursor: Any) -> bool:
-    if connection.vendor != "postgresql":
-        return False
-    from psycopg import ClientCursor  # with server-side binding (the option) a query holds one statement only
-
-    return isinstance(cursor.cursor, ClientCursor)
+def one_round_trip() -> bool:
+    """Whether :func:`together` sends its statements in one round trip here: on PostgreSQL unless the database
+    is set to server-side binding (its ``server_side_binding`` option), where a query holds one statement."""
+    return connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding")

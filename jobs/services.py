@@ -148,16 +148,22 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
 
     names = _named_files(prompt)
     lock_sql, caps_sql, uploads_sql = _submit_sql()
+    read_uploads = (uploads_sql.format(names=", ".join(["%s"] * len(names))), [seat.pk, *names])
+    # The uploads need no lock. Where they can ride along with the lock's round trip (PostgreSQL) they do;
+    # elsewhere they are read first: SQLite's transaction holds the database's one write lock.
+    early = bool(names) and not db.one_round_trip()
+    uploads = db.together([read_uploads]) if early else []
     with transaction.atomic():
-        # One round trip for the three reads (comfyume.db.together); the counts run after the lock is granted, so
-        # two quick submits of a seat cannot both pass its cap. The seat's usage is read fresh.
+        # One round trip for the reads (comfyume.db.together); the counts run after the lock is granted, so two
+        # quick submits of a seat cannot both pass its cap. The seat's usage is read fresh.
         statements: list[db.Statement] = [
             (lock_sql, [seat.pk]),
             (caps_sql, [seat.pk, workshop.pk, Job.Status.QUEUED.value]),
         ]
-        if names:
-            statements.append((uploads_sql.format(names=", ".join(["%s"] * len(names))), [seat.pk, *names]))
-        locked, ((depth, waiting),), *uploads = db.together(statements)
+        if names and not early:
+            statements.append(read_uploads)
+        locked, ((depth, waiting),), *late = db.together(statements)
+        uploads = uploads or late
         if not locked:
             raise _reject(403, "seat_gone", "This seat no longer exists. Please tell the instructor.")
         seat.gpu_seconds_used = _field_value(Seat, "gpu_seconds_used", locked[0][0])

@@ -3,6 +3,8 @@ PostgreSQL, one after another elsewhere, with the same results."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
@@ -53,3 +55,15 @@ def test_params_are_bound_not_pasted(personas):
     )
     assert label == hostile and count == 0
     assert connection.introspection.table_names().count("workshops_seat") == 1
+
+
+@pytest.mark.django_db
+def test_with_server_side_binding_they_go_one_by_one(personas):
+    """A query holds one statement under server-side binding (an option a DATABASE_URL can set): then they run
+    one after another, with the same results."""
+    with mock.patch.dict(connection.settings_dict["OPTIONS"], {"server_side_binding": True}):
+        assert not db.one_round_trip()
+        with CaptureQueriesContext(connection) as queries:
+            answers = db.together([("SELECT 1", []), ("SELECT %s", [2])])
+    assert answers == [[(1,)], [(2,)]] and len(queries.captured_queries) == 2
+    assert db.one_round_trip() == (connection.vendor == "postgresql")

@@ -272,3 +272,23 @@ def test_a_submit_for_a_seat_that_was_deleted_meanwhile_queues_nothing(personas)
         submit_prompt(seat, {"prompt": TINY})
     assert rejected.value.status == 403 and "no longer exists" in str(rejected.value)
     assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_job_carries_the_seats_uploads_its_prompt_names_and_no_others(personas):
+    from storage.models import SeatInput
+
+    def upload(seat, name):
+        SeatInput.objects.create(seat=seat, name=name, key=f"k/{seat.pk}/{name}", size=3, sha256="a" * 64,
+                                 content_type="image/png")  # fmt: skip
+
+    upload(personas.seat_a, "photo.png")
+    upload(personas.seat_a, "unused.png")
+    upload(personas.seat_b, "theirs.png")
+    prompt = tiny(**{"3__filename_prefix": "photo.png [input]"}) | {
+        "9": {"class_type": "LoadImage", "inputs": {"image": "theirs.png"}}
+    }
+    seat = Seat.objects.select_related("workshop").get(pk=personas.seat_a.pk)
+    job = submit_prompt(seat, {"prompt": prompt})
+    expected = {"name": "photo.png", "key": f"k/{seat.pk}/photo.png", "sha256": "a" * 64, "size": 3}
+    assert Job.objects.get(pk=job.pk).inputs == [expected | {"content_type": "image/png"}]
