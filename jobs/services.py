@@ -106,9 +106,9 @@ _UPLOAD_FIELDS = ("name", "key", "sha256", "size", "content_type")  # what a job
 
 @functools.cache
 def _submit_sql() -> tuple[str, str, str]:
-    """A submit's reads inside its transaction: the seat's usage, locked with its workshop's row (a workshop's
-    submits take turns, which keeps the queue-depth cap exact); the workshop's waiting jobs and the seat's
-    share of them (never more than the cap); the seat's uploads named in the prompt (``{names}``)."""
+    """A submit's reads: in its transaction, the seat's usage, locked with its workshop's row (a workshop's
+    submits take turns, which keeps the queue-depth cap exact), then the workshop's waiting jobs and the seat's
+    share of them (never more than the cap); and the seat's uploads named in the prompt (``{names}``)."""
     seat, workshop = Seat._meta.db_table, Workshop._meta.db_table
     job, uploads = Job._meta.db_table, SeatInput._meta.db_table
     lock = " FOR UPDATE" if connection.features.has_select_for_update else ""  # SQLite: the transaction's lock
