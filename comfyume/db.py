@@ -44,3 +44,9 @@ def one_round_trip() -> bool:
     """Whether :func:`together` sends its statements in one round trip here: on PostgreSQL unless the database
     is set to server-side binding (its ``server_side_binding`` option), where a query holds one statement."""
     return connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding")
+
+
+def for_update() -> str:
+    """`` FOR UPDATE`` for a locking read, where the database has row locks. SQLite has none: there the
+    transaction itself holds the database's write lock (the project runs it ``IMMEDIATE``)."""
+    return " FOR UPDATE" if connection.features.has_select_for_update else ""

@@ -28,6 +28,8 @@ from .policy import Candidate, head_order, pick_next, seat_head
 
 log = logging.getLogger(__name__)
 
+_ACTIVE = ", ".join(f"'{status}'" for status in Job.ACTIVE)  # Job.ACTIVE as an SQL list (fixed strings)
+
 
 _HEAD_ORDER_SQL = {
     # One seat's own queued jobs, best first (see jobs.policy.head_order). The pin leads although the WHERE
@@ -46,11 +48,10 @@ def _candidates_sql(policy: str) -> str:
     the database spent running them, on every claim."""
     order = _HEAD_ORDER_SQL[",".join(head_order(policy))]
     job, seat = Job._meta.db_table, Seat._meta.db_table
-    active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
     head = f"SELECT q.id FROM {job} q WHERE q.seat_id = s.id AND q.status = %s AND {{pin}} ORDER BY {order} LIMIT 1"
     return f"""
         SELECT s.id, s.gpu_seconds_used,
-               (SELECT COUNT(*) FROM {job} r WHERE r.seat_id = s.id AND r.status IN ({active})),
+               (SELECT COUNT(*) FROM {job} r WHERE r.seat_id = s.id AND r.status IN ({_ACTIVE})),
                u.id, u.priority, u.instructor_lane, p.id, p.priority, p.instructor_lane
         FROM {seat} s
         LEFT JOIN {job} u ON u.id = ({head.format(pin="q.pinned_backend_id IS NULL")})
@@ -84,10 +85,9 @@ def _candidates(workshop_id: int, policy: str, backend_id: int) -> list[Candidat
 def _waiting_workshops_sql() -> str:
     job, workshop = Job._meta.db_table, Workshop._meta.db_table
     through = Workshop.backends.through._meta.db_table
-    active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
     return f"""
         SELECT w.id, w.queue_policy, w.max_running_per_seat, w.job_timeout_seconds,
-               (SELECT COUNT(*) FROM {job} a WHERE a.workshop_id = w.id AND a.status IN ({active})) AS active
+               (SELECT COUNT(*) FROM {job} a WHERE a.workshop_id = w.id AND a.status IN ({_ACTIVE})) AS active
         FROM {workshop} w
         JOIN {through} wb ON wb.workshop_id = w.id
         WHERE wb.gpubackend_id = %s AND NOT w.paused AND w.archived_at IS NULL
@@ -100,11 +100,9 @@ def _waiting_workshops_sql() -> str:
 def _backend_slot_sql() -> tuple[str, str]:
     """The backend's row, locked (whether it may take a job, how many), and its count of active jobs."""
     backend, job = GpuBackend._meta.db_table, Job._meta.db_table
-    active = ", ".join(f"'{status}'" for status in Job.ACTIVE)
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""  # SQLite: the transaction's lock
     return (
-        f"SELECT enabled, state, max_concurrency FROM {backend} WHERE id = %s{lock}",
-        f"SELECT COUNT(*) FROM {job} WHERE backend_id = %s AND status IN ({active})",
+        f"SELECT enabled, state, max_concurrency FROM {backend} WHERE id = %s{db.for_update()}",
+        f"SELECT COUNT(*) FROM {job} WHERE backend_id = %s AND status IN ({_ACTIVE})",
     )
 
 
@@ -149,7 +147,7 @@ def claim_next(backend: GpuBackend | int) -> Job | None:
             if not isinstance(backend, int):
                 backend.enabled, backend.state, backend.max_concurrency = bool(enabled), state, max_concurrency
                 job.backend = backend
-            timeout = timeout or settings.COMFYUME["JOB_TIMEOUT"]  # Workshop.job_timeout
+            timeout = Workshop.timeout_for(timeout)
             transaction.on_commit(functools.partial(enqueue_dispatch, job.pk, job.attempts, timeout))
             job.slots_left = max_concurrency - active - 1  # type: ignore[attr-defined]
             return job

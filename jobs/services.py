@@ -111,11 +111,10 @@ def _submit_sql() -> tuple[str, str, str]:
     share of them (never more than the cap); and the seat's uploads named in the prompt (``{names}``)."""
     seat, workshop = Seat._meta.db_table, Workshop._meta.db_table
     job, uploads = Job._meta.db_table, SeatInput._meta.db_table
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""  # SQLite: the transaction's lock
     columns = ", ".join(connection.ops.quote_name(name) for name in _UPLOAD_FIELDS)
     return (
         f"SELECT s.gpu_seconds_used, s.cost_used FROM {seat} s JOIN {workshop} w ON w.id = s.workshop_id "
-        f"WHERE s.id = %s{lock}",
+        f"WHERE s.id = %s{db.for_update()}",
         f"SELECT COUNT(*), COUNT(*) FILTER (WHERE seat_id = %s) FROM {job} WHERE workshop_id = %s AND status = %s",
         f"SELECT {columns} FROM {uploads} WHERE seat_id = %s AND name IN ({{names}})",
     )

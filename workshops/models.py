@@ -83,7 +83,12 @@ class Workshop(models.Model):
 
     @property
     def job_timeout(self) -> int:
-        return self.job_timeout_seconds or settings.COMFYUME["JOB_TIMEOUT"]
+        return self.timeout_for(self.job_timeout_seconds)
+
+    @staticmethod
+    def timeout_for(job_timeout_seconds: int | None) -> int:
+        """A job's time limit from the workshop's setting (empty: the platform default)."""
+        return job_timeout_seconds or settings.COMFYUME["JOB_TIMEOUT"]
 
     def primary_backend(self):  # -> GpuBackend | None
         """The backend whose node catalogue preflight checks against: the first enabled one by order
