@@ -348,8 +348,14 @@ if SEAT_FRONTENDS["DRIVER"] == "docker" and urlsplit(SEAT_FRONTENDS["HUB_URL"]).
         "set it to the hub's address on the seats' network (for example http://web:8000)."
     )
 
-# Sign-in attempts allowed per client address and per username in a window of LOGIN_RATE_WINDOW seconds.
+# Failed sign-ins allowed per username, and per client address (a workshop room shares one behind its NAT), in
+# a window of LOGIN_RATE_WINDOW seconds; every password sign-in goes through the limit (workshops.ratelimit).
 LOGIN_RATE_LIMIT = env.int("COMFYUME_LOGIN_RATE_LIMIT", default=10)
+LOGIN_RATE_LIMIT_PER_ADDRESS = env.int("COMFYUME_LOGIN_RATE_LIMIT_PER_ADDRESS", default=100)
 LOGIN_RATE_WINDOW = env.int("COMFYUME_LOGIN_RATE_WINDOW", default=300)
+for _name in ("LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT_PER_ADDRESS", "LOGIN_RATE_WINDOW"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"COMFYUME_{_name} must be at least 1, not {globals()[_name]}.")
+AUTHENTICATION_BACKENDS = ["workshops.ratelimit.SignInLimitBackend", "django.contrib.auth.backends.ModelBackend"]
 # Let nginx's seat check and seat frontends accept `Authorization: Basic` with seat credentials.
 SEAT_HTTP_BASIC = env.bool("COMFYUME_SEAT_HTTP_BASIC", default=False)

@@ -3,12 +3,13 @@ from django.urls import include, path
 
 from comfyume import health
 from jobs import api, callbacks
-from workshops import seat_api
+from workshops import ratelimit, seat_api
 from workshops import views as workshop_views
 
 admin.site.site_header = "ComfyuME"
 admin.site.site_title = "ComfyuME admin"
 admin.site.index_title = "Run the workshop"
+admin.site.login_form = ratelimit.AdminSignInForm
 
 hub_api = [
     path("prompt", api.prompt, name="prompt"),
@@ -49,5 +50,6 @@ urlpatterns = [
     path("admin/rq/", include("django_rq.urls")),
     path("admin/outputs/", include("storage.urls")),
     path("admin/live/", include("workshops.dashboard_urls")),
+    path("admin/login/", ratelimit.answers_429_when_limited(admin.site.login)),
     path("admin/", admin.site.urls),
 ]

@@ -13,10 +13,12 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.views import LoginView
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
 from jobs.auth import seat_for_user
@@ -33,29 +35,20 @@ def demo_workflow() -> dict:
     return json.loads(DEMO_WORKFLOW_PATH.read_text())
 
 
+@method_decorator(ratelimit.answers_429_when_limited, name="post")
 class SeatLoginView(LoginView):
-    """Username + password, with failed attempts limited per address and per username."""
+    """Username + password; failed attempts are limited per address and per username (workshops.ratelimit)."""
 
     template_name = "workshops/login.html"
+    form_class = ratelimit.SignInForm
     redirect_authenticated_user = True
 
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        address, username = ratelimit.client_address(request), request.POST.get("username", "")
-        wait = ratelimit.retry_after(address, username)
-        if wait:
-            minutes = max(1, -(-wait // 60))
-            form = self.get_form()
-            form.errors.clear()
-            context = self.get_context_data(form=form, rate_limited=minutes)
-            response = self.render_to_response(context, status=429)
-            response["Retry-After"] = str(wait)
-            return response
-        response = super().post(request, *args, **kwargs)
-        if request.user.is_authenticated:
-            ratelimit.clear(address, username)
-        else:
-            ratelimit.record_failure(address, username)
-        return response
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        form = context.get("form")
+        if form is not None and form.has_error(NON_FIELD_ERRORS, "rate_limited"):
+            context["rate_limited"] = form.non_field_errors()[0]
+        return context
 
 
 @require_POST
@@ -118,13 +111,8 @@ def _basic_user(request: HttpRequest) -> Any:
         username, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return None
-    address = ratelimit.client_address(request)
-    if ratelimit.retry_after(address, username):
-        return None
-    user = authenticate(request, username=username, password=password)
-    if user is None:
-        ratelimit.record_failure(address, username)
-    return user
+    # Counted and limited like every password sign-in (workshops.ratelimit): over the limit, no user.
+    return authenticate(request, username=username, password=password)
 
 
 def _access_answer(status: int, reason: str, user: Any = None) -> HttpResponse:
