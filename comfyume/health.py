@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -72,26 +73,45 @@ def health(request: HttpRequest) -> JsonResponse:
         or backups.get("status") in ("failing", "stale", "empty")
     )
     status = "down" if not healthy else ("degraded" if degraded else "ok")
+    report = {
+        "status": status,
+        "database": database,
+        "redis": redis_state,
+        "storage": storage,
+        "backup": backups,
+        "backends": backends,
+    }
     return JsonResponse(
-        {
-            "status": status,
-            "database": database,
-            "redis": redis_state,
-            "storage": storage,
-            "backup": backups,
-            "backends": backends,
-        },
-        status=200 if healthy else 503,
+        report if _may_see_details(request) else _without_details(report), status=200 if healthy else 503
     )
+
+
+def _may_see_details(request: HttpRequest) -> bool:
+    """Staff, and monitoring with the metrics token: error texts name hosts, buckets and backends' URLs."""
+    if getattr(request, "user", None) is not None and request.user.is_staff:
+        return True
+    return bool(settings.METRICS_TOKEN) and _has_metrics_token(request)
+
+
+def _without_details(report: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may know: whether each part works (``ok`` / ``error``), each backend's state, the backups'."""
+    return {
+        **report,
+        **{part: "ok" if report[part] == "ok" else "error" for part in ("database", "redis", "storage")},
+        "backup": {"status": report["backup"].get("status")},
+        "backends": {name: {"kind": b["kind"], "state": b["state"]} for name, b in report["backends"].items()},
+    }
+
+
+def _has_metrics_token(request: HttpRequest) -> bool:
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), settings.METRICS_TOKEN.encode())
 
 
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    token = settings.METRICS_TOKEN
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+    if settings.METRICS_TOKEN and not _has_metrics_token(request):
+        return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
     registry = CollectorRegistry()
     registry.register(PipelineCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

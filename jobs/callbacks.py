@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from comfyume import jsonbody
 from gpu_backends.client import FileRef
 from gpu_backends.mailbox import Mailbox
 from storage.stores import StorageError, default_store, safe_key
@@ -38,9 +38,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _attempt_signature(prompt_id: Any, attempt: str, nonce: str) -> str:
+    message = f"gpu-callback:{prompt_id}:{attempt}:{nonce}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()
+
+
 def issue_token(job: Job) -> str:
-    """A fresh token for the job's current attempt; only its hash is kept."""
-    token = secrets.token_urlsafe(32)
+    """A fresh token for the job's current attempt; only its hash is kept. The token is a nonce signed with
+    the attempt, so a worker of an attempt that has been replaced can still prove it was given that attempt
+    (and be told to stop) while the job keeps only its current attempt's hash."""
+    nonce = secrets.token_urlsafe(16)
+    token = f"{nonce}.{_attempt_signature(job.prompt_id, job.backend_prompt_id, nonce)}"
     job.callback_token_hash = hash_token(token)
     Job.objects.filter(pk=job.pk).update(callback_token_hash=job.callback_token_hash)
     return token
@@ -77,12 +85,15 @@ def worker_callback(view: Callable[..., HttpResponseBase]) -> Callable[..., Http
         if not token and request.method == "GET":  # an input's URL, fetched like a presigned one
             token = request.GET.get("token", "")
         job = Job.objects.select_related("seat", "workshop").filter(prompt_id=prompt_id).first()
-        if not token or job is None:
+        # Nothing is said about a job, not even that it exists, to a caller without a token for it.
+        if job is None or not token:
             return _error(401, "A valid job token is required.")
         if attempt != job.backend_prompt_id:
+            if not _signed_for_attempt(token, prompt_id, attempt):
+                return _error(401, "A valid job token is required.")
             return _error(409, "This attempt of the job is over; another one has replaced it.", cancel=True)
         if not job.callback_token_hash or not hmac.compare_digest(hash_token(token), job.callback_token_hash):
-            return _error(401, "The job token is not valid.")
+            return _error(401, "A valid job token is required.")
         if job.status not in Job.ACTIVE:
             return _error(409, f"The job has already ended ({job.status}).", cancel=True)
         return view(request, job, *args, **kwargs)
@@ -90,13 +101,19 @@ def worker_callback(view: Callable[..., HttpResponseBase]) -> Callable[..., Http
     return csrf_exempt(wrapper)
 
 
+def _signed_for_attempt(token: str, prompt_id: Any, attempt: str) -> bool:
+    """Whether ``token`` was issued for this attempt of this job (which need not be its current one)."""
+    nonce, _, signature = token.partition(".")
+    return bool(nonce and signature) and hmac.compare_digest(signature, _attempt_signature(prompt_id, attempt, nonce))
+
+
 def _json_body(request: HttpRequest, limit: int = 64 * 1024) -> dict[str, Any] | JsonResponse:
     if len(request.body) > limit:
         return _error(413, f"The body is larger than {limit} bytes.")
     try:
-        body = json.loads(request.body)
-    except ValueError:
-        return _error(400, "The body is not valid JSON.")
+        body = jsonbody.loads(request.body)
+    except jsonbody.InvalidJSON as exc:
+        return _error(400, str(exc))
     if not isinstance(body, dict):
         return _error(400, "The body must be a JSON object.")
     return body
@@ -135,12 +152,25 @@ def result(request: HttpRequest, job: Job) -> JsonResponse:
 
 
 def _file_ref(body: dict[str, Any]) -> FileRef | JsonResponse:
+    """The output a worker names, checked so its key stays inside the job's folder (400 otherwise)."""
     filename, subfolder, type_ = body.get("filename"), body.get("subfolder", ""), body.get("type", "output")
-    if not isinstance(filename, str) or not filename or "/" in filename or "\\" in filename:
+    if not isinstance(filename, str) or filename in ("", ".", "..") or any(c in filename for c in "/\\\x00"):
         return _error(400, "filename must be a plain file name.")
     if not isinstance(subfolder, str) or not isinstance(type_, str):
         return _error(400, "subfolder and type must be strings.")
+    if subfolder and not _relative_folder(subfolder):
+        return _error(400, "subfolder must be a relative folder inside the job's outputs (no '..').")
     return FileRef(filename, subfolder, type_)
+
+
+def _relative_folder(path: str) -> bool:
+    if path.startswith(("/", "\\")):
+        return False
+    try:
+        safe_key(path)
+    except StorageError:
+        return False
+    return True
 
 
 def _in_job(job: Job, key: Any) -> bool:
@@ -166,8 +196,8 @@ def uploads(request: HttpRequest, job: Job) -> JsonResponse:
         return _error(400, "size must be a whole number of bytes.")
     if not isinstance(sha256, str) or not SHA256_HEX.match(sha256):
         return _error(400, "sha256 must be 64 lowercase hex digits.")
+    key, _ = output_location(job, ref)  # the name and subfolder were checked: the key stays in the job's folder
     try:
-        key, _ = output_location(job, ref)
         target = default_store().upload_target(key, size=size, sha256_hex=sha256, content_type=str(content_type))
     except StorageError as exc:
         return _error(503, f"Storage is not available: {exc}")

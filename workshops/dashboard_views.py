@@ -12,7 +12,6 @@ and changes nothing; a backend's own refusal (Verda's API) comes back as a 502 w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
+from comfyume import jsonbody
 from gpu_backends import scaling
 from gpu_backends.client import BackendError
 from gpu_backends.models import GpuBackend
@@ -144,9 +144,9 @@ def act(request: HttpRequest, slug: str) -> JsonResponse:
 
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
-        body = json.loads(request.body or b"null")
-    except ValueError:
-        raise Refused(400, "invalid_json", "The request body is not valid JSON.")
+        body = jsonbody.loads(request.body or b"null")
+    except jsonbody.InvalidJSON as exc:
+        raise Refused(400, "invalid_json", str(exc)) from None
     if not isinstance(body, dict):
         raise Refused(400, "invalid_json", 'Send a JSON object such as {"action": "pause"}.')
     return body

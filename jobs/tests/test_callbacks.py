@@ -87,8 +87,15 @@ def test_cancel_is_answered_on_the_next_callback(client, running):
 
 def test_a_late_or_stale_call_changes_nothing(client, running):
     job, token = running
-    stale = post(client, job, "events", {"seq": 1, "messages": []}, token, attempt="an-earlier-attempt")
-    assert stale.status_code == 409 and stale.json()["cancel"] is True
+    first_attempt = job.backend_prompt_id
+    job.backend_prompt_id = "the-second-attempt"  # the job was sent again: a new attempt with a new token
+    job.save(update_fields=["backend_prompt_id"])
+    callbacks.issue_token(job)
+    stale = post(client, job, "events", {"seq": 1, "messages": []}, token, attempt=first_attempt)
+    assert stale.status_code == 409 and stale.json()["cancel"] is True  # its worker is told to stop
+    job.backend_prompt_id = first_attempt
+    job.save(update_fields=["backend_prompt_id"])
+    token = callbacks.issue_token(job)
     job.transition(Job.Status.CANCELLED, reason="test")
     late = post(client, job, "result", {"status": "succeeded", "outputs": {}, "files": []}, token)
     assert late.status_code == 409 and late.json()["cancel"] is True
@@ -202,3 +209,45 @@ def test_inputs_are_served_to_the_workers_token_only(client, running):
     assert answer.status_code == 200 and b"".join(answer.streaming_content) == b"photo bytes"
     assert client.get(path.replace(token, "wrong")).status_code == 401
     assert client.get(url(job, f"inputs/5?token={token}")).status_code == 404
+
+
+def test_nothing_about_a_job_is_said_without_its_token(client, running):
+    """A caller without a valid token learns nothing, not even whether the job or the attempt exists."""
+    job, token = running
+    body = {"seq": 1, "messages": []}
+    unknown_job = f"/api/gpu/jobs/00000000-0000-4000-8000-000000000000/{job.backend_prompt_id}/events"
+    answers = [
+        client.post(unknown_job, data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION="Bearer x"),
+        post(client, job, "events", body, "x", attempt="a-guessed-attempt"),
+        post(client, job, "events", body, token, attempt="a-guessed-attempt"),  # this attempt's token, not that one's
+        post(client, job, "events", body, "x"),
+        post(client, job, "events", body, None, attempt="a-guessed-attempt"),
+    ]
+    assert [a.status_code for a in answers] == [401] * 5
+    assert len({a.content for a in answers}) == 1
+
+
+@pytest.mark.parametrize("subfolder", ["../../other-seat", "a/../../..", "/etc", "x/\x00/y"])
+def test_an_upload_outside_the_jobs_folder_is_refused_as_bad_input(client, running, subfolder):
+    job, token = running
+    body = {"filename": "out.png", "subfolder": subfolder, "size": 3, "sha256": "0" * 64, "node_id": "9"}
+    answer = post(client, job, "uploads", body, token)
+    assert answer.status_code == 400 and "subfolder" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("filename", ["..", ".", "a\x00.png", "../x.png", "a\\b.png", ""])
+def test_an_upload_with_a_bad_file_name_is_refused_as_bad_input(client, running, filename):
+    job, token = running
+    body = {"filename": filename, "subfolder": "", "size": 3, "sha256": "0" * 64, "node_id": "9"}
+    answer = post(client, job, "uploads", body, token)
+    assert answer.status_code == 400 and "filename" in answer.json()["error"]
+
+
+def test_a_lone_surrogate_in_a_callback_is_refused_as_bad_input(client, running):
+    job, token = running
+    raw = b'{"seq": 1, "messages": [{"type": "progress", "data": {"x": "\\ud800"}}]}'
+    answer = client.post(
+        url(job, "events"), data=raw, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+    assert answer.status_code == 400 and "surrogate" in answer.json()["error"]
+    assert Mailbox(job.backend_prompt_id).receive(0.05) is None

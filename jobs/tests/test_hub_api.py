@@ -105,15 +105,32 @@ def test_interrupt_stops_only_this_seats_running_job(api, personas, sim):
     assert Job.objects.get(prompt_id=prompt_id).status == Job.Status.INTERRUPTED
 
 
-def test_health_reports_database_redis_and_backends(client, personas):
-    data = client.get("/health").json()
+def test_health_reports_database_redis_and_backends(admin_client, personas):
+    data = admin_client.get("/health").json()
     assert data["database"] == "ok" and data["redis"] == "ok"
     assert data["backends"]["sim"]["kind"] == "simulator"
     personas.backend.state = "failing"
     personas.backend.last_error = "connection refused"
     personas.backend.save()
-    data = client.get("/health").json()
+    data = admin_client.get("/health").json()
     assert data["status"] == "degraded" and data["backends"]["sim"]["last_error"] == "connection refused"
+
+
+def test_health_tells_anyone_what_works_but_only_staff_and_monitoring_why_not(client, personas, settings):
+    """Error texts name internal addresses (a backend's URL, the database's host, a bucket): not for anyone."""
+    personas.backend.state = "failing"
+    personas.backend.last_error = f"Connection refused: {personas.backend.url}/system_stats"
+    personas.backend.save()
+    answer = client.get("/health")
+    data = answer.json()
+    assert answer.status_code == 200 and data["status"] == "degraded"
+    assert data["backends"] == {"sim": {"kind": "simulator", "state": "failing"}}
+    assert data["database"] == "ok" and set(data["backup"]) == {"status"}
+    assert personas.backend.url not in answer.content.decode()
+    settings.METRICS_TOKEN = "s3cret"
+    assert "last_error" not in client.get("/health", HTTP_AUTHORIZATION="Bearer wrong").json()["backends"]["sim"]
+    monitored = client.get("/health", HTTP_AUTHORIZATION="Bearer s3cret").json()
+    assert personas.backend.url in monitored["backends"]["sim"]["last_error"]
 
 
 def test_metrics_expose_queue_jobs_and_latency(client, api, personas, sim, settings):
@@ -131,9 +148,12 @@ def test_metrics_expose_queue_jobs_and_latency(client, api, personas, sim, setti
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
 
 
-def test_health_shows_a_broken_object_store_by_the_setting_to_fix(client, personas, r2_store, settings, monkeypatch):
+def test_health_shows_a_broken_object_store_by_the_setting_to_fix(
+    admin_client, personas, r2_store, settings, monkeypatch
+):
     from comfyume import health
 
+    client = admin_client
     monkeypatch.setattr(health, "_storage_checked", (0.0, ""))
     data = client.get("/health").json()
     assert data["storage"] == "ok" and data["status"] == "ok"
@@ -145,9 +165,10 @@ def test_health_shows_a_broken_object_store_by_the_setting_to_fix(client, person
     assert data["status"] == "degraded" and "COMFYUME_R2_BUCKET" in data["storage"]
 
 
-def test_health_shows_a_failed_backup(client, personas):
+def test_health_shows_a_failed_backup(admin_client, personas):
     from django.utils import timezone
 
+    client = admin_client
     from storage.models import BackupRun
 
     assert client.get("/health").json()["backup"]["status"] == "off"  # no destination, never run: a choice
