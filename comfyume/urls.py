@@ -42,6 +42,7 @@ urlpatterns = [
     path("login/", workshop_views.SeatLoginView.as_view(), name="login"),
     path("logout/", workshop_views.logout_view, name="logout"),
     path("join/<str:token>/", workshop_views.join, name="join"),
+    path("seat/comfyui", workshop_views.seat_comfyui, name="seat-comfyui"),
     path("auth/seat", workshop_views.seat_access, name="seat-access"),
     path("api/hub/", include((hub_api, "hub"))),
     path("api/gpu/jobs/<uuid:prompt_id>/<str:attempt>/", include((gpu_callbacks, "gpu"))),

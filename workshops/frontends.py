@@ -1,9 +1,11 @@
 """Seat frontends as a service: where a seat's ComfyUI is, who may open it, and keeping it running.
 
 Admin actions and management commands call ``start_seats`` / ``stop_seats`` / ``restart_seats`` /
-``reset_seats``: they only record what is wanted. The supervisor (``manage.py run_seat_frontends``, started
-by ``make run`` and by the production compose file) reconciles that with the driver, restarts frontends that
-died (with backoff) and records what it found, so every action is quick, repeatable and survives restarts.
+``reset_seats``, and a participant's arrival (sign-in, or their home page) calls ``start_for_participant``:
+they only record what is wanted. The supervisor (``manage.py run_seat_frontends``, started by ``make run`` and
+by the production compose file) reconciles that with the driver, restarts frontends that died (with backoff)
+and records what it found, so every action is quick, repeatable and survives restarts. It leaves a heartbeat
+in Redis, so that a command can tell whether anything will carry out what it asked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 import requests
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,11 +27,16 @@ from django.db.models import F, Max
 from django.http import HttpRequest
 from django.utils import timezone
 
+from comfyume.redis_client import counters
+
 from .models import Seat, SeatFrontend, Workshop, hash_token
 from .provisioning import FrontendDriver, FrontendStatus, ProvisioningError, SeatSpec, get_driver
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1, 2, 5, 10, 30, 60)
+# A started frontend that has not answered its health check after this many seconds gets a note saying so
+# (it keeps starting: a busy host may be slow, and the participant's page tells them what it waits for).
+ANSWER_DEADLINE = 30
 
 
 # --- Where a seat is ---------------------------------------------------------------------------------
@@ -51,12 +59,8 @@ def login_url() -> str:
     return f"{public.scheme}://{{host}}{':' + str(public.port) if public.port else ''}/login/"
 
 
-def seat_url(seat: Seat, request: HttpRequest | None = None) -> str | None:
-    """The address of the seat's ComfyUI for this browser, or None while its frontend is not running."""
-    return url_for(seat, SeatFrontend.objects.filter(seat=seat).only("state", "port").first(), request)
-
-
 def url_for(seat: Seat, frontend: SeatFrontend | None, request: HttpRequest | None) -> str | None:
+    """The address of the seat's ComfyUI for this browser, or None while its frontend is not running."""
     if frontend is None or frontend.state != SeatFrontend.State.RUNNING:
         return None
     if settings.SEAT_FRONTENDS["ROUTING"] == "path":
@@ -128,21 +132,20 @@ def _allocate_port() -> int:
 
 def ensure_frontends(seats: Iterable[Seat]) -> list[SeatFrontend]:
     """A SeatFrontend row (and, for the process driver, a port) for each seat."""
-    rows = []
-    for seat in seats:
-        for _ in range(5):  # another process may take the same port at the same moment
-            try:
-                with transaction.atomic():
-                    frontend, _created = SeatFrontend.objects.get_or_create(
-                        seat=seat, defaults={"port": _allocate_port()}
-                    )
-                break
-            except IntegrityError:
-                continue
-        else:
-            raise ProvisioningError(f"Could not allocate a port for {seat}.")
-        rows.append(frontend)
-    return rows
+    # An existing row is read first: the port search (a bind per candidate) runs only for a new one, not on
+    # every participant's visit to their page.
+    return [SeatFrontend.objects.filter(seat=seat).first() or _new_frontend(seat) for seat in seats]
+
+
+def _new_frontend(seat: Seat) -> SeatFrontend:
+    for _ in range(5):  # another process may take the same port at the same moment
+        try:
+            with transaction.atomic():
+                frontend, _created = SeatFrontend.objects.get_or_create(seat=seat, defaults={"port": _allocate_port()})
+            return frontend
+        except IntegrityError:
+            continue
+    raise ProvisioningError(f"Could not allocate a port for {seat}.")
 
 
 def _seats(target: Workshop | Iterable[Seat]) -> list[Seat]:
@@ -154,6 +157,30 @@ def _seats(target: Workshop | Iterable[Seat]) -> list[Seat]:
 def start_seats(target: Workshop | Iterable[Seat]) -> int:
     rows = ensure_frontends(_seats(target))
     return SeatFrontend.objects.filter(pk__in=[r.pk for r in rows]).update(desired=SeatFrontend.Desired.RUNNING)
+
+
+def start_for_participant(seat: Seat) -> SeatFrontend | None:
+    """The participant has arrived (signed in, or opened their page): ask for their seat's ComfyUI to run, as
+    JupyterHub spawns a server on login. An archived workshop's seats stay off. Returns the seat's frontend,
+    None when none could be set up (arriving never fails because of it: their page says so)."""
+    if seat.workshop.archived_at is not None:
+        return SeatFrontend.objects.filter(seat=seat).first()
+    try:
+        (frontend,) = ensure_frontends([seat])
+    except ProvisioningError as exc:
+        log.warning("Seat frontend %s: not set up for its participant: %s", seat, exc)
+        return None
+    if frontend.desired != SeatFrontend.Desired.RUNNING:
+        SeatFrontend.objects.filter(pk=frontend.pk).update(desired=SeatFrontend.Desired.RUNNING)
+        frontend.desired = SeatFrontend.Desired.RUNNING
+    return frontend
+
+
+def start_on_sign_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """``user_logged_in`` receiver: a participant's sign-in (password or join link) starts their seat."""
+    seat = Seat.objects.select_related("workshop").filter(participant=user).first()
+    if seat is not None:
+        start_for_participant(seat)
 
 
 def stop_seats(target: Workshop | Iterable[Seat]) -> int:
@@ -177,7 +204,73 @@ def reset_seats(target: Workshop | Iterable[Seat]) -> int:
     )
 
 
+# --- What the participant's page says ----------------------------------------------------------------
+
+
+def progress(seat: Seat, frontend: SeatFrontend | None, request: HttpRequest | None) -> dict[str, Any]:
+    """Where the seat's ComfyUI is on its way up, for the waiting page and its status endpoint.
+
+    ``phase`` is one of ``ready`` (``url`` is set), ``starting`` (asked for, the supervisor has not started it
+    yet), ``answering`` (started, waiting for it to answer), ``failed`` (it could not start or it stopped;
+    ``error`` says why, and the supervisor tries again), ``no_supervisor`` (nothing will start it), ``stopped``
+    (switched off) or ``archived``; ``message`` says it in the participant's words.
+    """
+    url = url_for(seat, frontend, request)
+    error = frontend.last_error if frontend is not None else ""
+    if url:
+        return _phase("ready", "Your ComfyUI is ready.", url=url)
+    if seat.workshop.archived_at is not None:
+        return _phase("archived", "This workshop has ended: its ComfyUI is switched off.")
+    if frontend is None:
+        return _phase(
+            "failed",
+            "Your ComfyUI could not be set up. Please tell the instructor.",
+            error="No port or place for this seat's frontend (the server log says why).",
+        )
+    if frontend.desired == SeatFrontend.Desired.STOPPED:
+        return _phase("stopped", "Your ComfyUI is switched off. Reload this page to start it, or ask the instructor.")
+    if frontend.state == SeatFrontend.State.FAILED:
+        return _phase("failed", "Your ComfyUI could not start; it is tried again by itself.", error=error)
+    if frontend.state == SeatFrontend.State.STARTING:
+        message = "Your ComfyUI has started and is getting ready: waiting for it to answer…"
+        if frontend.restarts:
+            message = f"Your ComfyUI is starting again (it stopped {frontend.restarts} time(s)): waiting for it…"
+        return _phase("answering", message, error=error)
+    if not supervisor_running():
+        return _phase(
+            "no_supervisor",
+            "Your ComfyUI is waiting for the seat supervisor that starts it, which is not running: "
+            "please tell the instructor.",
+            error=error,
+        )
+    return _phase("starting", "Your ComfyUI is starting…", error=error)
+
+
+def _phase(phase: str, message: str, *, url: str | None = None, error: str = "") -> dict[str, Any]:
+    return {"phase": phase, "message": message, "url": url, "error": error}
+
+
 # --- The supervisor ----------------------------------------------------------------------------------
+
+
+def _supervisor_key() -> str:
+    return f"{settings.REDIS_PREFIX}:seat-supervisor"
+
+
+def supervisor_running() -> bool:
+    """Is a seat supervisor reconciling right now (its heartbeat is fresh)? Redis trouble counts as no."""
+    try:
+        return bool(counters().exists(_supervisor_key()))
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _beat(driver: str, interval: float) -> None:
+    """The supervisor's heartbeat: it expires after a few missed passes, so a dead supervisor is noticed."""
+    try:
+        counters().set(_supervisor_key(), driver, ex=max(10, int(interval * 5)))
+    except (redis.RedisError, OSError):
+        log.warning("Seat frontends: could not record the supervisor's heartbeat in Redis")
 
 
 def _healthy(address: str) -> bool:
@@ -219,12 +312,18 @@ class Supervisor:
         return list(SeatFrontend.objects.select_related("seat__workshop"))
 
     def reconcile(self) -> None:
+        _beat(self.driver.name, self.interval)
         for frontend in self._rows():
             try:
                 self.reconcile_one(frontend)
             except ProvisioningError as exc:
                 log.warning("Seat frontend %s: %s", frontend.seat, exc)
                 self._save(frontend, state=SeatFrontend.State.FAILED, last_error=str(exc))
+            except Exception as exc:
+                # Anything else a driver raises (an engine's client error, a full disk) is this seat's
+                # failure, recorded for its page and the admin; the other seats are still reconciled.
+                log.exception("Seat frontend %s: reconcile failed", frontend.seat)
+                self._save(frontend, state=SeatFrontend.State.FAILED, last_error=f"{type(exc).__name__}: {exc}")
 
     def _save(self, frontend: SeatFrontend, **changes: Any) -> None:
         changed = {k: v for k, v in changes.items() if getattr(frontend, k) != v}
@@ -255,8 +354,13 @@ class Supervisor:
             self._observe_running(frontend, status)
             return
         if frontend.state in (SeatFrontend.State.RUNNING, SeatFrontend.State.STARTING) and frontend.started_at:
-            # It was started and is gone: count a crash and back off before the next start.
-            self._save(frontend, state=SeatFrontend.State.FAILED, restarts=frontend.restarts + 1)
+            # It was started and is gone: count a crash, say why, and back off before the next start.
+            self._save(
+                frontend,
+                state=SeatFrontend.State.FAILED,
+                restarts=frontend.restarts + 1,
+                last_error=f"It stopped by itself ({status.detail}).",
+            )
             delay = RESTART_BACKOFF[min(frontend.restarts, len(RESTART_BACKOFF) - 1)]
             self._next_attempt[frontend.pk] = time.monotonic() + delay
             log.warning("Seat frontend %s died; starting it again in %s s", seat, delay)
@@ -264,13 +368,13 @@ class Supervisor:
             return
         token = seat.issue_token()
         status = self.driver.start(seat_spec(seat, token))
+        # The last error stays until it answers: a seat that keeps dying shows why while it starts again.
         self._save(
             frontend,
             state=SeatFrontend.State.STARTING,
             driver=self.driver.name,
             address=status.address,
             started_at=timezone.now(),
-            last_error="",
         )
 
     def _observe_running(self, frontend: SeatFrontend, status: FrontendStatus) -> None:
@@ -278,3 +382,9 @@ class Supervisor:
             return
         if _healthy(status.address):
             self._save(frontend, state=SeatFrontend.State.RUNNING, address=status.address, last_error="")
+            return
+        waited = (timezone.now() - frontend.started_at).total_seconds() if frontend.started_at else 0
+        if frontend.state == SeatFrontend.State.STARTING and waited > ANSWER_DEADLINE:
+            self._save(
+                frontend, last_error=f"Started over {ANSWER_DEADLINE} s ago but does not answer at {status.address}."
+            )

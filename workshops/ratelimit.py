@@ -28,7 +28,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.dispatch import receiver
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.template.defaultfilters import pluralize
 
 from comfyume.redis_client import counters
@@ -112,7 +112,9 @@ class SignInLimitBackend(ModelBackend):
     itself (the ModelBackend after it checks the password); it finds a session's user as ModelBackend does,
     so a session that names it (``login()`` without a backend picks the first) still works."""
 
-    def authenticate(self, request: HttpRequest | None, username: str | None = None, **credentials: Any) -> None:
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> None:
         if request is not None and retry_after(client_address(request), username or ""):
             raise PermissionDenied("Too many sign-in attempts.")
         return None
@@ -151,12 +153,12 @@ def wait_minutes(wait: int) -> int:
     return max(1, -(-wait // 60))
 
 
-def answers_429_when_limited(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def answers_429_when_limited(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
     """A sign-in view whose POST arrives over the limit answers 429 with ``Retry-After`` (its form, built on
     :class:`SignInForm`, says how long to wait)."""
 
     @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         wait = retry_after(client_address(request), request.POST.get("username", "")) if request.method == "POST" else 0
         response = view(request, *args, **kwargs)
         if wait and response.status_code == 200:

@@ -15,16 +15,16 @@ from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.decorators import method_decorator
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from jobs.auth import seat_for_user
+from jobs.auth import api_error, seat_for_user
 
 from . import frontends, ratelimit
-from .models import JoinLink, Seat, hash_token
+from .models import JoinLink, Seat, SeatFrontend, hash_token
 
 DEMO_WORKFLOW_PATH = Path(__file__).resolve().parent / "data" / "tiny_workflow_api.json"
 
@@ -58,7 +58,8 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Staff go to the admin; a participant goes to their ComfyUI (or their seat page while it starts)."""
+    """Staff go to the admin; a participant goes to their ComfyUI, which their arrival starts (their seat page
+    says how far it is while it starts, and forwards them when it answers)."""
     if not request.user.is_authenticated:
         return redirect("login")
     seat = seat_for_user(request.user)
@@ -66,18 +67,40 @@ def home(request: HttpRequest) -> HttpResponse:
         if request.user.is_staff:
             return redirect("admin:index")
         return render(request, "workshops/no_seat.html", status=403)
-    url = frontends.seat_url(seat, request)
-    if url and "seat" not in request.GET:
-        return redirect(url)
-    return seat_page(request, seat, comfyui_url=url)
+    progress = frontends.progress(seat, frontends.start_for_participant(seat), request)
+    if progress["url"] and "seat" not in request.GET:
+        return redirect(progress["url"])
+    return seat_page(request, seat, progress=progress)
 
 
-def seat_page(request: HttpRequest, seat: Seat, *, comfyui_url: str | None) -> HttpResponse:
-    return render(
-        request,
-        "workshops/seat.html",
-        {"seat": seat, "workshop": seat.workshop, "demo_workflow": demo_workflow(), "comfyui_url": comfyui_url},
-    )
+def seat_page(request: HttpRequest, seat: Seat, *, progress: dict[str, Any]) -> HttpResponse:
+    """The hub's page for a seat: its ComfyUI's progress (forwarding there once it answers, unless the
+    participant asked for this page with ``?seat``), their jobs live, and a test workflow to queue."""
+    context = {
+        "seat": seat,
+        "workshop": seat.workshop,
+        "demo_workflow": demo_workflow(),
+        "comfyui_url": progress["url"],
+        "progress": progress,
+        "forward": "seat" not in request.GET,
+    }
+    return render(request, "workshops/seat.html", context)
+
+
+@require_GET
+def seat_comfyui(request: HttpRequest) -> JsonResponse:
+    """Where the participant's ComfyUI is on its way up (``frontends.progress``), asked by the waiting page on
+    load, on every (re)connect of its socket and every few seconds, so it never depends on an event it missed.
+    Asking does not start anything: arriving at the home page does."""
+    seat = seat_for_user(request.user)
+    if seat is None:
+        if request.user.is_authenticated:
+            return api_error(403, "no_seat", "This account has no seat in a workshop.")
+        return api_error(401, "not_signed_in", "Sign in to your seat first.")
+    frontend = SeatFrontend.objects.filter(seat=seat).first()
+    response = JsonResponse(frontends.progress(seat, frontend, request))
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def join(request: HttpRequest, token: str) -> HttpResponse:

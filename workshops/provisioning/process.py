@@ -70,8 +70,19 @@ class ProcessDriver:
     def status(self, spec: SeatSpec) -> FrontendStatus:
         pid = self._pid(spec)
         if pid is None:
-            return FrontendStatus(running=False, detail="not running")
+            gone = self._pid_file(spec).exists()  # started and not stopped since: it exited by itself
+            return FrontendStatus(running=False, detail=self._last_words(spec) if gone else "not running")
         return FrontendStatus(running=True, address=f"{self.host}:{spec.port}", detail=f"pid {pid}")
+
+    def _last_words(self, spec: SeatSpec) -> str:
+        """Why a process exited, for the admin and the participant: the last line of its log (its error)."""
+        try:
+            with open(self.log_path(spec), "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+                lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        return f"exited; its log ends: {lines[-1].strip()[:300]}" if lines else "exited"
 
     def start(self, spec: SeatSpec) -> FrontendStatus:
         current = self.status(spec)

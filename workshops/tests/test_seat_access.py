@@ -99,9 +99,9 @@ def test_basic_auth_guessing_is_limited_too(personas, settings):
 
 def test_participant_lands_in_their_comfyui_once_it_runs(personas, signed_in, settings):
     client = signed_in(personas.seat_a.participant)
-    # Not running yet: the seat page says it is starting.
+    # Not running yet (and no supervisor to start it): the seat page says what it waits for.
     page = client.get("/")
-    assert page.status_code == 200 and "Your ComfyUI is starting" in page.content.decode()
+    assert page.status_code == 200 and 'data-phase="no_supervisor"' in page.content.decode()
     (frontend,) = frontends.ensure_frontends([personas.seat_a])
     frontend.state = frontend.State.RUNNING
     frontend.save()

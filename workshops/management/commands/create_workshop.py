@@ -4,9 +4,11 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from gpu_backends.models import GpuBackend
+from workshops import frontends
 from workshops.credentials import credential_sheet
 from workshops.credentials_pdf import credential_pdf
-from workshops.models import QueuePolicy
+from workshops.models import QueuePolicy, Workshop
+from workshops.provisioning import ProvisioningError
 from workshops.services import WorkshopError, create_workshop, credentials_as_dicts
 
 
@@ -69,3 +71,25 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING("No GPU backend attached: attach one in the admin before jobs can run.")
             )
+        self._start_seats(workshop)
+
+    def _start_seats(self, workshop: Workshop) -> None:
+        """Ask for every seat's ComfyUI, as the admin's New workshop does, and say whether anything will start
+        them: the seat supervisor carries it out (and a participant's sign-in asks again)."""
+        try:
+            count = frontends.start_seats(workshop)
+        except ProvisioningError as exc:
+            self.stdout.write(self.style.WARNING(f"The seats' ComfyUI could not be set up: {exc}"))
+            return
+        status = f"python manage.py seat_frontends status --workshop {workshop.slug}"
+        if frontends.supervisor_running():
+            self.stdout.write(
+                f"Starting the {count} seats' ComfyUI now (the seat supervisor is running); see: `{status}`"
+            )
+            return
+        self.stdout.write(
+            self.style.WARNING(
+                f"No seat supervisor is running, so the {count} seats' ComfyUI will start once one runs: "
+                "`make run` runs one, or run `python manage.py run_seat_frontends` next to the web server."
+            )
+        )
