@@ -2,7 +2,7 @@
 
 Runs on a private data dir with SQLite and an embedded Redis unless BENCH_DATABASE_URL / BENCH_REDIS_URL
 name others (it never touches DATABASE_URL/REDIS_URL, which may be a real installation).
-Usage: python -m benchmarks [fairness] [claims] [overhead] [seat] [serverless]
+Usage: python -m benchmarks [fairness] [claims] [overhead] [seat] [serverless] [bodies]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
             f"# ComfyuME benchmarks — database: {engine}, redis: {'embedded' if redis_proc else 'external'}, "
             f"cpus: {os.cpu_count()}, {time.strftime('%Y-%m-%d %H:%M')}"
         )
-        selected = argv or ["fairness", "claims", "overhead", "seat", "serverless"]
+        selected = argv or ["fairness", "claims", "overhead", "seat", "serverless", "bodies"]
         if "fairness" in selected:
             from benchmarks import fairness
 
@@ -76,6 +76,10 @@ def main(argv: list[str]) -> None:
             from benchmarks import serverless
 
             serverless.run(report)
+        if "bodies" in selected:
+            from benchmarks import bodies
+
+            bodies.run(report)
     finally:
         embedded_redis.stop(redis_proc)
         if not os.environ.get("BENCH_KEEP"):

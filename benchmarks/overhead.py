@@ -185,7 +185,7 @@ def run(report) -> None:
     manage = [sys.executable, str(BASE / "manage.py")]
     procs = [
         _spawn(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "comfyume.asgi:application"],
+            [sys.executable, "-m", "comfyume.server", "-b", "127.0.0.1", "-p", str(port), "comfyume.asgi:application"],
             logs / "web.log",
         )
     ]

@@ -1,11 +1,17 @@
-"""Django's ASGI handler, with a request's middleware and view run in one hand-over to a thread."""
+"""Django's ASGI handler, with a request's middleware and view run in one hand-over to a thread, and request
+bodies bounded before Django reads them."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+
+from comfyume import bodylimits
+
+Message = Mapping[str, Any]
 
 
 class SyncChainASGIHandler(ASGIHandler):
@@ -20,9 +26,52 @@ class SyncChainASGIHandler(ASGIHandler):
     thread is the same one Django uses (``thread_sensitive``), so nothing about which code shares a thread
     changes. An async view would still work (Django's sync path runs it with ``async_to_sync``), only without
     this benefit.
+
+    Before any of that, the body's size is checked (``comfyume.bodylimits``): Django reads the whole body before
+    it looks at the request, so an oversized one is refused here, in its API's format, from its Content-Length
+    without reading it, or as soon as a body of unknown length passes the limit. ``comfyume.server`` does the
+    same in the web server itself; this check covers any other ASGI server in front.
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         chain: Any = self._middleware_chain  # type: ignore[has-type]  # set by load_middleware, untyped there
         self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
+
+    async def handle(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        path, headers = scope["path"], scope.get("headers", [])
+        limit = bodylimits.body_limit(path, headers)
+        declared = bodylimits.declared_length(headers)
+        if declared is not None and declared > limit:
+            await bodylimits.send_refusal(send, bodylimits.refusal(path, limit, declared))
+            return
+        await super().handle(scope, _BoundedReceive(receive, send, path, limit), send)
+
+
+class _BoundedReceive:
+    """The body as the server hands it over, counted: past ``limit`` the 413 is sent and Django is told the client
+    went away (it then drops what it read and answers nothing more)."""
+
+    def __init__(
+        self,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+        path: str,
+        limit: int,
+    ) -> None:
+        self.receive, self.send, self.path, self.limit = receive, send, path, limit
+        self.received = 0
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                await bodylimits.send_refusal(self.send, bodylimits.refusal(self.path, self.limit, None))
+                return {"type": "http.disconnect"}
+        return message

@@ -210,6 +210,10 @@ def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
 COMFYUME = {
     # Largest prompt body the hub accepts (bytes). ComfyUI has no limit; 10 MB is far above any real workflow.
     "MAX_PROMPT_BYTES": env.int("COMFYUME_MAX_PROMPT_BYTES", default=10 * 1024 * 1024),
+    # Largest body any other request may carry (bytes): sign-in and admin forms, JSON calls. The prompt, uploads
+    # and a GPU worker's output file have their own limits; a request without credentials gets 64 KB
+    # (comfyume/bodylimits.py). Bigger bodies are refused from their headers, before a byte is read.
+    "MAX_BODY_BYTES": env.int("COMFYUME_MAX_BODY_BYTES", default=int(2.5 * 1024 * 1024)),
     # A job running longer than this (seconds) is interrupted and marked timed_out; per workshop override.
     "JOB_TIMEOUT": env.int("COMFYUME_JOB_TIMEOUT", default=30 * 60),
     # A queued job waits this long (seconds) for a working backend before it fails with a reason.
@@ -241,6 +245,12 @@ COMFYUME = {
     # How often (seconds) the GPU worker sends a heartbeat while a node runs without events.
     "WORKER_HEARTBEAT": env.float("COMFYUME_WORKER_HEARTBEAT", default=5.0),
 }
+
+# Django's own body limits follow ours: a body the hub accepts never meets Django's HTML "400 RequestDataTooBig"
+# (views that read a larger body, the prompt and the uploads, stream it instead of using request.body), and a
+# request body or uploaded file over 2.5 MB is spooled to a temporary file, not held in memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = COMFYUME["MAX_BODY_BYTES"]
+FILE_UPLOAD_MAX_MEMORY_SIZE = int(2.5 * 1024 * 1024)
 
 # Where job outputs and uploaded inputs are kept: "local" (a directory, the default) or "r2" (Cloudflare R2, or
 # any S3-compatible server, through boto3). docs/CONFIGURATION.md#object-storage

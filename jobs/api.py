@@ -6,15 +6,16 @@ Answers where ComfyUI has an equivalent use ComfyUI's shapes (``/prompt``, ``/qu
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from comfyume import jsonbody
 from gpu_backends.services import cached_object_info, object_info_for
 from storage.models import Artifact
 from storage.views import artifact_response
+from workshops.seat_frontend.media import NameProblem, check_name, check_path
 
 from .auth import SeatRequest, api_error, seat_required
 from .models import Job
@@ -35,8 +36,9 @@ def _job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
 @seat_required
 def prompt(request: SeatRequest) -> JsonResponse:
     """``POST /prompt`` as ComfyUI answers it: ``{prompt_id, number, node_errors}`` or a 4xx error body."""
+    declared = request.META.get("CONTENT_LENGTH") or ""
     try:
-        body = parse_prompt_request(request.body)
+        body = parse_prompt_request(request.read, int(declared) if declared.isdigit() else None)
         job = submit_prompt(request.seat, body)
     except SubmissionRejected as exc:
         return JsonResponse(exc.body, status=exc.status)
@@ -124,10 +126,7 @@ def _uuid(value: str) -> uuid.UUID | None:
 def _json_body(request: SeatRequest) -> dict:
     if not request.body.strip():
         return {}
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise ValueError(f"The request body is not valid JSON: {exc}") from None
+    body = jsonbody.loads(request.body)
     if not isinstance(body, dict):
         raise ValueError("The request body must be a JSON object.")
     return body
@@ -212,6 +211,12 @@ def view(request: SeatRequest) -> HttpResponseBase:
     filename, subfolder = request.GET.get("filename", ""), request.GET.get("subfolder", "")
     if request.GET.get("type", "output") not in ("output", "temp"):
         return api_error(400, "bad_type", "Only outputs are kept by the hub.")
+    try:
+        # A NUL would otherwise reach the database (PostgreSQL refuses it: a 500, not a 404).
+        check_name(filename)
+        check_path(subfolder)
+    except NameProblem as exc:
+        return api_error(400, "bad_filename", str(exc))
     artifact = (
         Artifact.objects.filter(job__seat=request.seat, filename=filename, subfolder=subfolder).order_by("-id").first()
     )

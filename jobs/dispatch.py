@@ -7,12 +7,17 @@ turns what comes back into state changes, stored Artifacts and live events:
   counted, backend marked failing (its jobs wait for it instead of failing);
 - the backend rejected the prompt (400) → failed with ComfyUI's own error;
 - the backend lost a job it had accepted → back to the queue once, then failed with a reason;
-- cancel / timeout → interrupt on the backend, then ``interrupted`` / ``timed_out``.
+- cancel / timeout → interrupt on the backend, then ``interrupted`` / ``timed_out``;
+- the worker is told to stop (SIGTERM: a clean stop of the platform) → interrupt on the backend, then back to
+  the queue with its attempt not counted (our stop ended it, not the job).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +39,43 @@ from .models import Job
 from .services import finish_job, requeue_job
 
 log = logging.getLogger(__name__)
+
+HANDED_BACK = "The platform was stopped while it ran; queued again (attempt not counted)."
+# Set by SIGTERM while a worker runs a dispatch: the run hands its job back at its next tick (within a second).
+_stop_requested = threading.Event()
+# A stop asks the GPU to interrupt the job and waits this long for it to confirm, then hands the job back anyway:
+# the platform's stop must not wait out a GPU that does not answer (the interrupt was sent; a start's recovery
+# removes the prompt from the backend again).
+HAND_BACK_WAIT = 5.0
+
+
+class HandedBack(Exception):
+    """The worker is stopping: its job goes back to the queue without waiting any longer for the GPU."""
+
+
+@contextlib.contextmanager
+def _hand_back_on_stop() -> Iterator[None]:
+    """While a dispatch runs in an RQ worker's main thread, a SIGTERM also asks the run to hand its job back.
+
+    RQ's own handler (a warm shutdown: exit after the current task) still runs after ours; without this a clean
+    stop waited for every running job to end, or cut it off and left it to the heartbeat timeout, which counted
+    an attempt the job never lost. Outside a worker (no handler of RQ's to chain to) nothing is changed.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+
+    def on_stop(signum: int, frame: Any) -> None:
+        _stop_requested.set()
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_stop:  # RQ replaces it with its cold shutdown on the first signal
+            signal.signal(signal.SIGTERM, previous)
 
 
 def rewrite_prompt_id(value: Any, old: str, new: str) -> Any:
@@ -63,6 +105,7 @@ class JobRun:
         self.last_beat = time.monotonic()
         self.started = time.monotonic()
         self.finished_event_at: float | None = None
+        self.stop_seen_at: float | None = None
 
     def accepted(self, response: dict[str, Any]) -> bool:
         ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
@@ -137,6 +180,11 @@ class JobRun:
         now = time.monotonic()
         if now - self.started > self.timeout:
             return "timeout"
+        if _stop_requested.is_set():
+            self.stop_seen_at = self.stop_seen_at or now
+            if now - self.stop_seen_at > HAND_BACK_WAIT:
+                raise HandedBack
+            return "shutdown"
         if now - self.last_beat >= self.heartbeat_every:
             self.last_beat = now
             Job.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now())
@@ -186,9 +234,13 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
         spec.callback = _worker_callback(job)
     run = JobRun(job)
     try:
-        outcome = provider_for(job.backend).run(spec, run)
+        with _hand_back_on_stop():
+            outcome = provider_for(job.backend).run(spec, run)
     except BackendError as exc:
         return _backend_failed(job, exc, log_extra)
+    except HandedBack:
+        requeue_job(job, HANDED_BACK, count_attempt=False)
+        return job.status
     except OutputRejected as exc:
         log.error("Job %s: %s", job.pk, exc, extra=log_extra)
         job.refresh_status()
@@ -228,6 +280,9 @@ def _record(job: Job, outcome: RunOutcome, run: JobRun) -> None:
     fields: dict[str, Any] = {"gpu_seconds": outcome.gpu_seconds, "outputs": outcome.outputs}
     if outcome.status == "succeeded":
         finish_job(job, Job.Status.SUCCEEDED, reason="", **fields)
+    elif outcome.stop_reason == "shutdown":
+        requeue_job(job, HANDED_BACK, count_attempt=False)
+        return
     elif outcome.stop_reason == "timeout":
         finish_job(
             job, Job.Status.TIMED_OUT, reason=f"Stopped after the {job.workshop.job_timeout} s time limit.", **fields

@@ -1,7 +1,12 @@
 """The reconciler: periodic sweeps that repair what events alone cannot. Never the hot path.
 
+- delivery: a claimed job whose dispatch task Redis does not hold (the enqueue failed while Redis was away or
+  paused, or a restarted Redis lost it) is enqueued again, attempt unchanged: the Job row is the truth;
 - orphans: a dispatching/running job whose worker has shown no sign of life for ``HEARTBEAT_TIMEOUT``
   goes back to the queue once (it is first removed from its backend, so it cannot run twice), then fails;
+  a claim no worker ever took goes back without counting an attempt (the job did nothing wrong);
+- after a restart (:func:`recover_at_start`, before the new workers start): what the last run's workers
+  left running is stopped on its backend and queued again without counting an attempt;
 - timeouts: a running job past its workshop's limit (and a grace) is stopped on the backend, timed_out;
 - backends: health checks flip ready/failing, a refreshed object_info keeps preflight current;
 - deadline: a queued job that has waited ``BACKEND_DOWN_DEADLINE`` while its workshop has no working
@@ -15,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import redis
 from django.conf import settings
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -26,12 +32,20 @@ from gpu_backends.providers import provider_for
 from gpu_backends.services import check_health, object_info_is_stale, refresh_object_info
 
 from .models import Job
-from .scheduler import schedule
+from .scheduler import dispatch_queue, dispatch_task_id, schedule, send_dispatch
 from .services import backend_is_available, finish_job, requeue_job
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_GRACE = timedelta(seconds=60)
+# A claim's task is enqueued on the claim's commit, a few milliseconds later: younger claims are left alone, so
+# the sweep does not enqueue a second task for a claim whose first is still on its way.
+DELIVERY_GRACE = timedelta(seconds=2)
+# RQ states in which a dispatch task will still run (or runs): anything else (finished, failed, missing) means
+# no worker will take the claim unless it is enqueued again.
+_TASK_PENDING = frozenset({"queued", "started", "deferred", "scheduled"})
+NEVER_TAKEN = "No worker took it within {} s; queued again (attempt not counted)."
+LEFT_BY_RESTART = "The platform restarted while it ran; queued again (attempt not counted)."
 
 
 @dataclass
@@ -40,6 +54,7 @@ class SweepReport:
     failed: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     claimed: list[int] = field(default_factory=list)
+    redelivered: list[int] = field(default_factory=list)
 
 
 def _stop_on_backend(job: Job) -> None:
@@ -51,6 +66,32 @@ def _stop_on_backend(job: Job) -> None:
         log.warning("Could not remove job %s from %s: %s", job.pk, job.backend.name, exc, extra={"job_id": job.pk})
 
 
+def sweep_undelivered(report: SweepReport) -> None:
+    """Enqueue again each claim whose dispatch task Redis does not hold, with the same task id and attempt.
+
+    A task enqueued twice is harmless: ``dispatch_job`` takes its claim with a conditional UPDATE, so one runs
+    it and the other finds it taken. While Redis does not answer, nothing is changed: the claims wait for it.
+    """
+    cutoff = timezone.now() - DELIVERY_GRACE
+    waiting = list(
+        Job.objects.filter(status=Job.Status.DISPATCHING, heartbeat_at__isnull=True, dispatched_at__lt=cutoff)
+        .select_related("workshop")
+        .only("pk", "attempts", "workshop__job_timeout_seconds")
+    )
+    if not waiting:
+        return
+    try:
+        queue = dispatch_queue()
+        for job in waiting:
+            task = queue.fetch_job(dispatch_task_id(job.pk, job.attempts))
+            if task is not None and task.get_status(refresh=False) in _TASK_PENDING:
+                continue
+            send_dispatch(job.pk, job.attempts, job.workshop.job_timeout)
+            report.redelivered.append(job.pk)
+    except (redis.RedisError, OSError) as exc:
+        log.warning("Redis does not answer (%s); %d claimed job(s) wait for it", exc, len(waiting))
+
+
 def sweep_orphans(report: SweepReport) -> None:
     cutoff = timezone.now() - timedelta(seconds=settings.COMFYUME["HEARTBEAT_TIMEOUT"])
     stale = (
@@ -60,12 +101,41 @@ def sweep_orphans(report: SweepReport) -> None:
         .select_related("backend", "seat", "workshop")
     )
     for job in stale:
+        if job.status == Job.Status.DISPATCHING and job.heartbeat_at is None:
+            # No worker ever took the claim (Redis away, every worker busy or restarting): nothing ran, so the
+            # job keeps its attempts. Back in the queue it is claimed and enqueued afresh.
+            reason = NEVER_TAKEN.format(settings.COMFYUME["HEARTBEAT_TIMEOUT"])
+            if requeue_job(job, reason, count_attempt=False):
+                report.requeued.append(job.pk)
+            continue
         _stop_on_backend(job)
         if job.attempts < settings.COMFYUME["MAX_ATTEMPTS"]:
             if requeue_job(job, "Its worker stopped responding; queued again."):
                 report.requeued.append(job.pk)
         elif finish_job(job, Job.Status.FAILED, reason="Its worker stopped responding twice; giving up."):
             report.failed.append(job.pk)
+
+
+def recover_at_start() -> SweepReport:
+    """What the last run left, handled at the start of a new one, before its workers start: seconds, not the
+    minute a heartbeat takes to go stale.
+
+    Every job a worker had taken (``running``, or ``dispatching`` with a heartbeat) was left by a process that
+    no longer exists: it is removed from its backend and queued again without counting an attempt, since our
+    own stop ended it, not the job. Claims no worker took are enqueued again as they are. The caller must know
+    that no worker of this database runs (``run_platform`` checks RQ's worker registry).
+    """
+    report = SweepReport()
+    taken = Job.objects.filter(status__in=Job.ACTIVE).exclude(status=Job.Status.DISPATCHING, heartbeat_at__isnull=True)
+    for job in taken.select_related("backend", "seat", "workshop"):
+        _stop_on_backend(job)
+        if requeue_job(job, LEFT_BY_RESTART, count_attempt=False):
+            report.requeued.append(job.pk)
+    sweep_undelivered(report)
+    report.claimed = schedule()
+    if report.requeued or report.redelivered:
+        log.info("Recovered after a restart: %s", report)
+    return report
 
 
 def sweep_timeouts(report: SweepReport) -> None:
@@ -135,10 +205,11 @@ def sweep(*, check_backends: bool = True) -> SweepReport:
     if check_backends:
         sweep_backends()
         sweep_backups()
+    sweep_undelivered(report)
     sweep_orphans(report)
     sweep_timeouts(report)
     sweep_deadline(report)
     report.claimed = schedule()
-    if any((report.requeued, report.failed, report.timed_out)):
+    if any((report.requeued, report.failed, report.timed_out, report.redelivered)):
         log.info("Reconciler: %s", report)
     return report

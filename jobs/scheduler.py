@@ -206,22 +206,39 @@ def dispatch_queue() -> Any:
     return _dispatch_queue[1]
 
 
-def enqueue_dispatch(job_id: int, attempt: int, timeout: int) -> None:
-    """Hand the claimed job to an RQ worker. If Redis refuses, the reconciler requeues the job later."""
+def dispatch_task_id(job_id: int, attempt: int) -> str:
+    """The RQ job id of one claim's dispatch: enqueuing it again replaces it instead of adding a second task."""
+    return f"dispatch-{job_id}-{attempt}"
+
+
+def send_dispatch(job_id: int, attempt: int, timeout: int) -> None:
+    """Put the claim's ``dispatch_job`` on the RQ queue; raises Redis's own errors (the caller decides)."""
     from .dispatch import dispatch_job
 
-    queue = dispatch_queue()
+    dispatch_queue().enqueue(
+        dispatch_job,
+        job_id,
+        attempt,
+        job_id=dispatch_task_id(job_id, attempt),
+        job_timeout=timeout + 300,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+    )
+
+
+def enqueue_dispatch(job_id: int, attempt: int, timeout: int) -> None:
+    """Hand the claimed job to an RQ worker, on commit of its claim.
+
+    No retry here: this runs in the committing request or worker, which must not wait for Redis. A claim whose
+    task did not reach Redis (refused, timed out, or lost when Redis restarted) stays ``dispatching`` and the
+    reconciler's next sweep enqueues it again (``jobs.reconciler.sweep_undelivered``), attempt unchanged.
+    """
     try:
-        queue.enqueue(
-            dispatch_job,
+        send_dispatch(job_id, attempt, timeout)
+    except Exception as exc:  # any Redis trouble: the row keeps the claim, the reconciler delivers it
+        log.warning(
+            "Could not enqueue dispatch of job %s (%s); the reconciler will enqueue it again",
             job_id,
-            attempt,
-            job_id=f"dispatch-{job_id}-{attempt}",
-            job_timeout=timeout + 300,
-            result_ttl=3600,
-            failure_ttl=7 * 24 * 3600,
-        )
-    except Exception:
-        log.exception(
-            "Could not enqueue dispatch of job %s; the reconciler will retry", job_id, extra={"job_id": job_id}
+            exc,
+            extra={"job_id": job_id},
         )

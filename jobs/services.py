@@ -7,8 +7,8 @@ changes a job's status any other way.
 from __future__ import annotations
 
 import functools
-import json
 import logging
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from comfyume import db
+from comfyume import db, jsonbody
 from gpu_backends.client import BackendError
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import provider_for
@@ -46,22 +46,36 @@ def _reject(status: int, type_: str, message: str, details: str = "") -> Submiss
     return SubmissionRejected(status, error_body(type_, message, details))
 
 
-def parse_prompt_request(raw: bytes) -> dict[str, Any]:
-    """Size and shape checks on a ``POST /prompt`` body, before anything touches the database."""
+def prompt_too_large(size: int | None, limit: int) -> SubmissionRejected:
+    """The 413 for a prompt body over ``limit`` bytes; ``size`` is None when it was not declared (chunked)."""
+    amount = f"{size / 1e6:.1f} MB" if size is not None else f"over {limit / 1e6:.0f} MB"
+    return _reject(
+        413,
+        "prompt_too_large",
+        f"This workflow is {amount}; the limit is {limit / 1e6:.0f} MB.",
+        "Remove embedded images or large text from the workflow and try again.",
+    )
+
+
+def parse_prompt_request(read: Callable[[int], bytes], size: int | None = None) -> dict[str, Any]:
+    """Size and shape checks on a ``POST /prompt`` body, before anything touches the database.
+
+    Reads the body through ``read`` (the request's own), at most one byte past the limit: a larger body is
+    refused without ever being held whole (Django's ``request.body`` would read it all, or answer its own HTML
+    400 above DATA_UPLOAD_MAX_MEMORY_SIZE). ``size`` is the declared Content-Length, for the message.
+    """
     limit = settings.COMFYUME["MAX_PROMPT_BYTES"]
+    if size is not None and size > limit:
+        raise prompt_too_large(size, limit)
+    raw = read(limit + 1)
     if len(raw) > limit:
-        raise _reject(
-            413,
-            "prompt_too_large",
-            f"This workflow is {len(raw) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.",
-            "Remove embedded images or large text from the workflow and try again.",
-        )
+        raise prompt_too_large(size, limit)
     if not raw.strip():
         raise _reject(400, "invalid_json", "The request body is empty; expected a JSON object with a 'prompt'.")
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise _reject(400, "invalid_json", "The request body is not valid JSON.", str(exc)[:300]) from None
+        body = jsonbody.loads(raw)
+    except jsonbody.InvalidJSON as exc:
+        raise _reject(400, "invalid_json", str(exc)[:300]) from None
     if not isinstance(body, dict):
         raise _reject(400, "invalid_prompt", "The request body must be a JSON object with a 'prompt' key.")
     if "prompt" not in body:

@@ -7,7 +7,6 @@ own outputs through the hub's ``/view`` instead (jobs/api.py).
 from __future__ import annotations
 
 import logging
-import mimetypes
 from collections.abc import AsyncIterator, Iterator
 
 from asgiref.sync import sync_to_async
@@ -31,6 +30,7 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_safe
 
 from workshops.models import Seat, Workshop
+from workshops.seat_frontend.media import serving
 
 from .downloads import ArchiveItem, FileChunks, RangeNotSatisfiable, build_archive, parse_single_range
 from .models import Artifact
@@ -44,25 +44,6 @@ TILE_FIELDS = (
     "id", "filename", "kind", "content_type", "size", "created_at",
     "job__id", "job__seat__id", "job__seat__label", "job__seat__display_name",
 )  # fmt: skip
-
-# Shown inline on the admin's origin. Anything else (SVG, HTML, PDF, text a custom node wrote) could carry
-# script that would run with the instructor's admin session, so it is sent as an attachment instead.
-INLINE_TYPES = frozenset(
-    {
-        "image/png",
-        "image/jpeg",
-        "image/gif",
-        "image/webp",
-        "image/avif",
-        "video/mp4",
-        "video/webm",
-        "video/quicktime",
-        "audio/mpeg",
-        "audio/wav",
-        "audio/ogg",
-        "audio/flac",
-    }
-)
 
 
 def _check_may_view_outputs(request: HttpRequest) -> None:
@@ -234,14 +215,14 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
         if wanted is not None:
             (first, last), status = wanted, 206
 
-    content_type = artifact.content_type or mimetypes.guess_type(artifact.filename)[0] or "application/octet-stream"
-    inline = content_type in INLINE_TYPES
+    # Shown inline on the admin's origin only when it is an image, video or audio type (the seats' rule, see
+    # workshops/seat_frontend/media.py). Anything else (SVG, HTML, PDF, text a custom node wrote) could carry
+    # script that would run with the instructor's admin session, so it is sent as an attachment instead.
+    rule = serving(artifact.filename or "output", declared=artifact.content_type)
     store = default_store()
     try:
         presigned = store.presigned_get(
-            artifact.key,
-            filename=None if inline else artifact.filename,
-            content_type=content_type if inline else "application/octet-stream",
+            artifact.key, filename=None if rule.inline else artifact.filename, content_type=rule.content_type
         )
     except StorageError as exc:
         log.warning("No presigned URL for %s: %s", artifact.key, exc)
@@ -259,7 +240,7 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
         request,
         FileChunks(handle, start=first, length=last - first + 1),
         length=max(0, last - first + 1),
-        content_type=content_type if inline else "application/octet-stream",
+        content_type=rule.content_type,
         status=status,
     )
     if status == 206:
@@ -267,9 +248,10 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
     response["Accept-Ranges"] = "bytes"
     response["ETag"] = etag
     response["Cache-Control"] = "private, max-age=3600"
-    response["Content-Disposition"] = content_disposition_header(not inline, artifact.filename or "output") or ""
-    # Opened on its own (not inside <img>/<video>), a file may not run script or reach the admin's cookies.
-    response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; media-src 'self'; sandbox"
+    # nosniff, inline/attachment and a sandboxing CSP: opened on its own (not inside <img>/<video>), a file may
+    # not run script or reach the admin's cookies.
+    for name, value in rule.headers.items():
+        response[name] = value
     return response
 
 

@@ -250,7 +250,7 @@ def test_every_service_has_a_healthcheck_a_restart_policy_and_a_pinned_image():
 def test_the_hub_runs_web_workers_reconciler_and_seat_supervisor_from_one_image():
     hub = {name: s for name, s in services().items() if s["image"].startswith("comfyume/hub:")}
     assert set(hub) == {"web", "worker", "reconciler", "seats"}
-    assert "daphne" in hub["web"]["command"] and "comfyume.asgi:application" in hub["web"]["command"]
+    assert "comfyume.server" in hub["web"]["command"] and "comfyume.asgi:application" in hub["web"]["command"]
     assert "rqworker" in hub["worker"]["command"][-1] and "SimpleWorker" in hub["worker"]["command"][-1]
     assert int(hub["worker"]["deploy"]["replicas"]) >= 2
     assert hub["reconciler"]["command"][-1] == "run_reconciler"

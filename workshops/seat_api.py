@@ -4,9 +4,9 @@ status its banner shows, and the images its participant uploads (kept here so th
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,6 +19,7 @@ from storage.models import SeatInput
 from storage.stores import StorageError, default_store, safe_key
 
 from .models import Announcement, Seat, WorkflowTemplate
+from .seat_frontend.media import ACCEPTED, HEAD_BYTES, NameProblem, check_path, detect, stored_name
 
 MAX_INPUT_NAME = 300
 
@@ -117,14 +118,39 @@ def _budget(seat: Seat) -> dict[str, Any] | None:
     }
 
 
+def _max_input_bytes() -> int:
+    """The seat frontend's own limit (COMFYUME_MAX_UPLOAD_MB), applied again here: the hub trusts no seat."""
+    return int(settings.SEAT_FRONTENDS["MAX_UPLOAD_MB"]) * 1024 * 1024
+
+
 @require_POST
 @seat_required
 def upload_input(request: SeatRequest) -> JsonResponse:
-    """Keep an image the participant uploaded: ``multipart: name, image``. Same name again replaces it."""
+    """Keep a file the participant uploaded: ``multipart: name, image``. Same name again replaces it.
+
+    Checked as the seat frontend checks it (media.py): an image, video or audio file by its first bytes, no
+    larger than the upload limit, kept under a name whose extension matches its bytes and with their type.
+    """
+    limit = _max_input_bytes()
+    # Refused before Django spools the body to disk; a multipart envelope adds a little to the file itself.
+    if int(request.META.get("CONTENT_LENGTH") or 0) > limit + 64 * 1024:
+        return api_error(413, "upload_too_large", f"The file is larger than {limit // 2**20} MB.")
     upload = request.FILES.get("image")
     name = str(request.POST.get("name", "")).strip().strip("/")
     if upload is None or not name or len(name) > MAX_INPUT_NAME:
         return api_error(400, "bad_upload", "Send the image as 'image' and its ComfyUI name as 'name'.")
+    if upload.size is not None and upload.size > limit:
+        return api_error(413, "upload_too_large", f"The file is larger than {limit // 2**20} MB.")
+    media = detect(upload.read(HEAD_BYTES))
+    upload.seek(0)
+    if media is None:
+        return api_error(400, "unsupported_type", f"This file cannot be uploaded: only {ACCEPTED} can.")
+    folder, _, filename = name.rpartition("/")
+    try:
+        check_path(folder)
+        name = f"{folder}/{stored_name(filename, media)}" if folder else stored_name(filename, media)
+    except NameProblem as exc:
+        return api_error(400, "bad_upload", str(exc))
     seat: Seat = request.seat
     digest = hashlib.sha256()
     for chunk in upload.chunks():
@@ -132,14 +158,18 @@ def upload_input(request: SeatRequest) -> JsonResponse:
     try:
         # Content-addressed: a queued job keeps the image it was submitted with even if the name is reused.
         key = safe_key("workshops", seat.workshop.slug, seat.label, "inputs", digest.hexdigest()[:32], name)
-        content_type = upload.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        stored = default_store().put(key, upload.chunks(), content_type=content_type)
+        stored = default_store().put(key, upload.chunks(), content_type=media.content_type)
     except StorageError as exc:
         return api_error(400, "bad_upload", str(exc))
     with transaction.atomic():
         SeatInput.objects.update_or_create(
             seat=seat,
             name=name,
-            defaults={"key": stored.key, "size": stored.size, "sha256": stored.sha256, "content_type": content_type},
+            defaults={
+                "key": stored.key,
+                "size": stored.size,
+                "sha256": stored.sha256,
+                "content_type": media.content_type,
+            },
         )
     return JsonResponse({"name": name, "size": stored.size, "sha256": stored.sha256})

@@ -85,6 +85,9 @@ BAD_INPUT = [
     ("deep nesting", b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None),
     ("empty prompt", body({}).encode(), 400, "prompt_no_outputs"),
     ("invalid utf-8", b'{"prompt": "\xff\xfe"}', 400, "invalid_json"),
+    ("lone surrogate in a value", body(tiny(**{"3__filename_prefix": "a\ud800b"})).encode(), 400, "invalid_json"),
+    ("lone surrogate in a key", body({"\udfff": {"class_type": "SaveImage", "inputs": {}}}).encode(), 400, None),
+    ("surrogate as raw bytes", b'{"prompt": {"1": "\xed\xa0\x80"}}', 400, "invalid_json"),
 ]
 
 
@@ -98,6 +101,15 @@ def test_bad_input_gets_a_clear_4xx_and_creates_nothing(post, name, raw, status,
     if error_type:
         assert data["error"]["type"] == error_type
     assert Job.objects.count() == 0 and JobEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_an_emoji_written_as_a_surrogate_pair_is_text(post):
+    """JSON writes characters outside the BMP as an escaped surrogate pair: that is text, and queues."""
+    raw = body(tiny(**{"3__filename_prefix": "cat 😺"}))
+    assert "\\ud83d\\ude3a" in raw
+    assert post(raw).status_code == 200
+    assert Job.objects.get().prompt["3"]["inputs"]["filename_prefix"] == "cat 😺"
 
 
 @pytest.mark.django_db

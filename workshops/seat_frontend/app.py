@@ -22,10 +22,12 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import SeatConfig
 from .files import FileProblem, SeatFiles
 from .hub import AccessGate, EventRelay, HubClient, HubUnavailable
+from .media import HEAD_BYTES, NameProblem, check_name, check_path, serving
 
 log = logging.getLogger("comfyume.seat")
 
@@ -51,6 +53,17 @@ TASKS: web.AppKey[list] = web.AppKey("tasks", list)
 SEAT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("seat_info", dict)
 OBJECT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("object_info", dict)
 
+# What the hub's pages send (Django's X_FRAME_OPTIONS, SECURE_CONTENT_TYPE_NOSNIFF, SECURE_REFERRER_POLICY,
+# SECURE_CROSS_ORIGIN_OPENER_POLICY defaults): nothing in the project frames a seat, so no page may.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+FRAME_ANCESTORS = "frame-ancestors 'none'"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 def frontend_web_root() -> Path:
     """The pinned ``comfyui-frontend-package``'s static files."""
@@ -58,9 +71,11 @@ def frontend_web_root() -> Path:
 
 
 def comfy_error(status: int, type_: str, message: str) -> web.Response:
-    """An error in the shape ComfyUI's dialogs read (``error.message``, ``node_errors``)."""
+    """An error in the shape ComfyUI's dialogs read (``error.message``, ``node_errors``). The message is the
+    reason phrase too: the web frontend's upload and userdata toasts show ``status - statusText``."""
     body = {"error": {"type": type_, "message": message, "details": "", "extra_info": {}}, "node_errors": {}}
-    return web.json_response(body, status=status)
+    reason = "".join(c if " " <= c <= "~" else "?" for c in message)[:200] or None
+    return web.json_response(body, status=status, reason=reason)
 
 
 def hub_down() -> web.Response:
@@ -73,12 +88,39 @@ def _relative_path(request: web.Request) -> str:
     return path[len(base) :] if base and path.startswith(base) else path
 
 
-def _same_site(request: web.Request) -> bool:
-    """A state-changing request or socket must come from a page of this host (no cross-site forgery)."""
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, the default port filled in; None if it is not one."""
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    return (scheme, host, port) if host and port else None
+
+
+def _own_origin(request: web.Request) -> tuple[str, str, int] | None:
+    """This server's origin as the browser sees it. Behind nginx that is the scheme and host (with its port)
+    nginx forwards; a browser page cannot set those headers (not on a WebSocket, not without a preflight
+    this server never grants), so believing them cannot help a forged request."""
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = (request.headers.get("X-Forwarded-Host") or request.host or "").split(",")[0].strip()
+    return _origin_of(f"{scheme}://{host}")
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A state-changing request or socket must come from a page of this very origin: scheme, host and port,
+    since every seat of a host is another port of it. Fetch Metadata says so where the browser sends it;
+    ``Origin`` is compared where it is sent. A request with neither is not from a browser page (the hub,
+    curl, tests) and passes: the session check still applies to it."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site != "same-origin":
+        return False
     origin = request.headers.get("Origin")
-    if not origin:
+    if origin is None:
         return True
-    return urlsplit(origin).hostname == (request.host.rsplit(":", 1)[0] if request.host else None)
+    mine = _own_origin(request)
+    return mine is not None and _origin_of(origin) == mine  # "null" (sandboxed pages, file:) never matches
 
 
 def _wants_page(request: web.Request) -> bool:
@@ -106,7 +148,7 @@ async def access_middleware(request: web.Request, handler: Any) -> web.StreamRes
     if path in PUBLIC_PATHS:
         return await handler(request)
     changes = request.method not in ("GET", "HEAD", "OPTIONS")
-    if (changes or request.headers.get("Upgrade", "").lower() == "websocket") and not _same_site(request):
+    if (changes or request.headers.get("Upgrade", "").lower() == "websocket") and not _same_origin(request):
         return comfy_error(403, "cross_site", "Requests from another site are not allowed.")
     access = await request.app[GATE].check(request)
     if access.status == 204:
@@ -127,8 +169,25 @@ async def access_middleware(request: web.Request, handler: Any) -> web.StreamRes
     return hub_down()
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer (pages, API, files, errors, the socket's handshake) refuses framing and sniffing."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    policy = response.headers.get("Content-Security-Policy", "")
+    if "frame-ancestors" not in policy:
+        response.headers["Content-Security-Policy"] = f"{policy}; {FRAME_ANCESTORS}" if policy else FRAME_ANCESTORS
+
+
+PROBLEM_TYPES = {400: "invalid_request", 403: "outside_the_seat", 404: "not_found", 409: "exists", 413: "too_large"}
+
+
 def _problem(exc: FileProblem) -> web.Response:
-    return web.Response(status=exc.status, text=str(exc))
+    return comfy_error(exc.status, PROBLEM_TYPES.get(exc.status, "file_error"), str(exc))
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(HEAD_BYTES)
 
 
 def _bool(request: web.Request, name: str, default: bool) -> bool:
@@ -252,7 +311,12 @@ async def get_userdata(request: web.Request) -> web.StreamResponse:
         path = request.app[FILES].read_user_file(request.match_info["file"])
     except FileProblem as exc:
         return web.Response(status=exc.status) if exc.status == 404 else _problem(exc)
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    # The frontend fetches userdata (it never opens it as a page): a participant's .html or .svg here must not
+    # become a page on the seat's origin, while workflows keep their JSON type.
+    headers = dict(serving(path.name, head=_read_head(path)).headers)
+    if path.suffix == ".json":
+        headers["Content-Type"] = "application/json"
+    return web.FileResponse(path, headers={**headers, "Cache-Control": "no-cache"})
 
 
 async def post_userdata(request: web.Request) -> web.Response:
@@ -302,7 +366,7 @@ async def get_setting(request: web.Request) -> web.Response:
 async def _json_body(request: web.Request) -> Any:
     try:
         return await request.json(loads=json.loads)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise web.HTTPBadRequest(text="The request body is not valid JSON.") from None
 
 
@@ -323,42 +387,54 @@ async def post_setting(request: web.Request) -> web.Response:
 
 
 async def upload_image(request: web.Request) -> web.Response:
-    config, files, hub = request.app[CONFIG], request.app[FILES], request.app[HUB]
+    """ComfyUI's ``/upload/image``: an image, video or audio file for a loader node, kept here and at the
+    hub. The answer names the file as stored, which may differ from the upload's (see media.stored_name)."""
+    config, files = request.app[CONFIG], request.app[FILES]
     try:
         form = await request.post()
-    except ValueError:
-        return web.Response(status=400, text="Expected a multipart form with an image.")
+    except (ValueError, HttpProcessingError):  # not multipart, or a part header with a NUL or control character
+        return comfy_error(400, "invalid_upload", "Expected a multipart form with an image and a usable file name.")
     image = form.get("image")
     if not isinstance(image, web.FileField):
-        return web.Response(status=400, text="The form has no image file.")
-    upload_type = str(form.get("type") or "input")
-    if upload_type != "input":
-        return web.Response(status=400, text="Images can only be uploaded as inputs.")
-    subfolder = str(form.get("subfolder") or "")
+        return comfy_error(400, "invalid_upload", "The form has no image file.")
+    if str(form.get("type") or "input") != "input":
+        return comfy_error(400, "invalid_upload", "Images can only be uploaded as inputs.")
     body = image.file.read(config.max_upload_bytes + 1)
     if len(body) > config.max_upload_bytes:
-        return web.Response(status=413, text=f"The image is larger than {config.max_upload_bytes // 2**20} MB.")
+        return comfy_error(413, "too_large", f"The file is larger than {config.max_upload_bytes // 2**20} MB.")
     overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
     try:
-        name, path = files.save_upload(image.filename or "", subfolder, body, overwrite=overwrite)
+        name, path, media = files.save_upload(
+            image.filename or "", str(form.get("subfolder") or ""), body, overwrite=overwrite
+        )
     except FileProblem as exc:
         return _problem(exc)
-    # The hub keeps a copy so the image travels with the job to whichever GPU runs it.
-    full_name = f"{subfolder.strip('/')}/{name}" if subfolder.strip("/") else name
+    folder = path.parent.relative_to(files.input_dir).as_posix()  # as resolved: "a/../b" is "b"
+    subfolder = "" if folder == "." else folder
+    refused = await _keep_at_hub(request, f"{subfolder}/{name}" if subfolder else name, body, media.content_type)
+    if refused is not None:
+        path.unlink(missing_ok=True)
+        return refused
+    return web.json_response({"name": name, "subfolder": subfolder, "type": "input"})
+
+
+async def _keep_at_hub(request: web.Request, full_name: str, body: bytes, content_type: str) -> web.Response | None:
+    """The hub keeps a copy so the file travels with the job to whichever GPU runs it. It checks the upload
+    again (it never trusts a seat): its refusal, with its reason, is the participant's answer."""
     data = aiohttp.FormData()
     data.add_field("name", full_name)
-    data.add_field("image", body, filename=name, content_type=image.content_type or "application/octet-stream")
+    data.add_field("image", body, filename=full_name.rsplit("/", 1)[-1], content_type=content_type)
     try:
-        status, _, answer = await hub.call("POST", "/api/hub/inputs", data=data)
+        status, _, answer = await request.app[HUB].call("POST", "/api/hub/inputs", data=data)
     except HubUnavailable:
         status, answer = 502, b""
-    if status != 200:
-        path.unlink(missing_ok=True)
-        log.warning("Hub refused upload %s: %s %s", full_name, status, answer[:200])
-        return web.Response(
-            status=502 if status >= 500 else status, text="The workshop server could not keep the image."
-        )
-    return web.json_response({"name": name, "subfolder": subfolder, "type": "input"})
+    if status == 200:
+        return None
+    log.warning("Hub refused upload %s: %s %s", full_name, status, answer[:200])
+    if status in (400, 413):
+        with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
+            return comfy_error(status, "upload_refused", str(json.loads(answer)["error"]["message"]))
+    return comfy_error(502 if status >= 500 else status, "hub_refused", "The workshop server could not keep the file.")
 
 
 def _passed(headers: Any, names: tuple[str, ...]) -> dict[str, str]:
@@ -376,9 +452,15 @@ async def view(request: web.Request) -> web.StreamResponse:
             return _problem(exc)
         if not path.is_file():
             return web.Response(status=404)
-        return web.FileResponse(path)
+        # The bytes on disk decide, whatever the name (a file may predate the upload check).
+        return web.FileResponse(path, headers=serving(path.name, head=_read_head(path)).headers)
     if kind not in ("output", "temp"):
-        return web.Response(status=400, text="Unknown type.")
+        return comfy_error(400, "invalid_request", "Unknown type.")
+    try:
+        check_name(filename)
+        check_path(subfolder)
+    except NameProblem as exc:
+        return comfy_error(400, "invalid_request", str(exc))
     hub = request.app[HUB]
     params = {"filename": filename, "subfolder": subfolder, "type": kind}
     # Ranges and revalidation pass through, so videos can be scrubbed and a reload reuses cached images.
@@ -395,10 +477,9 @@ async def view(request: web.Request) -> web.StreamResponse:
                 )
             if upstream.status not in (200, 206):
                 return web.Response(status=upstream.status, headers=_passed(upstream.headers, ("ETag",)))
-            response = web.StreamResponse(
-                status=upstream.status,
-                headers={"Content-Type": upstream.headers.get("Content-Type", "application/octet-stream")},
-            )
+            # The hub applies the same rule; applied again here so this answer is safe on its own.
+            rule = serving(filename, declared=upstream.headers.get("Content-Type"))
+            response = web.StreamResponse(status=upstream.status, headers=rule.headers)
             response.headers.update(_passed(upstream.headers, ("Content-Range", "Accept-Ranges", "ETag")))
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
@@ -660,6 +741,7 @@ async def _cleanup(app: web.Application) -> None:
 def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Application:
     """The seat frontend; under ``config.base_path`` (behind nginx) or at the root of its port."""
     app = web.Application(middlewares=[access_middleware], client_max_size=config.max_upload_bytes + 2**20)
+    app.on_response_prepare.append(_security_headers)
     app[CONFIG] = config
     app[FILES] = SeatFiles(config.data_dir)
     app[HUB] = HubClient(config)
@@ -727,6 +809,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     if config.base_path == "/":
         return app
     outer = web.Application(client_max_size=config.max_upload_bytes + 2**20)
+    outer.on_response_prepare.append(_security_headers)  # answers outside the base path (404s, health) too
     outer[CONFIG] = config
     outer.router.add_get("/comfyume/health", health)  # the supervisor checks the root, whatever the path
     outer.add_subapp(config.base_path.rstrip("/"), app)

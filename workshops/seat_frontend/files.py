@@ -8,25 +8,19 @@ frontend depends on them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .media import ACCEPTED, HEAD_BYTES, MediaType, NameProblem, check_name, check_path, detect, stored_name
+
 SETTINGS_FILE = "comfy.settings.json"
 MAX_USERDATA_BYTES = 20 * 1024 * 1024
-# First bytes of the image formats ComfyUI's LoadImage opens (Pillow's common formats).
-_IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-)
 
 
 class FileProblem(Exception):
@@ -38,22 +32,18 @@ class FileProblem(Exception):
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
-    """``root/relative`` if it stays inside ``root`` (after following symlinks), else FileProblem 403."""
-    if "\x00" in relative or len(relative) > 1024:
-        raise FileProblem(400, "Invalid path")
+    """``root/relative`` if it stays inside ``root`` (after following symlinks), else FileProblem 403.
+
+    A name the filesystem would choke on (NUL, control characters, a part over 255 bytes) is a 400 here,
+    before any system call can turn it into a 500."""
+    try:
+        check_path(relative)
+    except NameProblem as exc:
+        raise FileProblem(400, str(exc)) from None
     candidate = (root / relative).resolve()
     if candidate != root and root not in candidate.parents:
         raise FileProblem(403, "Invalid path")
     return candidate
-
-
-def image_type(head: bytes) -> str | None:
-    for signature, content_type in _IMAGE_SIGNATURES:
-        if head.startswith(signature):
-            return content_type
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 @dataclass
@@ -108,7 +98,7 @@ class SeatFiles:
 
     def user_file(self, name: str) -> Path:
         path = resolve_inside(self.user_dir, name)
-        if path == self.user_dir:
+        if path == self.user_dir or name.endswith("/"):  # a folder's name is not a file's
             raise FileProblem(400, "Invalid path")
         return path
 
@@ -126,8 +116,9 @@ class SeatFiles:
             raise FileProblem(409, "File already exists")
         if path.is_dir():
             raise FileProblem(400, "A folder has that name")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, body)
+        with _in_the_way():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path, body)
         return path
 
     def delete_user_file(self, name: str) -> None:
@@ -141,8 +132,9 @@ class SeatFiles:
         target = self.user_file(dest)
         if target.exists() and not overwrite:
             raise FileProblem(409, "File already exists")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, target)
+        with _in_the_way():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
         return target
 
     def relative(self, path: Path) -> str:
@@ -166,19 +158,28 @@ class SeatFiles:
     # --- uploaded images -----------------------------------------------------------------------------
 
     def input_file(self, filename: str, subfolder: str = "") -> Path:
+        try:
+            check_name(filename)
+        except NameProblem as exc:
+            raise FileProblem(400, str(exc)) from None
         folder = resolve_inside(self.input_dir, subfolder) if subfolder else self.input_dir
-        if not filename or "/" in filename or "\\" in filename:
-            raise FileProblem(400, "Invalid file name")
         return resolve_inside(folder, filename)
 
-    def save_upload(self, filename: str, subfolder: str, body: bytes, *, overwrite: bool) -> tuple[str, Path]:
-        """Store an uploaded image as ComfyUI does: same name + same content is reused, same name + other
-        content becomes ``name (1).png`` unless ``overwrite``. Returns the final name and its path."""
-        filename = os.path.basename(filename.replace("\\", "/")).strip()
-        if not filename or filename.startswith("."):
-            raise FileProblem(400, "The upload has no usable file name.")
-        if image_type(body[:16]) is None:
-            raise FileProblem(400, f"{filename} is not an image (PNG, JPEG, WEBP, GIF, BMP or TIFF).")
+    def save_upload(
+        self, filename: str, subfolder: str, body: bytes, *, overwrite: bool
+    ) -> tuple[str, Path, MediaType]:
+        """Store an upload as ComfyUI does: same name + same content is reused, same name + other content
+        becomes ``name (1).png`` unless ``overwrite``. Only media ComfyUI loads is kept, judged by its bytes,
+        under a name whose extension matches them. Returns the final name, its path and the detected type."""
+        media = detect(body[:HEAD_BYTES])
+        if media is None:
+            raise FileProblem(400, f"This file cannot be uploaded: only {ACCEPTED} can.")
+        try:
+            filename = stored_name(filename, media)
+        except NameProblem as exc:
+            raise FileProblem(400, str(exc)) from None
+        if filename.startswith("."):
+            raise FileProblem(400, "The file name may not start with a dot.")
         path = self.input_file(filename, subfolder)
         stem, dot, ext = filename.rpartition(".")
         if not dot:
@@ -186,13 +187,13 @@ class SeatFiles:
         counter = 1
         while path.exists() and not overwrite:
             if _sha256_file(path) == hashlib.sha256(body).hexdigest():
-                return filename, path
+                return filename, path, media
             filename = f"{stem} ({counter}){dot}{ext}"
             path = self.input_file(filename, subfolder)
             counter += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, body)
-        return filename, path
+        return filename, path, media
 
 
 def _sha256_file(path: Path) -> str:
@@ -201,6 +202,16 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1024 * 1024), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _in_the_way() -> Iterator[None]:
+    """A file where a folder of the path must be, or a folder where the file must go, is the participant's
+    naming clash (409), not the server's failure."""
+    try:
+        yield
+    except (NotADirectoryError, IsADirectoryError, FileExistsError):
+        raise FileProblem(409, "A file or folder of that name is in the way.") from None
 
 
 def _atomic_write(path: Path, body: bytes) -> None:

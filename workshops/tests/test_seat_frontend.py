@@ -516,3 +516,284 @@ def test_the_seat_frontend_refuses_to_start_without_its_settings(tmp_path):
         [sys.executable, "-m", "workshops.seat_frontend"], cwd=root, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "COMFYUME_SEAT_TOKEN is not set" in result.stderr
+
+
+# --- Uploads and served files never carry active content ----------------------------------------------------
+
+POLYGLOT = png_bytes() + b"<html><script>fetch('/api/prompt', {method: 'POST'})</script></html>"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(document.cookie)"><script>alert(1)</script></svg>'
+HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>"
+
+
+def upload(server, cookies, name: str, body: bytes, content_type: str = "text/html", **data) -> requests.Response:
+    files = {"image": (name, body, content_type)}
+    return call(server, "own", cookies, "POST", "/api/upload/image", files=files, data=data or None)
+
+
+def assert_not_active(response: requests.Response) -> None:
+    """What /api/view may answer for a file that is not media: bytes to save, never a page."""
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+    assert "sandbox" in response.headers["Content-Security-Policy"]
+
+
+def test_a_png_html_polyglot_is_stored_as_the_png_it_is(seat_server):
+    server, cookies = seat_server
+
+    answer = upload(server, cookies, "poly.html", POLYGLOT)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"name": "poly.png", "subfolder": "", "type": "input"}
+    assert sorted(p.name for p in (server.config.data_dir / "input").iterdir()) == ["poly.png"]
+    kept = SeatInput.objects.get()
+    assert (kept.name, kept.content_type) == ("poly.png", "image/png")  # not the browser's text/html
+    view = call(server, "own", cookies, "GET", "/api/view?filename=poly.png&type=input")
+    assert view.status_code == 200 and view.content == POLYGLOT
+    assert view.headers["Content-Type"] == "image/png"
+    assert view.headers["X-Content-Type-Options"] == "nosniff"
+    assert call(server, "own", cookies, "GET", "/api/view?filename=poly.html&type=input").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "body"), [("drawing.svg", SVG), ("drawing.png", SVG), ("page.html", HTML), ("page.png", HTML)]
+)
+def test_svg_and_html_uploads_are_refused_whatever_their_name(seat_server, name, body):
+    server, cookies = seat_server
+
+    answer = upload(server, cookies, name, body, content_type="image/png")
+
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith("This file cannot be uploaded: only images (PNG")
+    assert "cannot be uploaded" in answer.reason  # what ComfyUI's upload toast shows
+    assert list((server.config.data_dir / "input").iterdir()) == []
+    assert not SeatInput.objects.exists()
+
+
+def test_files_already_on_disk_are_served_by_their_bytes_never_as_pages(seat_server):
+    server, cookies = seat_server
+    inputs = server.config.data_dir / "input"
+    (inputs / "x.html").write_bytes(HTML)
+    (inputs / "x.svg").write_bytes(SVG)
+    (inputs / "old.html").write_bytes(POLYGLOT)  # an upload from before the check, with its HTML name
+
+    for name in ("x.html", "x.svg"):
+        response = call(server, "own", cookies, "GET", f"/api/view?filename={name}&type=input")
+        assert response.status_code == 200 and response.content.startswith(b"<")
+        assert_not_active(response)
+    old = call(server, "own", cookies, "GET", "/api/view?filename=old.html&type=input")
+    assert old.headers["Content-Type"] == "image/png" and old.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_userdata_a_participant_wrote_is_never_served_as_a_page(seat_server):
+    server, cookies = seat_server
+    assert call(server, "own", cookies, "POST", "/api/userdata/workflows%2Fx.html", data=HTML).status_code == 200
+    call(server, "own", cookies, "POST", "/api/userdata/workflows%2Fa.json", data=b'{"v": 1}')
+
+    page = call(server, "own", cookies, "GET", "/api/userdata/workflows%2Fx.html")
+    workflow = call(server, "own", cookies, "GET", "/api/userdata/workflows%2Fa.json")
+
+    assert page.content == HTML
+    assert_not_active(page)
+    assert workflow.json() == {"v": 1} and workflow.headers["Content-Type"].startswith("application/json")
+
+
+def test_the_hubs_refusal_and_its_reason_reach_the_browser(seat_server, settings):
+    server, cookies = seat_server
+    settings.SEAT_FRONTENDS = {**settings.SEAT_FRONTENDS, "MAX_UPLOAD_MB": 0}  # the hub's limit, not the seat's
+
+    answer = upload(server, cookies, "photo.png", png_bytes(), content_type="image/png")
+
+    assert answer.status_code == 413
+    assert answer.json()["error"]["message"] == "The file is larger than 0 MB."
+    assert answer.reason == "The file is larger than 0 MB."
+    assert list((server.config.data_dir / "input").iterdir()) == []
+
+
+# --- Only this very origin may change a seat ----------------------------------------------------------------
+
+CHANGES = [
+    ("POST", "/api/settings/Comfy.X", {"data": b"1"}),
+    ("POST", "/api/userdata/workflows%2Fx.json", {"data": b"{}"}),
+    ("DELETE", "/api/userdata/workflows%2Fsecret.json", {}),
+    ("POST", "/api/prompt", {"json": {"prompt": TINY, "client_id": "x"}}),
+    ("POST", "/api/upload/image", {"files": {"image": ("in.png", png_bytes(), "image/png")}}),
+]
+
+
+def _origin(server: SeatServerThread) -> str:
+    return f"http://127.0.0.1:{server.config.port}"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://127.0.0.1:8102"},  # another seat: same host, another port
+        {"Origin": "https://127.0.0.1:{port}"},  # same host and port, another scheme
+        {"Origin": "null"},  # a sandboxed page or a file: URL
+        {"Sec-Fetch-Site": "same-site"},  # the browser says: another origin of this site
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-site"},
+    ],
+)
+def test_a_change_from_any_other_origin_is_refused(seat_server, headers):
+    server, cookies = seat_server
+    root = _seed(server)
+    headers = {k: v.format(port=server.config.port) for k, v in headers.items()}
+
+    for method, path, kwargs in CHANGES:
+        response = call(server, "own", cookies, method, path, headers=headers, **kwargs)
+        assert response.status_code == 403, (method, path, response.status_code)
+        assert response.json()["error"]["type"] == "cross_site"
+    assert (root / "user" / "workflows" / "secret.json").exists()
+    assert sorted(p.name for p in (root / "user" / "workflows").iterdir()) == ["secret.json"]
+    assert "Comfy.X" not in (root / "user" / "comfy.settings.json").read_text()
+    assert not Job.objects.exists() and not SeatInput.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "http://127.0.0.1:{port}"},
+        {"Sec-Fetch-Site": "same-origin"},
+        {},  # not a browser page: the hub, curl
+        # Behind nginx: the origin the browser saw is the one nginx forwards, port included.
+        {
+            "Origin": "https://workshop.example:8443",
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "workshop.example:8443",
+        },
+        {"Origin": "https://workshop.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "workshop.example"},
+    ],
+)
+def test_a_change_from_this_very_origin_passes(seat_server, headers):
+    server, cookies = seat_server
+    headers = {k: v.format(port=server.config.port) for k, v in headers.items()}
+
+    response = call(server, "own", cookies, "POST", "/api/settings/Comfy.X", data=b"1", headers=headers)
+
+    assert response.status_code == 200
+    assert call(server, "own", cookies, "GET", "/api/settings/Comfy.X").json() == 1
+
+
+def test_behind_nginx_another_port_of_the_same_host_is_another_origin(seat_server):
+    server, cookies = seat_server
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "workshop.example:8443"}
+    for origin in ("https://workshop.example", "https://workshop.example:8101", "http://workshop.example:8443"):
+        response = call(
+            server, "own", cookies, "POST", "/api/settings/Comfy.X", data=b"1", headers={**forwarded, "Origin": origin}
+        )
+        assert response.status_code == 403, origin
+
+
+def test_the_socket_opens_only_for_this_very_origin(seat_server):
+    import websocket
+
+    server, cookies = seat_server
+    url = f"ws://127.0.0.1:{server.config.port}/ws?clientId=tab-1"
+    cookie = [f"Cookie: {cookies['own']}"]
+    for origin in ("http://127.0.0.1:8102", "null", "http://evil.example"):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(url, header=cookie, origin=origin, timeout=10)
+        assert refused.value.status_code == 403, origin
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(url, header=[*cookie, "Sec-Fetch-Site: same-site"], origin=_origin(server))
+    ws = websocket.create_connection(
+        url, header=[*cookie, "Sec-Fetch-Site: same-origin"], origin=_origin(server), timeout=10
+    )
+    try:
+        assert json.loads(ws.recv())["type"] == "status"
+    finally:
+        ws.close()
+
+
+# --- Framing and sniffing headers on every answer -----------------------------------------------------------
+
+
+def assert_framing_headers(response: requests.Response) -> None:
+    assert response.headers.get("X-Frame-Options") == "DENY", response.url
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", response.url
+    assert "frame-ancestors 'none'" in response.headers.get("Content-Security-Policy", ""), response.url
+
+
+def test_every_answer_of_a_seat_refuses_framing_and_sniffing(seat_server):
+    server, cookies = seat_server
+    _seed(server)
+    page = call(server, "own", cookies, "GET", "/", headers={"Accept": "text/html"})
+    asset = re.findall(r'"\./(assets/[^"]+)"', page.text)[0]
+    answers = [
+        page,
+        call(server, "own", cookies, "GET", f"/{asset}"),
+        call(server, "own", cookies, "GET", "/extensions/comfyume/status.js"),
+        call(server, "own", cookies, "GET", "/api/settings"),
+        call(server, "own", cookies, "GET", "/api/view?filename=mine.png&type=input"),
+        call(server, "own", cookies, "GET", "/api/no/such/thing"),  # 404
+        call(server, "own", cookies, "GET", "/api/userdata/workflows%2F%00.json"),  # 400
+        call(server, "anonymous", cookies, "GET", "/api/settings"),  # 401
+        call(server, "same_workshop", cookies, "GET", "/", headers={"Accept": "text/html"}),  # 403 page
+        call(server, "own", cookies, "POST", "/api/settings/X", data=b"1", headers={"Origin": "null"}),  # 403
+        call(server, "own", cookies, "GET", "/comfyume/health"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 404, 400, 401, 403, 403, 200]
+    for answer in answers:
+        assert_framing_headers(answer)
+    # The file view keeps its own sandbox and still refuses framing.
+    assert "sandbox" in answers[4].headers["Content-Security-Policy"]
+
+
+def test_a_seat_under_a_path_sends_the_headers_outside_its_path_too(tmp_path):
+    server = SeatServerThread(
+        seat_config("http://127.0.0.1:9", "seat_x", tmp_path / "seat", base_path="/user007/")
+    ).start()
+    try:
+        root = f"http://127.0.0.1:{server.config.port}"
+        for url in (f"{root}/comfyume/health", f"{root}/nothing/here", f"{root}/user007/comfyume/health"):
+            assert_framing_headers(requests.get(url, timeout=5))
+    finally:
+        server.stop()
+
+
+# --- Names from a request: a clear 400, never a 500 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    # (requests sends a newline in a file name as %0A, as browsers do: the paths below test raw ones)
+    "name",
+    ["a\x00b.png", "tab\tbed.png", "esc\x1b.png", "bell\x07.png", "x" * 300 + ".png", "sub/x.png"],
+)
+def test_an_upload_with_an_unusable_name_gets_a_clear_400(seat_server, name):
+    server, cookies = seat_server
+
+    answer = upload(server, cookies, name, png_bytes(), content_type="image/png")
+
+    assert answer.status_code == 400, answer.text
+    assert set(answer.json()) == {"error", "node_errors"} and answer.json()["error"]["message"]
+    assert list((server.config.data_dir / "input").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/userdata/workflows%2Fa%00b.json"),
+        ("POST", "/api/userdata/workflows%2Fa%01b.json"),
+        ("POST", "/api/userdata/workflows%2F" + "x" * 300 + ".json"),
+        ("GET", "/api/userdata/workflows%2F" + "x" * 300 + ".json"),
+        ("DELETE", "/api/userdata/workflows%2F" + "x" * 300 + ".json"),
+        ("POST", "/api/userdata/workflows%2Fa.json/move/workflows%2F" + "y" * 300 + ".json"),
+        ("GET", "/api/userdata?dir=workflows%2F%00"),
+        ("GET", "/api/view?filename=a%00.png&type=input"),
+        ("GET", "/api/view?filename=" + "x" * 300 + ".png&type=input"),
+        ("GET", "/api/view?filename=a.png&subfolder=sub%0Adir&type=input"),
+        ("GET", "/api/view?filename=&type=input"),
+        ("GET", "/api/view?filename=a%00.png&type=output"),
+    ],
+)
+def test_unusable_names_anywhere_get_a_clear_400(seat_server, method, path):
+    server, cookies = seat_server
+    call(server, "own", cookies, "POST", "/api/userdata/workflows%2Fa.json", data=b"{}")
+
+    response = call(server, "own", cookies, method, path, data=b"{}" if method == "POST" else None)
+
+    assert response.status_code == 400, (path, response.status_code, response.text[:200])
+    assert response.json()["error"]["message"]

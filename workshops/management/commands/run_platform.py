@@ -2,7 +2,8 @@
 
 Starts (and supervises) the embedded Redis when ``REDIS_URL`` is unset, the ComfyUI simulator, RQ workers,
 the reconciler and the web server (daphne); prepares the database, an admin account and a demo workshop;
-prints where to sign in; and stops every process it started on Ctrl-C or SIGTERM.
+hands back what the last run left (``jobs.reconciler.recover_at_start``); prints where to sign in; and stops
+every process it started on Ctrl-C or SIGTERM — the workers hand their running jobs back to the queue first.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from django.db import transaction
 
 from comfyume import embedded_redis
 from gpu_backends.models import GpuBackend
+from jobs import reconciler
+from jobs.scheduler import dispatch_queue
 from workshops import frontends
 from workshops.credentials import credential_sheet
 from workshops.credentials_pdf import credential_pdf
-from workshops.models import WorkflowTemplate, Workshop
-from workshops.services import create_workshop, credentials_as_dicts
+from workshops.models import JoinLink, WorkflowTemplate, Workshop, hash_token
+from workshops.services import SeatCredentials, create_workshop, credentials_as_dicts, join_url
 
 TEMPLATES_DIR = settings.BASE_DIR / "workshops" / "data" / "templates"
 DEMO_TEMPLATE = TEMPLATES_DIR / "tiny-invert.json"
@@ -50,6 +53,11 @@ REAL_TEMPLATES = (
 
 MANAGE = [sys.executable, str(settings.BASE_DIR / "manage.py")]
 RESTART_BACKOFF = (1, 2, 5, 10, 30)
+# The embedded Redis is transport for every other process: it comes back at once, then with a short backoff.
+REDIS_RESTART_BACKOFF = (0, 1, 2, 5)
+# How long a stop waits for the workers to hand their running jobs back (an interrupt on the GPU, then one
+# UPDATE): a second or two on the simulator; a GPU that does not confirm the interrupt is given up on sooner.
+HAND_BACK_SECONDS = 20
 
 
 def workshop_ports(workshop: Workshop) -> list[int | None]:
@@ -125,6 +133,8 @@ class Command(BaseCommand):
         self.stopping = False
         self.children: list[Child] = []
         self.redis_proc = None
+        self.redis_restarts = 0
+        self.redis_down_since: float | None = None
         logs = settings.DATA_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         if not _port_free(port, host):
@@ -143,6 +153,11 @@ class Command(BaseCommand):
             demo = self._ensure_demo(demo_seats, sim_port)
             if sim_port:
                 self._spawn("simulator", [*MANAGE, "run_comfyui_simulator", "--port", str(sim_port)], logs)
+                # The reconciler's first sweep checks the backends' health: started before the simulator listens,
+                # it marked it failing and logged a "Connection refused" warning on every start. The recovery
+                # below asks the backends about the last run's jobs too.
+                self._wait_for_listener("simulator", sim_port)
+            self._recover()
             slots = sum(GpuBackend.objects.filter(enabled=True).values_list("max_concurrency", flat=True)) or 1
             for i in range(workers or max(2, min(slots, 16))):
                 self._spawn(
@@ -150,15 +165,11 @@ class Command(BaseCommand):
                     [*MANAGE, "rqworker", settings.RQ_QUEUE_NAME, "--worker-class", "rq.worker.SimpleWorker"],
                     logs,
                 )
-            if sim_port:
-                # The reconciler's first sweep checks the backends' health: started before the simulator listens,
-                # it marked it failing and logged a "Connection refused" warning on every start.
-                self._wait_for_listener("simulator", sim_port)
             self._spawn("reconciler", [*MANAGE, "run_reconciler"], logs)
             self._spawn("seat-frontends", [*MANAGE, "run_seat_frontends"], logs)
-            self._spawn(
-                "web", [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "comfyume.asgi:application"], logs
-            )
+            # comfyume.server is daphne with request bodies bounded and streamed (comfyume/server.py).
+            web = [sys.executable, "-m", "comfyume.server", "-b", host, "-p", str(port), "comfyume.asgi:application"]
+            self._spawn("web", web, logs)
             self._wait_until_up(host, port)
             self._banner(host, port, admin_password, demo, logs)
             self._supervise()
@@ -239,7 +250,66 @@ class Command(BaseCommand):
             workshop.default_template = template
             workshop.save(update_fields=["default_template"])
         frontends.start_seats(workshop)
-        return {"workshop": workshop, "seats": json.loads(path.read_text()) if path.exists() else []}
+        listed = self._usable_links(workshop, json.loads(path.read_text())) if path.exists() else []
+        return {"workshop": workshop, "seats": listed}
+
+    def _usable_links(self, workshop: Workshop, seats: list[dict]) -> list[dict]:
+        """The demo's credentials with a join link that still works for every seat.
+
+        A join link signs in once. The file kept the first run's links, so a restart printed links that answer
+        410: a seat whose link was spent (or expired) gets a fresh one, and the file and printable cards follow.
+        The password is unchanged.
+        """
+        changed = False
+        for entry in seats:
+            token = entry["join_url"].rstrip("/").rsplit("/", 1)[-1]
+            link = JoinLink.objects.filter(token_hash=hash_token(token)).first()
+            if link is not None and link.is_usable():
+                continue
+            seat = workshop.seats.filter(label=entry["seat"]).first()
+            if seat is None:
+                continue
+            entry["join_url"] = join_url(JoinLink.issue(seat))
+            changed = True
+        if changed:
+            credentials = [SeatCredentials(**entry) for entry in seats]
+            self._write_private(settings.DATA_DIR / "demo_credentials.json", json.dumps(seats, indent=2))
+            pdf = settings.DATA_DIR / "demo_credentials.pdf"
+            if pdf.exists():
+                pdf.write_bytes(credential_pdf(workshop, credentials))
+            sheet = settings.DATA_DIR / "demo_credentials.html"
+            if sheet.exists():
+                self._write_private(sheet, credential_sheet(workshop, credentials))
+        return seats
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        path.write_text(text)
+        path.chmod(0o600)
+
+    def _recover(self) -> None:
+        """Hand back what the last run's workers left, before this run's start (seconds, not a heartbeat's minute).
+
+        Only when no RQ worker is registered on the queue: a worker still alive elsewhere (a platform killed
+        without its children, another host on the same Redis) may still run its job, and the reconciler's
+        heartbeat check decides about those.
+        """
+        from rq import Worker
+
+        try:
+            alive = Worker.count(queue=dispatch_queue())
+        except Exception as exc:  # Redis trouble: the reconciler's sweeps handle it once Redis answers
+            self.stderr.write(f"Could not check for running workers ({exc}); the reconciler will recover jobs")
+            return
+        if alive:
+            self.stderr.write(f"{alive} worker(s) of this queue still registered; left to the reconciler")
+            return
+        report = reconciler.recover_at_start()
+        if report.requeued or report.redelivered:
+            self.stdout.write(
+                f"Recovered from the last run: {len(report.requeued)} job(s) queued again (attempts not counted), "
+                f"{len(report.redelivered)} claim(s) sent to the workers again"
+            )
 
     # --- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], logs: Path) -> None:
@@ -299,6 +369,7 @@ class Command(BaseCommand):
 
     def _supervise(self) -> None:
         while not self.stopping:
+            self._supervise_redis()
             for child in self.children:
                 if self.stopping or child.proc is None or child.proc.poll() is None:
                     continue
@@ -313,18 +384,50 @@ class Command(BaseCommand):
                     child.start()
             time.sleep(0.5)
 
+    def _supervise_redis(self) -> None:
+        """Restart the embedded Redis when it exits, on the same socket and directory (``poll`` reaps it).
+
+        Nothing is lost with it that matters: claims whose dispatch task it held are enqueued again by the
+        reconciler, and every process reconnects. A paused Redis (SIGSTOP) is alive: it is waited for.
+        """
+        proc = self.redis_proc
+        if proc is None or proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.redis_down_since is None:
+            self.redis_down_since = now
+            self.stderr.write(f"The embedded Redis exited with {proc.returncode}; restarting it")
+        delay = REDIS_RESTART_BACKOFF[min(self.redis_restarts, len(REDIS_RESTART_BACKOFF) - 1)]
+        if now - self.redis_down_since < delay:
+            return
+        self.redis_restarts += 1
+        try:
+            self.redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_DIR)
+        except RuntimeError as exc:
+            self.stderr.write(f"The embedded Redis did not start again: {exc}")
+            return
+        self.stdout.write(f"The embedded Redis is back after {now - self.redis_down_since:.1f} s")
+        self.redis_down_since = None
+
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
 
     def _shutdown(self) -> None:
+        """Stop in the order that loses nothing: the processes that take new work (web, seat frontends, reconciler)
+        first; then the workers, each handing its running job back to the queue (attempt not counted) before it
+        exits; then the GPU simulator they were talking to; Redis last."""
         self.stopping = True
         if self.children:
             self.stdout.write("Stopping…")
-        for child in reversed(self.children):
-            child.stop()
-        deadline = time.monotonic() + 10
-        for child in self.children:
-            child.wait_or_kill(deadline)
+        workers = [c for c in self.children if c.name.startswith("worker-")]
+        last = [c for c in self.children if c.name == "simulator"]
+        first = [c for c in self.children if c not in workers and c not in last]
+        for group, seconds in ((first, 10), (workers, HAND_BACK_SECONDS), (last, 10)):
+            for child in reversed(group):
+                child.stop()
+            deadline = time.monotonic() + seconds
+            for child in group:
+                child.wait_or_kill(deadline)
         embedded_redis.stop(self.redis_proc)
         if self.children:
             self.stdout.write("Stopped every process ComfyuME started.")

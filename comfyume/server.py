@@ -1,0 +1,187 @@
+"""The hub's web server: daphne, with request bodies bounded and never held whole in memory.
+
+``python -m comfyume.server`` takes daphne's arguments (``-b``, ``-p``, ``--proxy-headers`` …) and runs daphne with
+three changes to how a request body travels (docs/OPERATIONS.md, "Request bodies"):
+
+- Twisted parses a ``multipart/form-data`` POST into ``request.args`` in memory by default, the whole body at
+  once, on the event loop. Daphne never uses ``args``: a 150 MB form cost ~2 GB and stopped every other request
+  (``/health`` included) for seconds. The parse is turned off.
+- An oversized body is refused from its headers (``Content-Length`` over the limit of ``comfyume.bodylimits``),
+  before a byte of it is read, and a body of unknown length (chunked) is cut off as soon as it passes the limit:
+  the 413 goes out in the API's format and the connection is closed.
+- Daphne hands the application the whole body at once: it reads Twisted's spool file into its queue in one loop
+  before the application runs. Here the application reads the spool file a chunk at a time, as it asks for it,
+  so a large upload costs one chunk of memory, not its size.
+
+Daphne offers ``CommandLineInterface.server_class`` for this; its ``Server`` builds its HTTP factory inside
+``run()``, so :class:`HubServer` exchanges that one attribute for ours.
+"""
+
+from __future__ import annotations
+
+import daphne.server  # isort: skip  # installs Twisted's asyncio reactor: must come before any other Twisted import
+
+import io
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+from daphne.cli import CommandLineInterface
+from daphne.http_protocol import HTTPFactory, WebRequest
+
+from comfyume import bodylimits
+
+log = logging.getLogger(__name__)
+
+# What the application gets per receive(): large enough that a 50 MB upload is ~800 hand-overs, small enough to
+# be nothing next to the process.
+CHUNK_BYTES = 64 * 1024
+REASONS = {413: b"Content Too Large"}
+
+
+class HubRequest(WebRequest):
+    """Daphne's request, with the body bounded on its way in and handed to the application on demand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Twisted would otherwise read a multipart or urlencoded body whole into request.args (unused by daphne).
+        super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
+        self.body_limit = 0
+        self.body_received = 0
+        self.refused = False
+        self.body_file: IO[bytes] | None = None
+
+    def _path(self) -> str:
+        # The request line is on the channel until the body is complete; only then does Twisted give it to us.
+        target: bytes = getattr(self.channel, "_path", b"/") or b"/"
+        return target.split(b"?", 1)[0].decode("latin-1")
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802  (Twisted's name)
+        """The headers are in: refuse a body declared too large before reading any of it."""
+        headers = [(name.lower(), value) for name, values in self.requestHeaders.getAllRawHeaders() for value in values]
+        self.body_limit = bodylimits.body_limit(self._path(), headers)
+        if length is not None and length > self.body_limit:
+            self.content = io.BytesIO()
+            self._refuse(length)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802  (Twisted's name)
+        """Count the body as it comes (a chunked one has no declared length) and cut it off past the limit."""
+        if self.refused:
+            return
+        self.body_received += len(data)
+        if self.body_received > self.body_limit:
+            self._refuse(None)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, size: int | None) -> None:
+        """Answer 413 straight on the connection and close it: the request never reaches the application."""
+        self.refused = True
+        # Twisted would send "100 Continue" after the headers: the client is to stop, not go on.
+        self.requestHeaders.removeHeader(b"Expect")
+        answer = bodylimits.refusal(self._path(), self.body_limit, size)
+        head = [b"HTTP/1.1 %d %s" % (answer.status, REASONS.get(answer.status, b"Error"))]
+        head += [name + b": " + value for name, value in answer.headers]
+        head += [b"Content-Length: %d" % len(answer.body), b"Connection: close", b"", b""]
+        self.channel.transport.write(b"\r\n".join(head) + answer.body)
+        log.info("Refused a %s-byte body to %s (limit %d)", size or "chunked", self._path(), self.body_limit)
+        self.channel.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:  # noqa: N802  (Twisted's name)
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def process(self) -> Any:
+        """Daphne's processing, with the spool file kept for :meth:`HubServer.create_application` to stream
+        and an empty one in its place, so daphne's own loop queues only an empty, final message."""
+        self.body_file, self.content = self.content, io.BytesIO()
+        return super().process()
+
+    def finish(self) -> None:
+        super().finish()
+        self._close_body()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802  (Twisted's name)
+        super().connectionLost(reason)
+        self._close_body()
+
+    def _close_body(self) -> None:
+        # Twisted closes the file it knows (now the empty stand-in); the spool file is ours to close.
+        if self.body_file is not None:
+            self.body_file.close()
+
+
+class HubHTTPFactory(HTTPFactory):
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802  (Twisted's name)
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = HubRequest
+        return protocol
+
+
+class StreamedBody:
+    """The application's ``receive``: the request's spool file a chunk at a time, then daphne's queue.
+
+    Daphne's queue holds one empty ``http.request`` (the body it was given) and later ``http.disconnect``;
+    the empty one is dropped, the rest passed on.
+    """
+
+    def __init__(self, request: HubRequest, queue_get: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.request, self.queue_get = request, queue_get
+        self.body_done = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if not self.body_done:
+            body = self.request.body_file
+            if body is None or body.closed:  # the client went away
+                self.body_done = True
+                return {"type": "http.disconnect"}
+            chunk = body.read(CHUNK_BYTES)
+            more = len(chunk) == CHUNK_BYTES
+            if not more:
+                self.body_done = True
+                await self.queue_get()  # daphne's empty, final http.request
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        return await self.queue_get()
+
+
+class HubServer(daphne.server.Server):
+    """Daphne's server with :class:`HubHTTPFactory` and the body streamed to the application."""
+
+    @property
+    def http_factory(self) -> HTTPFactory:
+        return self._hub_http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory: HTTPFactory) -> None:
+        # Server.run() builds daphne's own factory here; ours differs only in its request class.
+        self._hub_http_factory = HubHTTPFactory(self)
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        """Daphne's, with the application's ``receive`` reading the request's spool file first.
+
+        Daphne builds ``receive`` from its queue inside this method; the application is wrapped for the
+        duration of the (synchronous) call so that it gets :class:`StreamedBody` around it instead.
+        """
+        if not isinstance(protocol, HubRequest):  # a WebSocket: nothing to stream
+            return super().create_application(protocol, scope)
+        application: Any = getattr(self, "application")  # noqa: B009  (daphne's Server is untyped)
+
+        def with_streamed_body(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+            return application(scope=scope, receive=StreamedBody(protocol, receive), send=send)
+
+        self.application = with_streamed_body
+        try:
+            return super().create_application(protocol, scope)
+        finally:
+            self.application = application
+
+
+class HubCommandLineInterface(CommandLineInterface):
+    description = "ComfyuME's web server (daphne with bounded, streamed request bodies)"
+    server_class = HubServer
+
+
+if __name__ == "__main__":
+    HubCommandLineInterface().run(sys.argv[1:])
