@@ -10,9 +10,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from jobs.models import Job
-from storage.models import Artifact, SeatInput
-from storage.stores import default_store
+from storage.models import SeatInput
+from storage.tests.test_gallery import make_artifact
 
 HTML = b"<!doctype html><html><script>alert(document.cookie)</script></html>"
 
@@ -100,27 +99,11 @@ def test_an_unusable_name_is_a_400_in_the_apis_shape(seat_client, name):
 # --- GET /api/hub/view ------------------------------------------------------------------------------------
 
 
-def output(personas, filename: str, data: bytes, content_type: str) -> Artifact:
-    seat = personas.seat_a
-    job = Job.objects.create(workshop=seat.workshop, seat=seat, prompt={}, status=Job.Status.SUCCEEDED)
-    key = f"workshops/{seat.workshop.slug}/{seat.label}/{job.prompt_id}/{filename}"
-    stored = default_store().put(key, [data])
-    return Artifact.objects.create(
-        job=job,
-        key=key,
-        filename=filename,
-        kind=Artifact.kind_for(content_type),
-        size=stored.size,
-        sha256=stored.sha256,
-        content_type=content_type,
-    )
-
-
 @pytest.mark.parametrize(
     ("filename", "content_type"), [("page.html", "text/html"), ("drawing.svg", "image/svg+xml"), ("x.png", "")]
 )
 def test_an_output_that_is_not_media_is_never_served_inline(seat_client, personas, filename, content_type):
-    output(personas, filename, HTML, content_type)
+    make_artifact(personas.seat_a, filename, HTML, content_type)
     if not content_type:  # nothing recorded and a media name: the name decides, and nosniff keeps it an image
         filename = "x.png"
 

@@ -7,8 +7,6 @@ it → the waiting page, which asks ``/seat/comfyui`` on load, on reconnect and 
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -20,6 +18,7 @@ from workshops import frontends
 from workshops.models import JoinLink, Seat, SeatFrontend
 from workshops.provisioning import FrontendStatus, ProvisioningError, SeatSpec
 from workshops.provisioning.process import ProcessDriver
+from workshops.tests.test_supervisor import reconcile_until
 
 
 class FakeDriver:
@@ -67,16 +66,6 @@ def process_supervisor(personas, seat_settings, tmp_path):
     sup = frontends.Supervisor(ProcessDriver(tmp_path / "seats"), interval=0.1)
     yield sup
     sup.stop_all()
-
-
-def reconcile_until(supervisor: frontends.Supervisor, condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        supervisor.reconcile()
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError("the supervisor did not get there in time")
 
 
 def frontend_of(seat: Seat) -> SeatFrontend:
