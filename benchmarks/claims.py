@@ -61,7 +61,7 @@ def run(report) -> None:
         seats = Seat.objects.bulk_create([Seat(workshop=workshop, label=f"user{i:03d}") for i in range(1, SEATS + 1)])
         results[policy] = {}
         # Enqueueing to RQ and announcing to sockets are not part of a claim's cost.
-        with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+        with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
             for size in SIZES:
                 _fill(workshop, seats, size)
                 _median_claim_ms(backend.pk)  # warm caches once

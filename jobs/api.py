@@ -19,7 +19,7 @@ from workshops.seat_frontend.media import NameProblem, check_name, check_path
 
 from .auth import SeatRequest, api_error, seat_required
 from .models import Job
-from .services import SubmissionRejected, cancel_job, job_summary, parse_prompt_request, submit_prompt
+from .services import SubmissionRejected, cancel_job, parse_prompt_request, submit_prompt
 
 HISTORY_LIMIT = 200
 
@@ -53,7 +53,7 @@ def job_list(request: SeatRequest) -> JsonResponse:
     except ValueError:
         return api_error(400, "bad_limit", "limit must be a whole number.")
     jobs = Job.objects.select_related("seat", "backend").filter(seat=request.seat).order_by("-id")[:limit]
-    return JsonResponse({"jobs": [job_summary(job) for job in jobs]})
+    return JsonResponse({"jobs": [job.summary() for job in jobs]})
 
 
 @require_GET
@@ -62,7 +62,7 @@ def job_detail(request: SeatRequest, prompt_id: str) -> JsonResponse:
     job = _job_for_seat(request, prompt_id)
     if job is None:
         return api_error(404, "not_found", "No such job for this seat.")
-    data = job_summary(job)
+    data = job.summary()
     if job.status == Job.Status.QUEUED:
         # Jobs of the workshop still waiting that were queued before this one: its place under fifo, an
         # upper bound under round robin (where a seat with less GPU time goes sooner).
@@ -85,7 +85,7 @@ def job_cancel(request: SeatRequest, prompt_id: str) -> JsonResponse:
     if not cancel_job(job, by="participant"):
         return api_error(409, "already_finished", f"The job has already ended ({job.get_status_display()}).")
     job.refresh_from_db()
-    return JsonResponse(job_summary(job))
+    return JsonResponse(job.summary())
 
 
 def _queue_item(job: Job) -> list:

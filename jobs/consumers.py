@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from workshops.models import Workshop
 
 from .events import seat_group, workshop_group
-from .services import seat_queue_remaining
+from .models import Job
 
 # Close codes in the 4000 range carry HTTP's meaning: the browser sees why it was refused.
 UNAUTHORIZED, FORBIDDEN, NOT_FOUND = 4401, 4403, 4404
@@ -27,7 +27,7 @@ class SeatEventsConsumer(AsyncJsonWebsocketConsumer):
         self.group = seat_group(seat.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        remaining = await database_sync_to_async(seat_queue_remaining)(seat.pk)
+        remaining = await database_sync_to_async(Job.queue_remaining)(seat.pk)
         await self.send_json({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}})
 
     async def disconnect(self, code: int) -> None:

@@ -115,9 +115,7 @@ class JobRun:
         if ok:
             self.started = time.monotonic()
             metrics.observe("dispatch_latency_seconds", (timezone.now() - self.job.created_at).total_seconds())
-            from .services import announce_job
-
-            announce_job(self.job, queue_changed=False)  # running or dispatching, it counts the same
+            events.announce_job(self.job, queue_changed=False)  # running or dispatching, it counts the same
         return ok
 
     def event(self, message: dict[str, Any]) -> None:

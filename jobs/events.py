@@ -21,6 +21,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from .models import Job
+
 log = logging.getLogger(__name__)
 
 
@@ -135,6 +137,31 @@ def flush(timeout: float = 5.0) -> bool:
     if _publisher is None or _publisher.pid != os.getpid():
         return True
     return _publisher.idle.wait(timeout)
+
+
+def announce_job(job: Job, *, queue_changed: bool = True) -> None:
+    """Tell the seat and the instructor view that a job changed state, and ComfyUI's queue counter when the
+    seat's count of waiting and running jobs changed (a submit, an end; not a claim or a start)."""
+    publish(
+        [seat_group(job.seat_id), workshop_group(job.workshop_id)],
+        {"type": "comfy.message", "seat": job.seat.label, "message": {"type": "comfyume.job", "data": job.summary()}},
+    )
+    if queue_changed:
+        announce_queue(job)
+
+
+def announce_queue(job: Job) -> None:
+    """ComfyUI's queue counter for the job's seat (``status.exec_info.queue_remaining``); only the seat's own
+    ComfyUI shows it, so the instructor view does not get it."""
+    remaining = Job.queue_remaining(job.seat_id)
+    publish(
+        [seat_group(job.seat_id)],
+        {
+            "type": "comfy.message",
+            "seat": job.seat.label,
+            "message": {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}},
+        },
+    )
 
 
 def comfy_message(seat_id: int, workshop_id: int, message: dict[str, Any], seat_label: str = "") -> None:

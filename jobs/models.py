@@ -177,6 +177,35 @@ class Job(models.Model):
         self.status = Job.objects.values_list("status", flat=True).get(pk=self.pk)
         return self.status
 
+    def summary(self) -> dict[str, Any]:
+        """The job as the hub API and our ``comfyume.job`` events describe it."""
+        backend = self.backend if self.backend_id else None
+        return {
+            "prompt_id": str(self.prompt_id),
+            "number": self.number,
+            "seat": self.seat.label if self.seat_id else None,
+            "status": self.status,
+            "status_label": Job.Status(self.status).label,
+            "can_cancel": self.can_cancel(),
+            "reason": self.status_reason,
+            "backend": backend.name if backend else None,
+            # A serverless backend with no replica yet: the participant sees "GPU starting" while it comes up.
+            "backend_state": backend.state if backend else None,
+            "attempts": self.attempts,
+            "created_at": self.created_at.isoformat(),
+            "dispatched_at": self.dispatched_at.isoformat() if self.dispatched_at else None,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "gpu_seconds": round(self.gpu_seconds, 3),
+            "error": self.error,
+            "outputs": self.outputs,
+        }
+
+    @classmethod
+    def queue_remaining(cls, seat_id: int) -> int:
+        """The seat's jobs waiting or running: ComfyUI's queue counter (``exec_info.queue_remaining``)."""
+        return cls.objects.filter(seat_id=seat_id, status__in=(*cls.WAITING, *cls.ACTIVE)).count()
+
 
 class JobEvent(models.Model):
     """One state change of a job, kept for the instructor's history and for debugging a lost job."""

@@ -23,6 +23,7 @@ from comfyume import db
 from gpu_backends.models import GpuBackend
 from workshops.models import Seat, Workshop
 
+from . import events
 from .models import Job
 from .policy import Candidate, head_order, pick_next, seat_head
 
@@ -178,13 +179,12 @@ def schedule(*, until: int | None = None) -> list[int]:
     backends = GpuBackend.objects.filter(enabled=True, state__in=GpuBackend.DISPATCHABLE).order_by(
         warmth, "order", "name"
     )
-    from .services import announce_job  # services imports this module
 
     for backend in backends:
         while (job := claim_next(backend)) is not None:
             claimed.append(job.pk)
             # Waiting or dispatching, the job counts the same in the seat's queue: only the job itself changed.
-            transaction.on_commit(functools.partial(announce_job, job, queue_changed=False))
+            transaction.on_commit(functools.partial(events.announce_job, job, queue_changed=False))
             if job.pk == until:
                 return claimed
             if job.slots_left <= 0:  # type: ignore[attr-defined]
@@ -206,17 +206,19 @@ def dispatch_queue() -> Any:
     return _dispatch_queue[1]
 
 
+DISPATCH_TASK = "jobs.dispatch.dispatch_job"
+
+
 def dispatch_task_id(job_id: int, attempt: int) -> str:
     """The RQ job id of one claim's dispatch: enqueuing it again replaces it instead of adding a second task."""
     return f"dispatch-{job_id}-{attempt}"
 
 
 def send_dispatch(job_id: int, attempt: int, timeout: int) -> None:
-    """Put the claim's ``dispatch_job`` on the RQ queue; raises Redis's own errors (the caller decides)."""
-    from .dispatch import dispatch_job
-
+    """Put the claim's ``dispatch_job`` on the RQ queue; raises Redis's own errors (the caller decides). The task
+    is named, not imported: the dispatch module builds on this one, not the other way round."""
     dispatch_queue().enqueue(
-        dispatch_job,
+        DISPATCH_TASK,
         job_id,
         attempt,
         job_id=dispatch_task_id(job_id, attempt),

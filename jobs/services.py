@@ -211,9 +211,9 @@ def _schedule_or_announce(job: Job) -> None:
     """After a submit: try to start it at once. A job that got a slot was announced by its claim; the seat's
     queue counter still has to hear of the new job."""
     if job.pk in schedule(until=job.pk):
-        announce_queue(job)
+        events.announce_queue(job)
     else:
-        announce_job(job)
+        events.announce_job(job)
 
 
 def cancel_job(job: Job, *, by: str = "participant") -> bool:
@@ -262,74 +262,17 @@ def requeue_job(job: Job, reason: str, *, count_attempt: bool = True) -> bool:
     with transaction.atomic():
         if not job.transition(Job.Status.QUEUED, reason=reason, **fields):
             return False
-        transaction.on_commit(lambda: announce_job(job))
+        transaction.on_commit(lambda: events.announce_job(job))
         transaction.on_commit(schedule)
     return True
 
 
 def _after_finish(job: Job) -> None:
-    announce_job(job)
+    events.announce_job(job)
     schedule()
 
 
 # --- What participants and the instructor see -------------------------------------------------
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The job as the hub API and our ``comfyume.job`` events describe it."""
-    return {
-        "prompt_id": str(job.prompt_id),
-        "number": job.number,
-        "seat": job.seat.label if job.seat_id else None,
-        "status": job.status,
-        "status_label": Job.Status(job.status).label,
-        "can_cancel": job.can_cancel(),
-        "reason": job.status_reason,
-        "backend": job.backend.name if job.backend_id and job.backend else None,
-        # A serverless backend with no replica yet: the participant sees "GPU starting" while it comes up.
-        "backend_state": job.backend.state if job.backend_id and job.backend else None,
-        "attempts": job.attempts,
-        "created_at": job.created_at.isoformat(),
-        "dispatched_at": job.dispatched_at.isoformat() if job.dispatched_at else None,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "gpu_seconds": round(job.gpu_seconds, 3),
-        "error": job.error,
-        "outputs": job.outputs,
-    }
-
-
-def seat_queue_remaining(seat_id: int) -> int:
-    return Job.objects.filter(seat_id=seat_id, status__in=(*Job.WAITING, *Job.ACTIVE)).count()
-
-
-def announce_job(job: Job, *, queue_changed: bool = True) -> None:
-    """Tell the seat and the instructor view that a job changed state, and ComfyUI's queue counter when the
-    seat's count of waiting and running jobs changed (a submit, an end; not a claim or a start)."""
-    events.publish(
-        [events.seat_group(job.seat_id), events.workshop_group(job.workshop_id)],
-        {
-            "type": "comfy.message",
-            "seat": job.seat.label,
-            "message": {"type": "comfyume.job", "data": job_summary(job)},
-        },
-    )
-    if queue_changed:
-        announce_queue(job)
-
-
-def announce_queue(job: Job) -> None:
-    """ComfyUI's queue counter for the job's seat (``status.exec_info.queue_remaining``); only the seat's own
-    ComfyUI shows it, so the instructor view does not get it."""
-    remaining = seat_queue_remaining(job.seat_id)
-    events.publish(
-        [events.seat_group(job.seat_id)],
-        {
-            "type": "comfy.message",
-            "seat": job.seat.label,
-            "message": {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}},
-        },
-    )
 
 
 def backend_is_available(workshop: Workshop, pinned_backend_id: int | None = None) -> bool:

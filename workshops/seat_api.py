@@ -14,7 +14,6 @@ from django.views.decorators.http import require_GET, require_POST
 from gpu_backends.models import GpuBackend
 from jobs.auth import SeatRequest, api_error, seat_required
 from jobs.models import Job
-from jobs.services import job_summary
 from storage.models import SeatInput
 from storage.stores import StorageError, default_store, safe_key
 
@@ -84,7 +83,7 @@ def seat_status(request: SeatRequest) -> JsonResponse:
     )
     jobs = []
     for job in open_jobs:
-        data = job_summary(job)
+        data = job.summary()
         if job.status == Job.Status.QUEUED:
             # Jobs of the workshop queued before this one: its exact place under fifo, an upper bound otherwise.
             data["queued_ahead"] = Job.objects.filter(
@@ -92,7 +91,7 @@ def seat_status(request: SeatRequest) -> JsonResponse:
             ).count()
         jobs.append(data)
     if last_done is not None:
-        jobs.append(job_summary(last_done))
+        jobs.append(last_done.summary())
     return JsonResponse(
         {
             "jobs": jobs,

@@ -53,7 +53,7 @@ def test_concurrent_schedulers_never_double_claim_or_overfill(personas):
         finally:
             connections.close_all()
 
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         threads = [threading.Thread(target=scheduler_thread) for _ in range(4)]
         for t in threads:
             t.start()
@@ -93,7 +93,7 @@ def test_paused_workshop_accepts_but_starts_nothing(personas):
     personas.workshop.paused = True
     personas.workshop.save()
     _queue(personas, 3)
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         assert scheduler.schedule() == []
         personas.workshop.paused = False
         personas.workshop.save()
@@ -105,7 +105,7 @@ def test_a_leftover_dispatch_task_does_not_run_a_newer_claim(personas, sim):
     from jobs.dispatch import dispatch_job
 
     _queue(personas, 1)
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         scheduler.schedule()
     job = Job.objects.get()
     assert job.attempts == 1
@@ -129,7 +129,7 @@ def test_workshops_sharing_a_backend_take_turns(personas):
     Job.objects.bulk_create(
         [Job(workshop=personas.other_workshop, seat=personas.seat_c, prompt=TINY) for _ in range(3)]
     )
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         scheduler.schedule()
     running = Job.objects.filter(status=Job.Status.DISPATCHING)
     assert running.filter(workshop=personas.workshop).count() == 2
@@ -146,7 +146,7 @@ def _job(personas, seat=None, **fields) -> Job:
 @pytest.mark.django_db
 def test_a_pinned_job_is_claimed_only_by_its_backend(personas, second_backend):
     pinned = _job(personas, pinned_backend=second_backend)
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         assert scheduler.claim_next(personas.backend.pk) is None  # free, first in order, but not its backend
         job = scheduler.claim_next(second_backend.pk)
     assert job is not None and job.pk == pinned.pk
@@ -162,7 +162,7 @@ def test_a_seats_job_pinned_elsewhere_does_not_hold_up_its_other_jobs(personas, 
     waits_for_sim2 = _job(personas, pinned_backend=second_backend)
     unpinned = _job(personas)
     GpuBackend.objects.filter(pk=second_backend.pk).update(enabled=False)
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         assert scheduler.schedule() == [unpinned.pk]
     assert Job.objects.get(pk=unpinned.pk).backend == personas.backend
     assert Job.objects.get(pk=waits_for_sim2.pk).status == Job.Status.QUEUED
@@ -231,7 +231,7 @@ def test_a_claim_costs_the_same_queries_for_a_short_queue_and_a_long_one(persona
             _job(personas, seat, pinned_backend=second_backend if i % 3 == 0 else None)
         with (
             mock.patch("jobs.scheduler.enqueue_dispatch"),
-            mock.patch("jobs.services.announce_job"),
+            mock.patch("jobs.events.announce_job"),
             CaptureQueriesContext(connection) as queries,
         ):
             assert scheduler.claim_next(personas.backend.pk) is not None
@@ -257,7 +257,7 @@ def test_a_job_pinned_to_a_backend_that_is_down_waits_then_fails_at_the_deadline
     assert backend_is_available(personas.workshop, personas.backend.pk)
 
     report = reconciler.SweepReport()
-    with mock.patch("jobs.services.announce_job"), mock.patch("jobs.scheduler.enqueue_dispatch"):
+    with mock.patch("jobs.events.announce_job"), mock.patch("jobs.scheduler.enqueue_dispatch"):
         reconciler.sweep_deadline(report)
 
     assert report.failed == [pinned_to_off.pk]
@@ -307,7 +307,7 @@ def test_after_a_submit_the_scheduler_stops_once_that_job_is_claimed(personas):
     submitted = Job.objects.create(workshop=personas.workshop, seat=personas.seat_b, prompt=TINY)
     with (
         mock.patch("jobs.scheduler.enqueue_dispatch"),
-        mock.patch("jobs.services.announce_job"),
+        mock.patch("jobs.events.announce_job"),
         mock.patch("jobs.scheduler.claim_next", wraps=scheduler.claim_next) as claim,
     ):
         assert scheduler.schedule(until=submitted.pk) == [lost.pk, submitted.pk]
@@ -331,7 +331,7 @@ def test_with_nothing_queued_the_scheduler_reads_once_and_locks_nothing(personas
     assert claim.call_count == 0
     assert len(queries.captured_queries) == 1
     waiting = Job.objects.create(workshop=personas.workshop, seat=personas.seat_b, prompt=TINY)
-    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.services.announce_job"):
+    with mock.patch("jobs.scheduler.enqueue_dispatch"), mock.patch("jobs.events.announce_job"):
         assert scheduler.schedule() == [waiting.pk]  # and a waiting job is still found
 
 
