@@ -13,6 +13,7 @@ import hashlib
 import html
 import json
 import logging
+import os
 import platform
 import uuid
 from importlib import resources
@@ -399,35 +400,39 @@ async def upload_image(request: web.Request) -> web.Response:
         return comfy_error(400, "invalid_upload", "The form has no image file.")
     if str(form.get("type") or "input") != "input":
         return comfy_error(400, "invalid_upload", "Images can only be uploaded as inputs.")
-    body = image.file.read(config.max_upload_bytes + 1)
-    if len(body) > config.max_upload_bytes:
+    # aiohttp has spooled the file to a temporary file: it is measured and copied from there, never read whole.
+    if image.file.seek(0, os.SEEK_END) > config.max_upload_bytes:
         return comfy_error(413, "too_large", f"The file is larger than {config.max_upload_bytes // 2**20} MB.")
+    image.file.seek(0)
     overwrite = str(form.get("overwrite") or "").lower() in ("true", "1")
     try:
-        name, path, media = files.save_upload(
-            image.filename or "", str(form.get("subfolder") or ""), body, overwrite=overwrite
+        name, path, media, written = files.save_upload(
+            image.filename or "", str(form.get("subfolder") or ""), image.file, overwrite=overwrite
         )
     except FileProblem as exc:
         return _problem(exc)
     folder = path.parent.relative_to(files.input_dir).as_posix()  # as resolved: "a/../b" is "b"
     subfolder = "" if folder == "." else folder
-    refused = await _keep_at_hub(request, f"{subfolder}/{name}" if subfolder else name, body, media.content_type)
+    refused = await _keep_at_hub(request, f"{subfolder}/{name}" if subfolder else name, path, media.content_type)
     if refused is not None:
-        path.unlink(missing_ok=True)
+        if written:  # an identical file that was there before stays: a workflow may use it
+            path.unlink(missing_ok=True)
         return refused
     return web.json_response({"name": name, "subfolder": subfolder, "type": "input"})
 
 
-async def _keep_at_hub(request: web.Request, full_name: str, body: bytes, content_type: str) -> web.Response | None:
-    """The hub keeps a copy so the file travels with the job to whichever GPU runs it. It checks the upload
-    again (it never trusts a seat): its refusal, with its reason, is the participant's answer."""
-    data = aiohttp.FormData()
-    data.add_field("name", full_name)
-    data.add_field("image", body, filename=full_name.rsplit("/", 1)[-1], content_type=content_type)
-    try:
-        status, _, answer = await request.app[HUB].call("POST", "/api/hub/inputs", data=data)
-    except HubUnavailable:
-        status, answer = 502, b""
+async def _keep_at_hub(request: web.Request, full_name: str, path: Path, content_type: str) -> web.Response | None:
+    """The hub keeps a copy so the file travels with the job to whichever GPU runs it (streamed from the seat's
+    own copy). It checks the upload again (it never trusts a seat): its refusal, with its reason, is the
+    participant's answer."""
+    with path.open("rb") as handle:
+        data = aiohttp.FormData()
+        data.add_field("name", full_name)
+        data.add_field("image", handle, filename=full_name.rsplit("/", 1)[-1], content_type=content_type)
+        try:
+            status, _, answer = await request.app[HUB].call("POST", "/api/hub/inputs", data=data)
+        except HubUnavailable:
+            status, answer = 502, b""
     if status == 200:
         return None
     log.warning("Hub refused upload %s: %s %s", full_name, status, answer[:200])

@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .media import ACCEPTED, HEAD_BYTES, MediaType, NameProblem, check_name, check_path, detect, stored_name
 
@@ -166,12 +167,18 @@ class SeatFiles:
         return resolve_inside(folder, filename)
 
     def save_upload(
-        self, filename: str, subfolder: str, body: bytes, *, overwrite: bool
-    ) -> tuple[str, Path, MediaType]:
+        self, filename: str, subfolder: str, source: IO[bytes], *, overwrite: bool
+    ) -> tuple[str, Path, MediaType, bool]:
         """Store an upload as ComfyUI does: same name + same content is reused, same name + other content
         becomes ``name (1).png`` unless ``overwrite``. Only media ComfyUI loads is kept, judged by its bytes,
-        under a name whose extension matches them. Returns the final name, its path and the detected type."""
-        media = detect(body[:HEAD_BYTES])
+        under a name whose extension matches them. Returns the final name, its path, the detected type and
+        whether this upload wrote the file (False when an identical one was there already).
+
+        ``source`` is the upload's spooled file, read from where it stands and copied a chunk at a time: a
+        50 MB video is never held in memory."""
+        start = source.tell()
+        media = detect(source.read(HEAD_BYTES))
+        source.seek(start)
         if media is None:
             raise FileProblem(400, f"This file cannot be uploaded: only {ACCEPTED} can.")
         try:
@@ -184,23 +191,32 @@ class SeatFiles:
         stem, dot, ext = filename.rpartition(".")
         if not dot:
             stem, ext = filename, ""
+        digest: str | None = None
         counter = 1
         while path.exists() and not overwrite:
-            if _sha256_file(path) == hashlib.sha256(body).hexdigest():
-                return filename, path, media
+            if digest is None:
+                digest = _sha256_stream(source)
+                source.seek(start)
+            if _sha256_file(path) == digest:
+                return filename, path, media, False
             filename = f"{stem} ({counter}){dot}{ext}"
             path = self.input_file(filename, subfolder)
             counter += 1
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, body)
-        return filename, path, media
+        with _in_the_way():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_copy(path, source)
+        return filename, path, media, True
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(chunk)
+        return _sha256_stream(handle)
+
+
+def _sha256_stream(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -212,6 +228,13 @@ def _in_the_way() -> Iterator[None]:
         yield
     except (NotADirectoryError, IsADirectoryError, FileExistsError):
         raise FileProblem(409, "A file or folder of that name is in the way.") from None
+
+
+def _atomic_copy(path: Path, source: IO[bytes]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as target:
+        shutil.copyfileobj(source, target, 1024 * 1024)
+    os.replace(tmp, path)
 
 
 def _atomic_write(path: Path, body: bytes) -> None:

@@ -610,6 +610,21 @@ def test_the_hubs_refusal_and_its_reason_reach_the_browser(seat_server, settings
     assert list((server.config.data_dir / "input").iterdir()) == []
 
 
+def test_a_refused_upload_leaves_an_identical_earlier_one_in_place(seat_server, settings):
+    """The same file uploaded again while the hub refuses it: the participant's earlier copy, which a workflow
+    may already use, stays; only what this upload wrote is taken back."""
+    server, cookies = seat_server
+    image = png_bytes((1, 2, 3))
+    assert upload(server, cookies, "kept.png", image, content_type="image/png").status_code == 200
+    settings.SEAT_FRONTENDS = {**settings.SEAT_FRONTENDS, "MAX_UPLOAD_MB": 0}
+
+    assert upload(server, cookies, "kept.png", image, content_type="image/png").status_code == 413
+    assert upload(server, cookies, "kept.png", png_bytes((9, 9, 9)), content_type="image/png").status_code == 413
+
+    assert sorted(p.name for p in (server.config.data_dir / "input").iterdir()) == ["kept.png"]
+    assert (server.config.data_dir / "input" / "kept.png").read_bytes() == image
+
+
 # --- Only this very origin may change a seat ----------------------------------------------------------------
 
 CHANGES = [
