@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from comfyume import health
+from comfyume import favicon, health
 from jobs import api, callbacks
 from workshops import ratelimit, seat_api
 from workshops import views as workshop_views
@@ -46,6 +46,7 @@ urlpatterns = [
     path("auth/seat", workshop_views.seat_access, name="seat-access"),
     path("api/hub/", include((hub_api, "hub"))),
     path("api/gpu/jobs/<uuid:prompt_id>/<str:attempt>/", include((gpu_callbacks, "gpu"))),
+    path("favicon.ico", favicon.favicon, name="favicon"),
     path("health", health.health, name="health"),
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),

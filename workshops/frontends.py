@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,13 +31,16 @@ from django.utils import timezone
 from comfyume.redis_client import counters
 
 from .models import Seat, SeatFrontend, Workshop, hash_token
-from .provisioning import FrontendDriver, FrontendStatus, ProvisioningError, SeatSpec, get_driver
+from .provisioning import TOKEN_ENV, FrontendDriver, FrontendStatus, ProvisioningError, SeatSpec, get_driver
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1, 2, 5, 10, 30, 60)
 # A started frontend that has not answered its health check after this many seconds gets a note saying so
 # (it keeps starting: a busy host may be slow, and the participant's page tells them what it waits for).
 ANSWER_DEADLINE = 30
+# Frontends stopped at once when the supervisor stops: each may take its driver's whole grace period (a seat
+# whose participant keeps a socket open does), and `make run` gives the supervisor ten seconds in all.
+STOP_TOGETHER = 64
 
 
 # --- Where a seat is ---------------------------------------------------------------------------------
@@ -94,7 +98,7 @@ def seat_spec(seat: Seat, token: str | None = None, *, port: int | None = None) 
         "COMFYUME_MAX_UPLOAD_MB": str(conf["MAX_UPLOAD_MB"]),
     }
     if token is not None:
-        env["COMFYUME_SEAT_TOKEN"] = token
+        env[TOKEN_ENV] = token
     if port is None:
         frontend = getattr(seat, "frontend", None)
         port = frontend.port if frontend is not None else None
@@ -303,10 +307,26 @@ class Supervisor:
             self.stop_all()
 
     def stop_all(self) -> None:
-        """Stop every frontend this host runs (the process driver's children die with the platform)."""
-        for frontend in self._rows():
-            self.driver.stop(seat_spec(frontend.seat))
-            SeatFrontend.objects.filter(pk=frontend.pk).update(state=SeatFrontend.State.STOPPED)
+        """Stop every frontend this host runs (the process driver's children die with the platform).
+
+        They are stopped together: one after the other, seats with a participant's socket open took their
+        driver's grace period each, `make run` killed the supervisor after ten seconds, and the seats not yet
+        stopped were left running, still talking to that run's hub address."""
+        rows = self._rows()
+        specs = [seat_spec(frontend.seat) for frontend in rows]
+        with ThreadPoolExecutor(max_workers=max(1, min(STOP_TOGETHER, len(specs)))) as pool:
+            outcomes = list(pool.map(self._stop_quietly, specs))
+        stopped = [frontend.pk for frontend, ok in zip(rows, outcomes, strict=True) if ok]
+        SeatFrontend.objects.filter(pk__in=stopped).update(state=SeatFrontend.State.STOPPED)
+
+    def _stop_quietly(self, spec: SeatSpec) -> bool:
+        """Stop one frontend; a driver error is logged, and the other frontends are still stopped."""
+        try:
+            self.driver.stop(spec)
+        except Exception:
+            log.exception("Seat frontend %s: could not stop it", spec.name)
+            return False
+        return True
 
     def _rows(self) -> list[SeatFrontend]:
         return list(SeatFrontend.objects.select_related("seat__workshop"))
@@ -350,6 +370,14 @@ class Supervisor:
                 self.driver.stop(spec)
             self._save(frontend, state=SeatFrontend.State.STOPPED)
             return
+        if status.running and status.stale:
+            # Started with other settings: typically by an earlier platform on another address (PORT,
+            # COMFYUME_PUBLIC_URL, COMFYUME_HUB_INTERNAL_URL), whose hub it would ask in vain for good. Its
+            # participant's files stay with the seat (its directory or volume).
+            log.info("Seat frontend %s: started with other settings (%s); starting it again", seat, status.stale)
+            self.driver.stop(spec)
+            self._save(frontend, state=SeatFrontend.State.STOPPED)
+            status = FrontendStatus(running=False, detail="stopped: its settings changed")
         if status.running:
             self._observe_running(frontend, status)
             return

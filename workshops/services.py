@@ -85,6 +85,14 @@ def create_workshop(
     return workshop, add_seats(workshop, seats, names=names)
 
 
+def sole_backend() -> GpuBackend | None:
+    """The GPU backend a workshop created without naming any gets: the one switched on, when there is exactly
+    one (``make run``'s simulator, or a single GPU box). With several, which to use is the instructor's choice;
+    with none, nothing can run yet."""
+    enabled = list(GpuBackend.objects.filter(enabled=True).order_by("order", "name")[:2])
+    return enabled[0] if len(enabled) == 1 else None
+
+
 def add_seats(workshop: Workshop, count: int, *, names: list[str] | None = None) -> list[SeatCredentials]:
     User = get_user_model()
     start = Seat.objects.filter(workshop=workshop).count() + 1

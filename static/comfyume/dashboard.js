@@ -109,6 +109,7 @@
       `per seat · queue depth ${caps.max_queue_depth}`;
     $("updated").textContent = `Updated ${new Date(snap.generated_at).toLocaleTimeString()}`;
     $("paused-banner").hidden = !w.paused;
+    $("no-backend-banner").hidden = snap.backends.length > 0;
     const toggle = $("pause-toggle");
     if (toggle) {
       const waiting = snap.totals.jobs.queued;

@@ -8,8 +8,12 @@ they take a :class:`SeatSpec` and report a :class:`FrontendStatus`. The seat-fro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# The seat's token changes with every start, so it is no part of what a running frontend is compared on.
+TOKEN_ENV = "COMFYUME_SEAT_TOKEN"
 
 
 class ProvisioningError(Exception):
@@ -31,12 +35,24 @@ class SeatSpec:
     port: int | None = None  # process driver: the port it listens on
     labels: dict[str, str] = field(default_factory=dict)
 
+    def settings(self) -> dict[str, str]:
+        """The environment without the token: what a frontend started from this spec must run with."""
+        return {key: value for key, value in self.env.items() if key != TOKEN_ENV}
+
+
+def changed(running: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
+    """The names whose value differs between what a frontend runs with and what it would be started with."""
+    return sorted(key for key in running.keys() | wanted.keys() if running.get(key) != wanted.get(key))
+
 
 @dataclass(frozen=True)
 class FrontendStatus:
     running: bool
     address: str = ""  # host:port where nginx and the hub reach it
     detail: str = ""  # pid / container id / exit code, for the admin
+    # What a running frontend has that the spec asked about no longer says ("COMFYUME_HUB_URL, image"); empty
+    # when it runs as that spec would start it. The supervisor restarts a frontend whose settings went stale.
+    stale: str = ""
 
 
 class FrontendDriver(Protocol):
@@ -49,7 +65,7 @@ class FrontendDriver(Protocol):
         """Stop it; its data stays."""
 
     def status(self, spec: SeatSpec) -> FrontendStatus:
-        """Is it running, and where?"""
+        """Is it running, where, and was it started with the settings ``spec`` carries (token aside)?"""
 
     def reset(self, spec: SeatSpec) -> None:
         """Remove the seat's data (saved workflows, settings, uploads). Called while it is stopped."""

@@ -23,7 +23,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import Mount
 
-from . import FrontendStatus, ProvisioningError, SeatSpec
+from . import TOKEN_ENV, FrontendStatus, ProvisioningError, SeatSpec, changed
 
 SEAT_PORT = 8188
 DATA_DIR = "/data"
@@ -158,7 +158,23 @@ class DockerDriver:
         if not state["Running"]:
             detail += f" (exit code {state.get('ExitCode', '?')})"
             return FrontendStatus(running=False, detail=detail)
-        return FrontendStatus(running=True, address=self._address(spec), detail=detail)
+        return FrontendStatus(
+            running=True, address=self._address(spec), detail=detail, stale=self._stale(spec, container)
+        )
+
+    def _stale(self, spec: SeatSpec, container: Container) -> str:
+        """What the running container has that ``spec`` and this driver's image no longer say, read from the
+        container itself: that also judges containers made by ``docker compose`` or an earlier version. The
+        image adds variables of its own to the environment, so only the spec's are compared."""
+        config = container.attrs.get("Config") or {}
+        wanted = {key: value for key, value in container_env(spec).items() if key != TOKEN_ENV}
+        env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+        stale = changed({key: env[key] for key in wanted if key in env}, wanted)
+        labels = config.get("Labels") or {}
+        stale += [f"label {key}" for key, value in container_labels(spec).items() if labels.get(key) != value]
+        if config.get("Image") != self.image:
+            stale.append("image")
+        return ", ".join(stale)
 
     def _spec_hash(self, spec: SeatSpec) -> str:
         created_from = {

@@ -2,11 +2,14 @@
 
 Used by ``make run`` and single-host installs. A process is started with only the environment it needs
 (no database URL, no secret key) and its output appended to ``<data>/logs/<name>.log``. Its pid is kept in
-the seat's directory, so a restarted supervisor still finds, watches and stops the processes it started.
+the seat's directory, so a restarted supervisor still finds, watches and stops the processes it started, and
+next to it the settings it was started with (its token aside), so a process that outlived a platform started
+since on another address is noticed as stale.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import FrontendStatus, ProvisioningError, SeatSpec
+from . import FrontendStatus, ProvisioningError, SeatSpec, changed
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 LOG_ROTATE_BYTES = 5 * 1024 * 1024
@@ -60,6 +63,27 @@ class ProcessDriver:
     def _pid_file(self, spec: SeatSpec) -> Path:
         return self.seat_dir(spec) / "frontend.pid"
 
+    def _settings_file(self, spec: SeatSpec) -> Path:
+        return self.seat_dir(spec) / "frontend.settings.json"
+
+    def _settings(self, spec: SeatSpec) -> dict[str, str]:
+        """The environment a process started from ``spec`` gets, less the token and what the host passes on."""
+        return {
+            **spec.settings(),
+            "COMFYUME_SEAT_HOST": self.host,
+            "COMFYUME_SEAT_PORT": str(spec.port),
+            "COMFYUME_SEAT_DATA_DIR": str(self.seat_dir(spec)),
+        }
+
+    def _stale(self, spec: SeatSpec) -> str:
+        try:
+            running = json.loads(self._settings_file(spec).read_text())
+        except (OSError, ValueError):
+            return "settings not recorded"  # started by an earlier version: restarting it once is harmless
+        if not isinstance(running, dict):
+            return "settings not recorded"
+        return ", ".join(changed(running, self._settings(spec)))
+
     def _pid(self, spec: SeatSpec) -> int | None:
         try:
             pid = int(self._pid_file(spec).read_text().strip())
@@ -72,7 +96,9 @@ class ProcessDriver:
         if pid is None:
             gone = self._pid_file(spec).exists()  # started and not stopped since: it exited by itself
             return FrontendStatus(running=False, detail=self._last_words(spec) if gone else "not running")
-        return FrontendStatus(running=True, address=f"{self.host}:{spec.port}", detail=f"pid {pid}")
+        return FrontendStatus(
+            running=True, address=f"{self.host}:{spec.port}", detail=f"pid {pid}", stale=self._stale(spec)
+        )
 
     def _last_words(self, spec: SeatSpec) -> str:
         """Why a process exited, for the admin and the participant: the last line of its log (its error)."""
@@ -96,16 +122,11 @@ class ProcessDriver:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if log_path.exists() and log_path.stat().st_size > LOG_ROTATE_BYTES:
             log_path.replace(log_path.with_suffix(".log.1"))
+        settings = self._settings(spec)
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        env.update(spec.env)
-        env.update(
-            {
-                "COMFYUME_SEAT_HOST": self.host,
-                "COMFYUME_SEAT_PORT": str(spec.port),
-                "COMFYUME_SEAT_DATA_DIR": str(seat_dir),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        env.update({**spec.env, **settings, "PYTHONUNBUFFERED": "1"})
+        # Written before the pid file: a process found running always has its settings next to it.
+        self._settings_file(spec).write_text(json.dumps(settings, indent=1, sort_keys=True))
         with open(log_path, "ab") as log:
             try:
                 proc = subprocess.Popen(
@@ -137,6 +158,10 @@ class ProcessDriver:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                # Gone before it returns: a start that follows at once needs the port free.
+                deadline = time.monotonic() + 1
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
         self._pid_file(spec).unlink(missing_ok=True)
 
     def reset(self, spec: SeatSpec) -> None:

@@ -38,7 +38,8 @@ OUR_STATIC = Path(__file__).resolve().parent / "static"
 EXTENSION_URL = "/extensions/comfyume/status.js"
 # Only the supervisor's health check skips the session check; every other request, the frontend package's
 # own files included, is verified with the hub (cached briefly, one question per session at a time).
-PUBLIC_PATHS = {"/comfyume/health"}
+# The icon is asked for by every browser tab, signed in or not; nothing about the seat is in it.
+PUBLIC_PATHS = {"/comfyume/health", "/favicon.ico"}
 # Settings a new seat starts with: no first-run template browser (the workshop's default template opens
 # instead) and no calls to comfy.org from a participant's browser.
 INITIAL_SETTINGS = {"Comfy.TutorialCompleted": True}
@@ -227,6 +228,11 @@ async def our_static(request: web.Request) -> web.StreamResponse:
     if OUR_STATIC not in path.parents or not path.is_file():
         raise web.HTTPNotFound()
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """The platform's icon: ComfyUI's page links none, so the browser asks this seat's origin for it."""
+    return web.FileResponse(OUR_STATIC / "favicon.ico", headers={"Cache-Control": "public, max-age=86400"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -764,6 +770,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     r.add_get("/", index)
     r.add_get("/index.html", index)
     r.add_get("/comfyume/health", health)
+    r.add_get("/favicon.ico", favicon)
     r.add_get("/extensions/comfyume/{name}", our_static)
     r.add_get("/ws", websocket)
     api: list[tuple[str, str, Any]] = [

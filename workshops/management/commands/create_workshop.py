@@ -9,7 +9,7 @@ from workshops.credentials import credential_sheet
 from workshops.credentials_pdf import credential_pdf
 from workshops.models import QueuePolicy, Workshop
 from workshops.provisioning import ProvisioningError
-from workshops.services import WorkshopError, create_workshop, credentials_as_dicts
+from workshops.services import WorkshopError, create_workshop, credentials_as_dicts, sole_backend
 
 
 class Command(BaseCommand):
@@ -20,7 +20,12 @@ class Command(BaseCommand):
         parser.add_argument("--seats", type=int, required=True)
         parser.add_argument("--title", default="")
         parser.add_argument("--policy", default=QueuePolicy.ROUND_ROBIN, choices=QueuePolicy.values)
-        parser.add_argument("--backend", action="append", default=[], help="GPU backend name (repeatable)")
+        parser.add_argument(
+            "--backend",
+            action="append",
+            default=[],
+            help="GPU backend name (repeatable); default: the only switched-on backend, when there is exactly one",
+        )
         parser.add_argument(
             "--credentials-json", type=Path, help="Write usernames, passwords and one-time join links here"
         )
@@ -32,12 +37,7 @@ class Command(BaseCommand):
     def handle(
         self, *args, slug, seats, title, policy, backend, credentials_json, credentials_html, credentials_pdf, **options
     ):
-        backends = []
-        for name in backend:
-            found = GpuBackend.objects.filter(name=name).first()
-            if found is None:
-                raise CommandError(f"No GPU backend called {name!r}; add it first with add_backend.")
-            backends.append(found)
+        backends = self._backends(backend)
         for target in (credentials_json, credentials_html, credentials_pdf):
             if target and target.exists():
                 raise CommandError(f"{target} exists already; refusing to overwrite credentials.")
@@ -67,11 +67,39 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats:"))
             for row in rows:
                 self.stdout.write(f"  {row['username']}  {row['password']}  {row['join_url']}")
+        if backends and not backend:
+            self.stdout.write(f"GPU backend: {backends[0].name} (the only one; --backend NAME picks another)")
         if not backends:
-            self.stdout.write(
-                self.style.WARNING("No GPU backend attached: attach one in the admin before jobs can run.")
+            self.stderr.write(
+                self.style.ERROR(
+                    f"No GPU backend exists, so {workshop.slug}'s jobs cannot run: add one with "
+                    f"`python manage.py add_backend NAME --kind comfyui --url http://HOST:8188 --workshop "
+                    f"{workshop.slug}` (or attach one in the admin)."
+                )
             )
         self._start_seats(workshop)
+
+    def _backends(self, names: list[str]) -> list[GpuBackend]:
+        """The backends named, or the only one there is. A workshop without any takes jobs that never run,
+        so with several to choose from and none named, the instructor is asked to choose."""
+        existing = list(GpuBackend.objects.order_by("order", "name"))
+        listed = ", ".join(f"{b.name}{'' if b.enabled else ' (switched off)'}" for b in existing)
+        by_name = {b.name: b for b in existing}
+        for name in names:
+            if name not in by_name:
+                there = f"; the GPU backends are: {listed}" if existing else "; there is none yet"
+                raise CommandError(f"No GPU backend called {name!r}{there}. Add it first with add_backend.")
+        if names:
+            return [by_name[name] for name in dict.fromkeys(names)]
+        only = sole_backend()
+        if only is not None:
+            return [only]
+        if existing:
+            raise CommandError(
+                f"Which GPU backend should this workshop use? None was named and there is no single switched-on "
+                f"one to take: the GPU backends are {listed}. Name one or more with --backend NAME (repeatable)."
+            )
+        return []
 
     def _start_seats(self, workshop: Workshop) -> None:
         """Ask for every seat's ComfyUI, as the admin's New workshop does, and say whether anything will start

@@ -34,6 +34,7 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"No such seat in {workshop}: {', '.join(missing)}.")
         if action == "status":
+            self._backends(found)
             for s in seats:
                 fe: SeatFrontend | None = getattr(s, "frontend", None)
                 if fe is None:
@@ -46,3 +47,16 @@ class Command(BaseCommand):
             return
         count = ACTIONS[action](list(seats))
         self.stdout.write(self.style.SUCCESS(f"{action}: {count} seat(s); the seat supervisor carries it out."))
+
+    def _backends(self, workshop: Workshop) -> None:
+        """Seats that run but have no GPU behind them answer every Run with 503: say so above them."""
+        names = [b.name if b.enabled else f"{b.name} (switched off)" for b in workshop.backends.order_by("order")]
+        if names:
+            self.stdout.write(f"GPU backends: {', '.join(names)}")
+            return
+        self.stdout.write(
+            self.style.WARNING(
+                "No GPU backend: jobs cannot run. Attach one in the admin, or "
+                f"`python manage.py add_backend NAME --kind comfyui --url http://HOST:8188 --workshop {workshop.slug}`."
+            )
+        )
