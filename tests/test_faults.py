@@ -225,3 +225,21 @@ def test_a_clean_stop_hands_jobs_back_and_a_start_runs_them_all_printing_only_us
         lost=17 - _statuses(platform).get("succeeded", 0),
         duplicated=sum(attempts - 1 for *_, attempts in _jobs(platform)),
     )
+
+
+def test_closing_the_terminal_stops_every_process(tmp_path):
+    """SIGHUP (the terminal of `make run` closed) stops the platform as Ctrl-C does: every child runs in a
+    session of its own, so nothing else would stop them."""
+    platform = launch(tmp_path, seats=1)
+    children = descendants(platform.proc.pid)
+    try:
+        assert children
+        platform.proc.send_signal(signal.SIGHUP)
+        platform.proc.wait(timeout=60)
+        _wait(lambda: not any(alive(pid) for pid in children), 15, "every child gone", platform)
+        assert "Stopped every process ComfyuME started." in platform.tail()
+    finally:
+        for pid in children:  # whatever the signal left behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        platform.stop()

@@ -109,7 +109,13 @@ def test_after_a_restart_on_another_port_the_participants_seat_talks_to_the_new_
 
     _crash(platform)
     assert all(alive(pid) for pid in left_running)  # the seats outlived it, still set up for the old port
-    _start_on(platform, free_port())
+    new_port = free_port()
+    _start_on(platform, new_port)
+
+    # The other seat's link was never used: the banner and the cards give it at the hub's new address.
+    unused = json.loads((platform.data_dir / "demo_credentials.json").read_text())[1]["join_url"]
+    assert unused.startswith(f"http://127.0.0.1:{new_port}/join/"), unused
+    assert unused in platform.tail().split("--- restart ---")[-1]
 
     # Cookies are per host, not per port: the participant is still signed in, and their seat asks the new hub.
     queue = _answer(participant, f"{comfyui}/api/queue", 60)

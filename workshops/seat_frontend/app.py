@@ -741,6 +741,14 @@ async def _startup(app: web.Application) -> None:
     app[TASKS].extend([asyncio.ensure_future(events.run()), asyncio.ensure_future(first_refresh())])
 
 
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown, tell every open browser tab we are going away: aiohttp would otherwise wait for each socket
+    to end on its own (up to a minute), and a seat being restarted (a new hub address, an instructor's restart)
+    must stop at once. The frontend reconnects by itself."""
+    for ws in list(app[EVENTS].sockets.values()):
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"The seat is restarting")
+
+
 async def _cleanup(app: web.Application) -> None:
     for task in app[TASKS]:
         task.cancel()
@@ -764,6 +772,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     app[SEAT_INFO] = {}
     app[OBJECT_INFO] = {}
     app.on_startup.append(_startup)
+    app.on_shutdown.append(_close_sockets)
     app.on_cleanup.append(_cleanup)
 
     r = app.router

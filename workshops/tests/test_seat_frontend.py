@@ -812,3 +812,22 @@ def test_unusable_names_anywhere_get_a_clear_400(seat_server, method, path):
 
     assert response.status_code == 400, (path, response.status_code, response.text[:200])
     assert response.json()["error"]["message"]
+
+
+def test_a_stopping_seat_closes_its_browser_sockets_at_once(transactional_db, live_server, personas, tmp_path):
+    """A seat restarted (new hub address, an instructor's restart) tells open tabs it is going away instead of
+    waiting for each socket to end by itself (aiohttp's shutdown waits up to a minute)."""
+    import websocket
+
+    server = SeatServerThread(seat_config(live_server.url, personas.seat_a.issue_token(), tmp_path / "seat")).start()
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{server.config.port}/ws?clientId=tab1",
+        cookie=session_cookie(personas.seat_a.participant),
+        timeout=15,
+    )
+    assert json.loads(ws.recv())["type"] == "status"
+    server.stop()  # waits 10 s at most for the server's cleanup
+    opcode, frame = ws.recv_data_frame(True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1001  # going away
+    ws.close()

@@ -141,8 +141,9 @@ class Command(BaseCommand):
             raise CommandError(f"Port {port} is in use. Stop what runs there or choose another: PORT=8001 make run")
         # Children (seat frontends through their supervisor, links in pages) reach the hub on this port.
         os.environ["PORT"] = str(port)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        # SIGHUP: the terminal was closed. Every child runs in a session of its own, so nothing else stops them.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         try:
             if settings.EMBEDDED_REDIS:
                 self.stdout.write(f"Starting the embedded Redis ({settings.REDIS_URL})")
@@ -258,13 +259,16 @@ class Command(BaseCommand):
 
         A join link signs in once. The file kept the first run's links, so a restart printed links that answer
         410: a seat whose link was spent (or expired) gets a fresh one, and the file and printable cards follow.
-        The password is unchanged.
+        A link still unused is printed at the hub's current address. The password is unchanged.
         """
         changed = False
         for entry in seats:
             token = entry["join_url"].rstrip("/").rsplit("/", 1)[-1]
             link = JoinLink.objects.filter(token_hash=hash_token(token)).first()
             if link is not None and link.is_usable():
+                if entry["join_url"] != join_url(token):  # the hub's address changed (another PORT, a new domain)
+                    entry["join_url"] = join_url(token)
+                    changed = True
                 continue
             seat = workshop.seats.filter(label=entry["seat"]).first()
             if seat is None:
