@@ -1,14 +1,14 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
+from jobs.instructor import do_scale_backend_to_zero, do_warm_backend
 from jobs.scheduler import schedule
 from workshops import audit
 from workshops.audit import AuditedModelAdmin
 
-from . import scaling
 from .client import BackendError
+from .kinds import kind_of
 from .models import GpuBackend
-from .providers import provider_for
 from .services import check_health, read_catalogue_soon, refresh_object_info
 
 
@@ -47,7 +47,7 @@ class GpuBackendAdmin(AuditedModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         reread = {"kind", "url", "deployment", "api_key_env"} & set(form.changed_data)
-        if obj.is_serverless and obj.enabled and (not change or reread or obj.object_info_fetched_at is None):
+        if kind_of(obj).cold_starts and obj.enabled and (not change or reread or obj.object_info_fetched_at is None):
             # Participants' ComfyUI and preflight need its node list; reading it starts a replica if none runs.
             read_catalogue_soon(obj)
             self.message_user(
@@ -65,14 +65,7 @@ class GpuBackendAdmin(AuditedModelAdmin):
     @admin.action(description="Test connection and refresh the node list (starts a Verda replica if none runs)")
     def test_connection(self, request, queryset):
         for backend in queryset:
-            if backend.is_serverless:
-                try:
-                    provider_for(backend).health()
-                    backend.mark(GpuBackend.State.READY)
-                except BackendError as exc:
-                    backend.mark(GpuBackend.State.FAILING, str(exc))
-            else:
-                check_health(backend)
+            check_health(backend, wake=True)  # asked on purpose: a replica may start
             try:
                 info = refresh_object_info(backend)
             except BackendError as exc:
@@ -94,29 +87,28 @@ class GpuBackendAdmin(AuditedModelAdmin):
                 details={"reachable": True, "state": backend.state, "node_types": len(info)},
             )
 
-    def _scale(self, request, queryset, name: str, verb: str, action) -> None:
+    def _scale(self, request, queryset, action, done: str) -> None:
+        """Run a do_* scaling action (it writes the audit entry) on each selected backend that scales."""
         for backend in queryset:
-            if not backend.is_serverless:
+            if not kind_of(backend).scales:
                 self.message_user(request, f"{backend.name}: only Verda backends scale.", messages.WARNING)
                 continue
             try:
-                action(backend)
+                action(backend, actor=request.user)
             except BackendError as exc:
                 self.message_user(request, f"{backend.name}: {exc}", messages.ERROR)
                 continue
-            self.message_user(request, f"{backend.name}: {verb}.", messages.SUCCESS)
-            audit.record(request.user, name, f"{verb}: GPU backend {backend.name}", target=backend)
+            self.message_user(request, f"{backend.name}: {done}.", messages.SUCCESS)
 
     @admin.action(description="Warm up now (keep its warm replicas running for an hour)")
     def warm_up_now(self, request, queryset):
-        self._scale(request, queryset, "backend.warm", "Warming up", scaling.warm_now)
+        self._scale(request, queryset, do_warm_backend, "Warming up")
 
     @admin.action(description="Scale to zero now (a workshop in progress warms it again)")
     def scale_to_zero_now(self, request, queryset):
         self._scale(
             request,
             queryset,
-            "backend.scale_to_zero",
+            do_scale_backend_to_zero,
             "Minimum replicas set to 0 (Verda stops idle replicas after its scale-down delay)",
-            scaling.scale_to_zero,
         )

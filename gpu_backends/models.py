@@ -119,10 +119,6 @@ class GpuBackend(models.Model):
             return self.url
         return f"{self.url.rstrip('/')}/{self.deployment}"
 
-    @property
-    def is_serverless(self) -> bool:
-        return self.kind == self.Kind.VERDA
-
     def clean(self) -> None:
         super().clean()
         if self.kind == self.Kind.VERDA and not self.deployment_name:

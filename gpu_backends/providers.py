@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import websocket
 
@@ -105,8 +105,61 @@ class RunOutcome:
     stop_reason: str | None = None  # 'cancel' or 'timeout' when we asked for the interrupt
 
 
+class ReplicaState(Protocol):
+    """A scaled deployment's replicas as its vendor reports them (gpu_backends.verda.ReplicaStatus)."""
+
+    @property
+    def state(self) -> str:
+        """cold | warming | ready | failing | unknown"""
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def rolling_out(self) -> bool:
+        """A new image is being rolled out: its nodes and models may differ."""
+
+
+class Scaler(Protocol):
+    """A vendor's API for a deployment's minimum replica count (gpu_backends.verda.VerdaManagement)."""
+
+    def set_min_replicas(self, name: str, count: int) -> Any: ...
+
+    def replica_status(self, name: str) -> ReplicaState: ...
+
+
 class Provider:
-    """The interface every backend kind implements."""
+    """The interface every backend kind implements, and what the rest of the hub asks of a kind.
+
+    A provider class answers for its kind, the way each healthchecks transport does: the questions are class
+    attributes, so asking one costs no client (``gpu_backends.kinds.kind_of``), and no call site names a kind.
+    The defaults are a server that is always on and asked directly (ComfyUI). This base class is also the
+    answer for a kind nobody registered: it asks for nothing and cannot be built.
+    """
+
+    # Its GPU worker reports through the hub's callbacks (jobs/callbacks.py): the dispatch gives each attempt
+    # a WorkerCallback in its RunSpec.
+    needs_callback: ClassVar[bool] = False
+    # A request to it may start a replica, and its bill: the health sweep and the submit path never ask it
+    # (gpu_backends.services), its node list is read in the background, and its state comes from its scaler
+    # and its jobs: a job it accepts, or a node list it answers, marks it ready.
+    cold_starts: ClassVar[bool] = False
+    # The hub sets its minimum replica count through scaler(): pre-warm, "Warm up now", scale to zero
+    # (gpu_backends.scaling).
+    scales: ClassVar[bool] = False
+    # How an error of the scaler's API is prefixed on the backend, and what scaler() needs when it has no client.
+    scaling_api: ClassVar[str] = ""
+    scaler_needs: ClassVar[str] = ""
+
+    @classmethod
+    def for_backend(cls, backend: Any, cfg: dict[str, Any]) -> Provider:
+        """This kind's provider for a GpuBackend row; ``cfg`` is ``settings.COMFYUME`` (its timeouts)."""
+        raise BackendError(f"Backend {backend.name} has an unknown kind {backend.kind!r}", permanent=True)
+
+    @classmethod
+    def scaler(cls) -> Scaler | None:
+        """The client that scales this kind's deployments; None when its settings are missing."""
+        return None
 
     def health(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -219,6 +272,12 @@ class ComfyUIProvider(Provider):
 
     def __init__(self, base_url: str, *, connect_timeout: float = 5.0, read_timeout: float = 30.0) -> None:
         self.client = ComfyUIClient(base_url, connect_timeout=connect_timeout, read_timeout=read_timeout)
+
+    @classmethod
+    def for_backend(cls, backend: Any, cfg: dict[str, Any]) -> ComfyUIProvider:
+        return cls(
+            backend.url, connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"], read_timeout=cfg["BACKEND_READ_TIMEOUT"]
+        )
 
     def health(self) -> dict[str, Any]:
         return self.client.system_stats()
@@ -429,32 +488,3 @@ class ComfyUIProvider(Provider):
             sink.event({"type": "execution_success", "data": {"prompt_id": state.prompt_id}})
         self._handle({"type": "executing", "data": {"node": None, "prompt_id": state.prompt_id}}, sink, state)
         return state.outcome()
-
-
-def provider_for(backend: Any) -> Provider:
-    """The provider for a GpuBackend row."""
-    from django.conf import settings
-
-    cfg = settings.COMFYUME
-    if backend.kind in ("comfyui", "simulator"):
-        return ComfyUIProvider(
-            backend.url, connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"], read_timeout=cfg["BACKEND_READ_TIMEOUT"]
-        )
-    if backend.kind == "verda":
-        import os
-
-        from .serverless import ServerlessProvider, Timing
-        from .verda import VerdaInference
-
-        gateway = VerdaInference(
-            backend.inference_url,
-            os.environ.get(backend.api_key_env, ""),
-            connect_timeout=cfg["BACKEND_CONNECT_TIMEOUT"],
-            read_timeout=cfg["BACKEND_READ_TIMEOUT"],
-            run_timeout=cfg["SERVERLESS_REQUEST_TIMEOUT"],
-        )
-        timing = Timing(
-            silence=cfg["WORKER_SILENCE"], cold_start=cfg["COLD_START_TIMEOUT"], poll=cfg["ASYNC_POLL_INTERVAL"]
-        )
-        return ServerlessProvider(gateway, mode=backend.inference_mode, timing=timing)
-    raise BackendError(f"Backend {backend.name} has an unknown kind {backend.kind!r}", permanent=True)

@@ -1,9 +1,10 @@
-"""Warm serverless backends before a workshop and scale them to zero after it, through Verda's API.
+"""Warm serverless backends before a workshop and scale them to zero after it, through their vendor's API.
 
 The wanted minimum replica count of a backend is its ``warm_replicas`` while any workshop using it is on
 (from ``prewarm_minutes`` before its start to its end), or while the admin's "Warm up now" holds
 (``warm_until``); zero otherwise. The reconciler applies a change once (``applied_min_replicas`` remembers what
-was set) and reads the deployment's replica status to track cold / warming / ready / failing.
+was set) and reads the deployment's replica status to track cold / warming / ready / failing. Which backends
+scale, and through which client, their kind says (``scales``, ``scaler()``: gpu_backends.kinds).
 """
 
 from __future__ import annotations
@@ -11,32 +12,22 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from .client import BackendError
+from .kinds import KINDS, kind_of, scaling_kinds
 from .models import GpuBackend
+from .providers import Scaler
 from .services import mark_catalogue_stale
 
 log = logging.getLogger(__name__)
 
 # A workshop with a start but no end is taken to last this long.
 DEFAULT_SESSION = timedelta(hours=8)
-# How often the reconciler asks Verda's API (its own sweep runs every few seconds).
+# How often the reconciler asks the vendors' APIs (its own sweep runs every few seconds).
 SWEEP_INTERVAL = 30.0
 _last_sweep = 0.0
-
-
-def management() -> Any | None:
-    """The Verda management client, or None when no API credentials are configured."""
-    cfg = settings.VERDA
-    if not cfg["CLIENT_ID"] or not cfg["CLIENT_SECRET"]:
-        return None
-    from .verda import VerdaManagement
-
-    return VerdaManagement(cfg["CLIENT_ID"], cfg["CLIENT_SECRET"], api_url=cfg["API_URL"])
 
 
 def wanted_min_replicas(backend: GpuBackend, now: datetime) -> int:
@@ -53,7 +44,7 @@ def wanted_min_replicas(backend: GpuBackend, now: datetime) -> int:
     return 0
 
 
-def apply_min_replicas(backend: GpuBackend, count: int, client: Any) -> None:
+def apply_min_replicas(backend: GpuBackend, count: int, client: Scaler) -> None:
     client.set_min_replicas(backend.deployment_name, count)
     GpuBackend.objects.filter(pk=backend.pk).update(applied_min_replicas=count)
     backend.applied_min_replicas = count
@@ -62,33 +53,33 @@ def apply_min_replicas(backend: GpuBackend, count: int, client: Any) -> None:
 
 def warm_now(backend: GpuBackend, *, hours: float = 1.0) -> None:
     """The admin's "Warm up now": keep ``warm_replicas`` running for ``hours`` (or until a workshop ends)."""
-    client = _client_or_fail()
+    client = _client_or_fail(backend)
     GpuBackend.objects.filter(pk=backend.pk).update(warm_until=timezone.now() + timedelta(hours=hours))
     apply_min_replicas(backend, max(backend.warm_replicas, 1), client)
     backend.mark(GpuBackend.State.WARMING, "Warming up (asked in the admin)")
 
 
 def scale_to_zero(backend: GpuBackend) -> None:
-    client = _client_or_fail()
+    client = _client_or_fail(backend)
     GpuBackend.objects.filter(pk=backend.pk).update(warm_until=None)
     backend.warm_until = None
     apply_min_replicas(backend, 0, client)
 
 
-def _client_or_fail() -> Any:
-    client = management()
+def _client_or_fail(backend: GpuBackend) -> Scaler:
+    kind = kind_of(backend)
+    if not kind.scales:
+        raise BackendError(f"{backend.name} is a {backend.get_kind_display()}: it does not scale.", permanent=True)
+    client = kind.scaler()
     if client is None:
-        raise BackendError(
-            "Scaling needs Verda API credentials: set COMFYUME_VERDA_CLIENT_ID and COMFYUME_VERDA_CLIENT_SECRET.",
-            permanent=True,
-        )
+        raise BackendError(f"Scaling needs {kind.scaler_needs}.", permanent=True)
     return client
 
 
-def observe(backend: GpuBackend, client: Any) -> None:
+def observe(backend: GpuBackend, client: Scaler) -> None:
     """Read the deployment's replicas and record cold / warming / ready / failing from them."""
     status = client.replica_status(backend.deployment_name)
-    if status.deployment_status.strip().lower() == "version_updating":
+    if status.rolling_out:
         # A new image is being rolled out: its nodes and models may differ. Read them again once it is ready.
         mark_catalogue_stale(backend)
     state = {
@@ -108,12 +99,13 @@ def sweep(now: datetime | None = None) -> None:
     global _last_sweep
     if now is None and time.monotonic() - _last_sweep < SWEEP_INTERVAL:
         return
-    client = management()
-    if client is None:
+    clients = {kind: client for kind in scaling_kinds() if (client := KINDS[kind].scaler()) is not None}
+    if not clients:
         return
     _last_sweep = time.monotonic()
     now = now or timezone.now()
-    for backend in GpuBackend.objects.filter(kind=GpuBackend.Kind.VERDA):
+    for backend in GpuBackend.objects.filter(kind__in=list(clients)):
+        client = clients[backend.kind]
         try:
             wanted = wanted_min_replicas(backend, now)
             if wanted != backend.applied_min_replicas:
@@ -122,4 +114,5 @@ def sweep(now: datetime | None = None) -> None:
                 observe(backend, client)
         except BackendError as exc:
             log.warning("Scaling %s failed: %s", backend.name, exc, extra={"backend": backend.name})
-            backend.mark(backend.state, f"Verda API: {exc}")  # the API's trouble, not necessarily the GPUs'
+            # The API's trouble, not necessarily the GPUs'.
+            backend.mark(backend.state, f"{kind_of(backend).scaling_api}: {exc}")

@@ -77,7 +77,12 @@ def wants_async(prompt: dict[str, Any], mode: str) -> bool:
 
 
 class ServerlessProvider(Provider):
-    """Runs jobs through a GPU worker behind a gateway (Verda), reporting through callbacks."""
+    """Runs jobs through a GPU worker behind a gateway (Verda), reporting through callbacks.
+
+    What makes a vendor's kind (its gateway, its scaler, its settings) is a subclass: gpu_backends.kinds."""
+
+    needs_callback = True
+    cold_starts = True
 
     def __init__(self, gateway: Gateway, *, mode: str = "auto", timing: Timing | None = None) -> None:
         self.gateway = gateway

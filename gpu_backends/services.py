@@ -10,24 +10,24 @@ from django.conf import settings
 from django.utils import timezone
 
 from .client import BackendError
+from .kinds import kind_of, provider_for
 from .models import GpuBackend, NodeCatalogue
-from .providers import provider_for
 
 log = logging.getLogger(__name__)
 
 
-# A failing serverless backend is tried again after this long (its next job is the probe).
+# A failing backend of a kind that cold-starts is tried again after this long (its next job is the probe).
 SERVERLESS_RETRY = timedelta(seconds=60)
 
 
-def check_health(backend: GpuBackend) -> bool:
+def check_health(backend: GpuBackend, *, wake: bool = False) -> bool:
     """Ask the backend whether it is up; record ready/failing. Returns True when it became dispatchable.
 
-    A serverless deployment is not asked: a request would start a replica (and its bill). Its state comes from
-    Verda's replica status (gpu_backends.scaling) and from its jobs; a failing one is given another chance
-    after a minute.
+    A backend whose kind cold-starts (a serverless deployment) is not asked: a request would start a replica
+    (and its bill). Its state comes from its replica status (gpu_backends.scaling) and from its jobs; a failing
+    one is given another chance after a minute. ``wake`` asks it all the same (the admin's "Test connection").
     """
-    if backend.is_serverless:
+    if kind_of(backend).cold_starts and not wake:
         if backend.state == GpuBackend.State.FAILING and timezone.now() - backend.state_changed_at > SERVERLESS_RETRY:
             return backend.mark(GpuBackend.State.UNKNOWN, backend.last_error)
         return False
@@ -88,8 +88,8 @@ def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
     info = cached_object_info(backend)
     if info is not None:
         return info
-    if backend.is_serverless:
-        # A serverless deployment is never asked in the submit path: that could wait out a cold start.
+    if kind_of(backend).cold_starts:
+        # Never asked in the submit path: that could wait out a cold start.
         return None
     # Never read: asked even when marked failing (a server that just came up answers before the next health
     # check; one that is down refuses the connection at once).
@@ -128,7 +128,7 @@ def read_catalogue_task(backend_id: int) -> str:
     except BackendError as exc:
         backend.mark(backend.state, f"Could not read the node list: {exc}")
         return "failed"
-    if backend.is_serverless:
+    if kind_of(backend).cold_starts:
         backend.mark(GpuBackend.State.READY)  # a replica answered
     return f"{len(info)} node types"
 

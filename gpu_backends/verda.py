@@ -377,6 +377,11 @@ class ReplicaStatus:
     deployment_status: str  # Verda's word: healthy, degraded, paused, quota_reached, initializing, …
     replicas: tuple[dict[str, Any], ...] = ()
 
+    @property
+    def rolling_out(self) -> bool:
+        """A new image is being rolled out: its nodes and models may differ from the ones read before."""
+        return self.deployment_status.strip().lower() == "version_updating"
+
 
 def summarize_replicas(
     name: str, scaling: dict[str, Any], replicas: list[dict[str, Any]], deployment_status: str

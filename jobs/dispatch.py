@@ -28,8 +28,9 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from gpu_backends.client import BackendError, FileRef
+from gpu_backends.kinds import kind_of, provider_for
 from gpu_backends.models import GpuBackend
-from gpu_backends.providers import InputFile, RunOutcome, RunSpec, provider_for
+from gpu_backends.providers import InputFile, RunOutcome, RunSpec
 from gpu_backends.serverless import WorkerCallback
 from storage.models import Artifact
 from storage.stores import StorageError, StoredObject, default_store
@@ -110,7 +111,7 @@ class JobRun:
     def accepted(self, response: dict[str, Any]) -> bool:
         ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
         backend = self.job.backend
-        if backend is not None and backend.is_serverless and backend.state != GpuBackend.State.READY:
+        if backend is not None and kind_of(backend).cold_starts and backend.state != GpuBackend.State.READY:
             backend.mark(GpuBackend.State.READY)  # a replica took the job: the deployment is warm
         if ok:
             self.started = time.monotonic()
@@ -228,7 +229,7 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
         extra_data=job.extra_data,
         inputs=[_input_file(item) for item in job.inputs],
     )
-    if job.backend.is_serverless:
+    if kind_of(job.backend).needs_callback:
         spec.callback = _worker_callback(job)
     run = JobRun(job)
     try:

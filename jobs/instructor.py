@@ -1,9 +1,10 @@
 """The instructor's queue operations beyond cancelling: run an ended job again, move waiting jobs to the
 instructor lane or to another GPU backend, move a running job to another backend, pause and resume a
-workshop's queue, change its policy and caps, switch a backend off and on.
+workshop's queue, change its policy and caps, switch a backend off and on, warm a backend up or scale it to zero.
 
 Each one is atomic and leaves the audit entry to its caller (the live dashboard, an admin action), as
-``cancel_job`` does. Live views hear about a change after commit through a ``comfyume.queue`` message.
+``cancel_job`` does; the ``do_*`` ones write their own, so the admin and the dashboard record one text. Live views
+hear about a change after commit through a ``comfyume.queue`` message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from gpu_backends import scaling
 from gpu_backends.models import GpuBackend
+from workshops import audit
 from workshops.models import Workshop
 
 from . import events
@@ -197,6 +200,56 @@ def set_backend_enabled(backend: GpuBackend, enabled: bool) -> bool:
         transaction.on_commit(schedule)
         backend_changed(backend)
     return True
+
+
+def do_warm_backend(
+    backend: GpuBackend,
+    *,
+    actor: audit.Actor,
+    workshop: Workshop | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Start a scaling backend's warm replicas now and keep them for an hour (gpu_backends.scaling.warm_now);
+    record it and tell the live views. BackendError, with nothing recorded, when its kind does not scale or its
+    vendor's API refused."""
+    scaling.warm_now(backend)
+    count = max(backend.warm_replicas, 1)
+    replicas = f"{count} replica{'' if count == 1 else 's'}"
+    _scaled(
+        backend,
+        "backend.warm",
+        f"Warmed up GPU backend {backend.name} ({replicas} for an hour)",
+        actor,
+        workshop,
+        details,
+    )
+
+
+def do_scale_backend_to_zero(
+    backend: GpuBackend,
+    *,
+    actor: audit.Actor,
+    workshop: Workshop | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Let a scaling backend's replicas stop once idle (gpu_backends.scaling.scale_to_zero); record it and tell
+    the live views. BackendError, with nothing recorded, as for :func:`do_warm_backend`."""
+    scaling.scale_to_zero(backend)
+    _scaled(backend, "backend.scale_to_zero", f"Scaled GPU backend {backend.name} to zero", actor, workshop, details)
+
+
+def _scaled(
+    backend: GpuBackend,
+    action: str,
+    summary: str,
+    actor: audit.Actor,
+    workshop: Workshop | None,
+    details: dict[str, Any] | None,
+) -> None:
+    # The warm_until shown on the dashboard changed even when the state did not (scale to zero).
+    with transaction.atomic():
+        audit.record(actor, action, summary, workshop=workshop, target=backend, details=details)
+        backend_changed(backend)
 
 
 def backend_changed(backend: GpuBackend) -> None:

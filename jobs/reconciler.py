@@ -27,8 +27,8 @@ from django.utils import timezone
 
 from gpu_backends import scaling
 from gpu_backends.client import BackendError
+from gpu_backends.kinds import provider_for
 from gpu_backends.models import GpuBackend
-from gpu_backends.providers import provider_for
 from gpu_backends.services import check_health, object_info_is_stale, refresh_object_info
 
 from .models import Job

@@ -19,8 +19,8 @@ from django.utils import timezone
 
 from comfyume import db, jsonbody
 from gpu_backends.client import BackendError
+from gpu_backends.kinds import provider_for
 from gpu_backends.models import GpuBackend
-from gpu_backends.providers import provider_for
 from gpu_backends.services import object_info_for
 from storage.models import SeatInput
 from workshops.models import Seat, Workshop

@@ -23,8 +23,6 @@ PACKAGES = ("comfyume", "workshops", "jobs", "gpu_backends", "storage")
 # Imports inside a function that may close a cycle: a factory picking one implementation of a protocol the
 # module defines, imported only when that kind is asked for (its dependencies are optional at import time).
 FACTORIES = {
-    ("gpu_backends.providers", "gpu_backends.serverless"): "provider_for picks the serverless provider",
-    ("gpu_backends.providers", "gpu_backends.verda"): "provider_for builds Verda's client",
     ("storage.stores", "storage.r2"): "default_store picks R2 (boto3) only when configured",
     ("workshops.provisioning", "workshops.provisioning.process"): "get_driver picks the seat driver",
     ("workshops.provisioning", "workshops.provisioning.docker"): "get_driver picks the seat driver (docker SDK)",
@@ -68,7 +66,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str,
             while target and target not in modules:
                 target = target.rpartition(".")[0]
             if target and target != name:
-                out.append((target, node.col_offset > 0))
+                out.append((target, getattr(node, "col_offset", 0) > 0))
     return out
 
 

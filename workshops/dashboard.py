@@ -28,6 +28,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
+from gpu_backends.kinds import kind_of
 from gpu_backends.models import GpuBackend
 from jobs.instructor import can_resubmit
 from jobs.models import Job
@@ -380,7 +381,7 @@ def _backend_row(backend: GpuBackend, pinned_waiting: int) -> dict[str, Any]:
         "active_here": backend.n_active_here,  # type: ignore[attr-defined]
         "max_concurrency": backend.max_concurrency,
         "pinned_waiting": pinned_waiting,  # jobs of this workshop that only it may start
-        "serverless": backend.is_serverless,
+        "serverless": kind_of(backend).scales,  # the page offers warm up / scale to zero
         "warm_until": _iso(backend.warm_until),
         "order": backend.order,
         "price_per_hour": float(backend.price_per_hour),

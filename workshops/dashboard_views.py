@@ -26,15 +26,16 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
 from comfyume import jsonbody
-from gpu_backends import scaling
 from gpu_backends.client import BackendError
+from gpu_backends.kinds import kind_of
 from gpu_backends.models import GpuBackend
 from jobs.instructor import (
     RESUBMITTABLE,
-    backend_changed,
     can_resubmit,
     cancel_outcome,
     change_queue_settings,
+    do_scale_backend_to_zero,
+    do_warm_backend,
     move_running_job,
     move_to_lane,
     pin_waiting_jobs,
@@ -599,49 +600,34 @@ def _backend_to_change(request: HttpRequest, workshop: Workshop, body: dict[str,
 
 def _scale(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, warm: bool) -> dict[str, Any]:
     backend = _backend_to_change(request, workshop, body)
-    if not backend.is_serverless:
+    if not kind_of(backend).scales:
         raise Refused(
             409,
             "not_serverless",
             f"Only Verda backends warm up and scale to zero; {backend.name} is a {backend.get_kind_display()}.",
         )
+    action = do_warm_backend if warm else do_scale_backend_to_zero
     try:
-        if warm:
-            scaling.warm_now(backend)
-        else:
-            scaling.scale_to_zero(backend)
+        action(backend, actor=request.user, workshop=workshop, details=_via())
     except BackendError as exc:
         verb = "warm up" if warm else "scale to zero"
         raise Refused(502, "scaling_failed", f"Could not {verb} {backend.name}: {exc}")
-    backend_changed(backend)
     if warm:
         replicas = _plural(max(backend.warm_replicas, 1), "replica")
-        summary = f"Warmed up GPU backend {backend.name} ({replicas} for an hour)"
-        message = f"Warming up {backend.name}: {replicas} start now and stay for at least an hour."
-    else:
-        summary = f"Scaled GPU backend {backend.name} to zero"
-        message = (
-            f"Scaled {backend.name} to zero: its replicas stop once idle. While a workshop using it is on, "
-            "the next scaling check warms it again."
-        )
-    audit.record(
-        request.user,
-        "backend.warm" if warm else "backend.scale_to_zero",
-        summary,
-        workshop=workshop,
-        target=backend,
-        details=_via(),
-    )
-    return {"message": message}
+        return {"message": f"Warming up {backend.name}: {replicas} start now and stay for at least an hour."}
+    return {
+        "message": f"Scaled {backend.name} to zero: its replicas stop once idle. While a workshop using it is on, "
+        "the next scaling check warms it again."
+    }
 
 
 def warm(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
-    """Start a Verda backend's warm replicas now and keep them for an hour (gpu_backends.scaling.warm_now)."""
+    """Start a Verda backend's warm replicas now and keep them for an hour (jobs.instructor.do_warm_backend)."""
     return _scale(request, workshop, body, warm=True)
 
 
 def scale_to_zero(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
-    """Let a Verda backend's replicas stop (gpu_backends.scaling.scale_to_zero)."""
+    """Let a Verda backend's replicas stop (jobs.instructor.do_scale_backend_to_zero)."""
     return _scale(request, workshop, body, warm=False)
 
 
