@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import requests
 import websocket
 
-from .prompts import FileRef, decode_message
+from .worker.prompts import FileRef, decode_message
 
 __all__ = ["BackendError", "ComfyUIClient", "FileRef", "decode_message"]
 

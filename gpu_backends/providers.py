@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
-from .prompts import file_refs, rewrite_inputs
+from .worker.prompts import file_refs, rewrite_inputs
 
 log = logging.getLogger(__name__)
 

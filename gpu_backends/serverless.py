@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from .client import BackendError, FileRef
 from .mailbox import Mailbox
-from .prompts import file_refs
 from .providers import Provider, RunOutcome, RunSink, RunSpec
+from .worker.prompts import file_refs
 
 log = logging.getLogger(__name__)
 

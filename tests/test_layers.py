@@ -33,6 +33,10 @@ STANDALONE = {
     "gpu_backends.worker": "the GPU worker (deploy/gpu-worker)",
     "gpu_backends.simulator": "the ComfyUI simulator",
 }
+# The project's modules outside its folder a program may import: pure ones, which its image copies beside it.
+SHARED = {
+    "gpu_backends.simulator": {"jobs", "jobs.preflight"},  # ComfyUI's own validation, as the hub applies it
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -166,9 +170,15 @@ for info in pkgutil.walk_packages(package.__path__, {program!r} + "."):
     if ".tests" not in info.name:
         importlib.import_module(info.name)
 hub = [m for m in sys.modules if m.split(".")[0] in ("django", "channels", "rq", "comfyume")]
+project = [m for m in sys.modules if m.split(".")[0] in {PACKAGES!r} and m != {program!r}
+           and not m.startswith({program!r} + ".") and m != {program!r}.rpartition(".")[0]]
 print(",".join(sorted(hub)))
+print(",".join(sorted(project)))
 """
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "", f"{STANDALONE[program]} imports {done.stdout.strip()}"
+    hub, project = (line.split(",") if line else [] for line in done.stdout.split("\n")[:2])
+    assert hub == [], f"{STANDALONE[program]} imports {hub}"
+    outside = set(project) - SHARED.get(program, set())
+    assert not outside, f"{STANDALONE[program]} imports {sorted(outside)} from outside its folder"

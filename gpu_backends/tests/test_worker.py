@@ -659,9 +659,9 @@ def test_worker_imports_neither_django_nor_the_hub():
         f"{blocked!r} and sys.modules[m] is not None)\n"
         "assert not loaded, loaded\n"
         "ours = sorted(m for m in sys.modules if m.startswith('gpu_backends.'))\n"
-        "assert ours == ['gpu_backends.prompts', 'gpu_backends.worker', 'gpu_backends.worker.__main__', "
+        "assert ours == ['gpu_backends.worker', 'gpu_backends.worker.__main__', "
         "'gpu_backends.worker.app', 'gpu_backends.worker.callback', 'gpu_backends.worker.comfy', "
-        "'gpu_backends.worker.job', 'gpu_backends.worker.request'], ours\n"
+        "'gpu_backends.worker.job', 'gpu_backends.worker.prompts', 'gpu_backends.worker.request'], ours\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     result = subprocess.run(

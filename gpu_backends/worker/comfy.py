@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from gpu_backends.prompts import FileRef
+from .prompts import FileRef
 
 CHUNK = 256 * 1024
 # ComfyUI answers quickly on its own loop even while a node runs; a minute of silence means it is stuck.

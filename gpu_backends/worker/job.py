@@ -29,11 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from gpu_backends.prompts import FileRef, decode_message, file_refs
-
-from ..prompts import rewrite_inputs
 from .callback import Callback, HubError, presigned
 from .comfy import ComfyClient, ComfyError, ComfyRejected
+from .prompts import FileRef, decode_message, file_refs, rewrite_inputs
 from .request import BadRequest, InputSpec, RunRequest
 
 log = logging.getLogger("comfyume.worker")
