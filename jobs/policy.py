@@ -7,6 +7,8 @@ Keeping this free of the database makes every rule a line in a table test (jobs/
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -35,11 +37,19 @@ def head_order(policy: str) -> tuple[str, ...]:
     return ("id",)
 
 
+# The Candidate attribute that holds each Job field ``head_order`` names.
+_CANDIDATE_FIELDS = {"id": "job_id", "instructor_lane": "instructor_lane", "priority": "priority"}
+
+
+@functools.cache
 def head_key(policy: str) -> Callable[[Candidate], tuple]:
-    """``head_order`` as a sort key on candidates: of one seat's jobs, the smallest key goes first."""
-    if policy == PRIORITY:
-        return lambda c: (not c.instructor_lane, -c.priority, c.job_id)
-    return lambda c: (c.job_id,)
+    """``head_order`` as a sort key on candidates: of one seat's jobs, the smallest key goes first. Derived from
+    ``head_order`` (as the scheduler's SQL is), so the order is written once."""
+    order = [(name.startswith("-"), _CANDIDATE_FIELDS[name.lstrip("-")]) for name in head_order(policy)]
+    if not any(descending for descending, _ in order):
+        get = operator.attrgetter(*(attr for _, attr in order))
+        return (lambda c: (get(c),)) if len(order) == 1 else get
+    return lambda c: tuple(-getattr(c, attr) if descending else getattr(c, attr) for descending, attr in order)
 
 
 def seat_head(policy: str, heads: Iterable[Candidate | None]) -> Candidate | None:

@@ -32,13 +32,16 @@ log = logging.getLogger(__name__)
 _ACTIVE = ", ".join(f"'{status}'" for status in Job.ACTIVE)  # Job.ACTIVE as an SQL list (fixed strings)
 
 
-_HEAD_ORDER_SQL = {
-    # One seat's own queued jobs, best first (see jobs.policy.head_order). The pin leads although the WHERE
-    # fixes it: PostgreSQL does not count ``IS NULL`` as an equality when matching an index's order, and
-    # without it would sort the seat's whole unpinned queue instead of reading its first index entry.
-    "id": "q.pinned_backend_id, q.id",
-    "-instructor_lane,-priority,id": "q.pinned_backend_id, q.instructor_lane DESC, q.priority DESC, q.id",
-}
+@functools.cache
+def _head_order_sql(policy: str) -> str:
+    """One seat's own queued jobs, best first: ``jobs.policy.head_order`` in SQL. The pin leads although the WHERE
+    fixes it: PostgreSQL does not count ``IS NULL`` as an equality when matching an index's order, and without it
+    would sort the seat's whole unpinned queue instead of reading its first index entry."""
+    columns = ["q.pinned_backend_id"]
+    for name in head_order(policy):
+        column = Job._meta.get_field(name.lstrip("-")).column
+        columns.append(f"q.{column} DESC" if name.startswith("-") else f"q.{column}")
+    return ", ".join(columns)
 
 
 def _candidates_sql(policy: str) -> str:
@@ -47,7 +50,7 @@ def _candidates_sql(policy: str) -> str:
     ``job_seat_pin_priority_head`` — and its count of active jobs. Jobs pinned to another backend are never
     read. Written by hand because the ORM spent longer compiling the equivalent correlated subqueries than
     the database spent running them, on every claim."""
-    order = _HEAD_ORDER_SQL[",".join(head_order(policy))]
+    order = _head_order_sql(policy)
     job, seat = Job._meta.db_table, Seat._meta.db_table
     head = f"SELECT q.id FROM {job} q WHERE q.seat_id = s.id AND q.status = %s AND {{pin}} ORDER BY {order} LIMIT 1"
     return f"""

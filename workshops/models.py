@@ -12,6 +12,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from jobs import policy
+
 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
@@ -24,9 +26,11 @@ def hash_token(raw: str) -> str:
 
 
 class QueuePolicy(models.TextChoices):
-    FIFO = "fifo", "First in, first out"
-    ROUND_ROBIN = "round_robin", "Round robin between seats"
-    PRIORITY = "priority", "Instructor lane and priority, then round robin"
+    """The policies of jobs.policy (pure, where each one's rule is written), with the words the admin shows."""
+
+    FIFO = policy.FIFO, "First in, first out"
+    ROUND_ROBIN = policy.ROUND_ROBIN, "Round robin between seats"
+    PRIORITY = policy.PRIORITY, "Instructor lane and priority, then round robin"
 
 
 class Workshop(models.Model):
