@@ -35,6 +35,20 @@ def loads(raw: bytes) -> Any:
     return value
 
 
+def loads_object(raw: bytes, *, empty: dict[str, Any] | None = None, hint: str = "") -> dict[str, Any]:
+    """The body as a JSON object, or :class:`InvalidJSON`. ``empty``: what an empty body stands for (None: it
+    is refused); ``hint``: an example for the message when the body is JSON but not an object."""
+    example = f" such as {hint}" if hint else ""
+    if not raw.strip():
+        if empty is None:
+            raise InvalidJSON(f"The request body is empty; send a JSON object{example}.")
+        return empty
+    value = loads(raw)
+    if not isinstance(value, dict):
+        raise InvalidJSON(f"The request body must be a JSON object{example}.")
+    return value
+
+
 def _is_text(value: Any) -> bool:
     """Whether every string in the value (keys too) can be stored as UTF-8 (escaped pairs make one character)."""
     try:

@@ -124,12 +124,7 @@ def _uuid(value: str) -> uuid.UUID | None:
 
 
 def _json_body(request: SeatRequest) -> dict:
-    if not request.body.strip():
-        return {}
-    body = jsonbody.loads(request.body)
-    if not isinstance(body, dict):
-        raise ValueError("The request body must be a JSON object.")
-    return body
+    return jsonbody.loads_object(request.body, empty={})
 
 
 @require_POST

@@ -111,12 +111,9 @@ def _json_body(request: HttpRequest, limit: int = 64 * 1024) -> dict[str, Any] |
     if len(request.body) > limit:
         return _error(413, f"The body is larger than {limit} bytes.")
     try:
-        body = jsonbody.loads(request.body)
+        return jsonbody.loads_object(request.body)
     except jsonbody.InvalidJSON as exc:
         return _error(400, str(exc))
-    if not isinstance(body, dict):
-        return _error(400, "The body must be a JSON object.")
-    return body
 
 
 @require_POST

@@ -37,9 +37,10 @@ def _head_order_sql(policy: str) -> str:
     """One seat's own queued jobs, best first: ``jobs.policy.head_order`` in SQL. The pin leads although the WHERE
     fixes it: PostgreSQL does not count ``IS NULL`` as an equality when matching an index's order, and without it
     would sort the seat's whole unpinned queue instead of reading its first index entry."""
+    column_of = {f.name: f.column for f in Job._meta.concrete_fields}
     columns = ["q.pinned_backend_id"]
     for name in head_order(policy):
-        column = Job._meta.get_field(name.lstrip("-")).column
+        column = column_of[name.lstrip("-")]
         columns.append(f"q.{column} DESC" if name.startswith("-") else f"q.{column}")
     return ", ".join(columns)
 

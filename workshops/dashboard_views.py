@@ -145,12 +145,9 @@ def act(request: HttpRequest, slug: str) -> JsonResponse:
 
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
-        body = jsonbody.loads(request.body or b"null")
+        return jsonbody.loads_object(request.body, hint='{"action": "pause"}')
     except jsonbody.InvalidJSON as exc:
         raise Refused(400, "invalid_json", str(exc)) from None
-    if not isinstance(body, dict):
-        raise Refused(400, "invalid_json", 'Send a JSON object such as {"action": "pause"}.')
-    return body
 
 
 def _jobs(workshop: Workshop, body: dict[str, Any]) -> list[Job]:
