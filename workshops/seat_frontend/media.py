@@ -130,6 +130,8 @@ def check_name(name: str) -> str:
         raise NameProblem("The file name is empty.")
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS for c in name):
         raise NameProblem("The file name contains control characters.")
+    if any(unicodedata.category(c) == "Cs" for c in name):  # a lone surrogate: bytes that were not UTF-8
+        raise NameProblem("The file name is not valid text.")
     if "/" in name or "\\" in name:
         raise NameProblem("The file name contains a path separator.")
     if name in (".", ".."):

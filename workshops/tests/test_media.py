@@ -91,7 +91,7 @@ def test_the_stored_name_carries_an_extension_of_the_detected_family(filename, f
 @pytest.mark.parametrize(
     "name",
     ["", "   ", "a\x00.png", "a\nb.png", "a\rb.png", "tab\t.png", "del\x7f.png", "rtl\u202egnp.exe", "a/b.png",
-     "a\\b.png", "..", "x" * 252 + ".png", "é" * 130 + ".png"],
+     "a\\b.png", "..", "x" * 252 + ".png", "é" * 130 + ".png", "lone\ud800.png", "esc\udcff.png"],
 )  # fmt: skip
 def test_names_that_cannot_be_stored_are_refused(name):
     with pytest.raises(media.NameProblem):
