@@ -51,7 +51,7 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),
     path("admin/outputs/", include("storage.urls")),
-    path("admin/live/", include("workshops.dashboard_urls")),
+    path("admin/live/", include("workshops.instructor.urls")),
     path("admin/login/", ratelimit.answers_429_when_limited(admin.site.login)),
     path("admin/", admin.site.urls),
 ]

@@ -4,7 +4,7 @@ from django.db import transaction
 from jobs.instructor import do_scale_backend_to_zero, do_warm_backend
 from jobs.scheduler import schedule
 from workshops import audit
-from workshops.audit import AuditedModelAdmin
+from workshops.instructor.admin_base import AuditedModelAdmin
 
 from .client import BackendError
 from .kinds import kind_of

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from workshops import audit
-from workshops.audit import AuditedModelAdmin
+from workshops.instructor.admin_base import AuditedModelAdmin
 
 from .instructor import cancel_outcome
 from .models import Job, JobEvent

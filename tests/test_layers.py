@@ -6,6 +6,8 @@
   a cycle.
 - The standalone programs (the seat frontend, the GPU worker, the ComfyUI simulator) never import Django or
   the hub, directly or through what they import: each runs in an image of its own.
+- The instructor's side is the roof: ``workshops.instructor``, each app's ``admin`` and ``comfyume.urls`` may
+  import anything, and nothing else imports them, not even inside a function.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ STANDALONE = {
 SHARED = {
     "gpu_backends.simulator": {"jobs", "jobs.preflight"},  # ComfyUI's own validation, as the hub applies it
 }
+
+# The roof: what shows the instructor's side (the live dashboard, the admin's pages and base class, each app's
+# admin) and what mounts it all. A package named here holds its submodules too.
+ROOF = (
+    "workshops.instructor",
+    *(f"{package}.admin" for package in PACKAGES if (ROOT / package / "admin.py").exists()),
+    "comfyume.urls",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -157,6 +167,50 @@ def test_the_contract_sees_a_cycle_when_there_is_one():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
     assert _reaches(graph, "b", "a") and not _reaches(graph, "a", "d")
+
+
+def _in_roof(module: str) -> bool:
+    return any(module == roof or module.startswith(f"{roof}.") for roof in ROOF)
+
+
+def _roof_breaches(imports: dict[str, list[tuple[str, bool]]]) -> list[str]:
+    """Each import of the roof by a module outside it, as ``importer -> imported``."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, deps in imports.items()
+        if not _in_roof(module)
+        for target, _lazy in deps
+        if _in_roof(target)
+    )
+
+
+def test_nothing_below_the_instructors_side_imports_it(imports):
+    # A roof that was renamed away would make the rule hold for nothing.
+    assert not [roof for roof in ROOF if roof not in imports], f"the roof names modules that do not exist: {ROOF}"
+    breaches = _roof_breaches(imports)
+    assert not breaches, (
+        "the instructor's side (workshops.instructor, each app's admin, comfyume.urls) is the roof: nothing "
+        "below it may import it, not even inside a function; move what these need into the floor "
+        f"(a model, a service, jobs/instructor.py, workshops/audit.py): {breaches}"
+    )
+
+
+def test_the_roof_contract_sees_an_import_from_below():
+    """The checker itself: the floor importing the roof, at module level or in a function, is found; the roof
+    importing the floor, or one part of the roof another, is not."""
+    imports = {
+        "jobs.services": [("workshops.instructor.dashboard", True), ("jobs.models", False)],
+        "storage.views": [("gpu_backends.admin", False)],
+        "workshops.admin": [("workshops.instructor.admin_base", False), ("jobs.services", False)],
+        "workshops.instructor.views": [("jobs.admin", False), ("workshops.services", False)],
+        "comfyume.urls": [("workshops.instructor.urls", False)],
+        "workshops.instructors": [("jobs.models", False)],
+    }
+    assert _roof_breaches(imports) == [
+        "jobs.services -> workshops.instructor.dashboard",
+        "storage.views -> gpu_backends.admin",
+    ]
+    assert not _in_roof("workshops.instructors") and not _in_roof("jobs.admin_helpers")
 
 
 @pytest.mark.parametrize("program", sorted(STANDALONE))

@@ -15,8 +15,9 @@ from jobs.models import Job
 from jobs.scheduler import schedule
 from jobs.services import cancel_job
 
-from . import admin_views, audit, frontends
-from .audit import AuditedModelAdmin
+from . import audit, frontends
+from .instructor import admin_views
+from .instructor.admin_base import AuditedModelAdmin
 from .models import Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
 from .services import announcement_changed, push_templates
 

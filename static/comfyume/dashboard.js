@@ -1,4 +1,4 @@
-/* The instructor's live dashboard (templates/workshops/dashboard.html, workshops/dashboard_views.py).
+/* The instructor's live dashboard (templates/workshops/dashboard.html, workshops/instructor/views.py).
  *
  * Draws the tables from the snapshot the page was rendered with, then keeps them current without a reload:
  * the workshop's staff socket (/ws/hub/workshops/<slug>/) carries every seat's ComfyUI messages plus our

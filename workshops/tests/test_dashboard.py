@@ -26,7 +26,7 @@ from jobs.services import SubmissionRejected, submit_prompt
 from storage.models import Artifact
 from tests.fixtures import run_worker
 from tests.recorded import TINY_PATH, load
-from workshops.dashboard import build_snapshot, projected_order
+from workshops.instructor.dashboard import build_snapshot, projected_order
 from workshops.models import Announcement, AuditEntry, Seat, SeatFrontend, Workshop
 
 TINY = load(TINY_PATH)

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from jobs.models import Job
-from workshops.dashboard import build_charts, percentile
+from workshops.instructor.dashboard import build_charts, percentile
 from workshops.tests.test_dashboard import TINY
 
 NOW = datetime.fromisoformat("2026-05-20T14:37:30+00:00")

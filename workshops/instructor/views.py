@@ -45,11 +45,11 @@ from jobs.instructor import (
 )
 from jobs.models import Job
 from jobs.services import SubmissionRejected, cancel_job
+from workshops import audit
+from workshops.models import Announcement, AuditEntry, QueuePolicy, Workshop
+from workshops.services import WorkshopError, announcement_changed, post_announcement
 
-from . import audit
 from .dashboard import build_charts, build_snapshot
-from .models import Announcement, AuditEntry, QueuePolicy, Workshop
-from .services import WorkshopError, announcement_changed, post_announcement
 
 # A bulk action names at most this many jobs: the default cap on a workshop's queue.
 MAX_JOBS_PER_ACTION = 500

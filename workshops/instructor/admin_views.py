@@ -14,12 +14,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from gpu_backends.models import GpuBackend
-
-from . import audit, frontends
-from .credentials import credential_sheet
-from .credentials_pdf import credential_pdf
-from .models import QueuePolicy, WorkflowTemplate, Workshop
-from .services import MAX_SEATS, WorkshopError, create_workshop, parse_names, reissue_credentials
+from workshops import audit, frontends
+from workshops.credentials import credential_sheet
+from workshops.credentials_pdf import credential_pdf
+from workshops.models import QueuePolicy, WorkflowTemplate, Workshop
+from workshops.services import MAX_SEATS, WorkshopError, create_workshop, parse_names, reissue_credentials
 
 MAX_CSV_BYTES = 512 * 1024
 

@@ -34,9 +34,8 @@ from jobs.instructor import can_resubmit
 from jobs.models import Job
 from jobs.policy import Candidate, head_key, pick_next
 from storage.models import Artifact
-
-from . import frontends
-from .models import Announcement, AuditEntry, QueuePolicy, Seat, Workshop
+from workshops import frontends
+from workshops.models import Announcement, AuditEntry, QueuePolicy, Seat, Workshop
 
 # What the page lists besides the queue; enough to act on, short enough for a projector.
 RECENT_ENDED = 20
