@@ -124,13 +124,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")
-# Keep connections between jobs: reconnecting (and, for SQLite, re-running the PRAGMAs above) cost 3-4 ms on
-# every dispatch.
+# Keep connections between jobs: reconnecting (and, for SQLite, re-running the PRAGMAs above) would be paid on
+# every dispatch (docs/BENCHMARKS.md has the figures).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # That does not help the web server: under ASGI Django runs each request in a thread of its own, and a thread's
-# connection ends with it. Every request opened a new PostgreSQL connection (a server process forked and
-# authenticated: ~5 ms under load, and a connection storm when a class of participants is busy). Each process
+# connection ends with it. Every request would open a new PostgreSQL connection (a server process forked and
+# authenticated, and a connection storm when a class of participants is busy). Each process
 # keeps a pool of them instead (Django's, on psycopg_pool), checked as they are handed out.
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
@@ -151,9 +151,9 @@ REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
 CHANNEL_LAYERS = {
     "default": {
         # Redis pub/sub: a group_send is one PUBLISH and each web process's subscriber gets it pushed, instead of
-        # the list layer's group lookup, a script per member channel and a blocking pop per receive (the final
-        # event of a job reached the participant ~8 ms sooner under 20 seats; docs/BENCHMARKS.md). Live events are
-        # fire-and-forget either way: a socket that is not connected misses them and catches up from the API.
+        # the list layer's group lookup, a script per member channel and a blocking pop per receive (faster to the
+        # participant: docs/BENCHMARKS.md). Live events are fire-and-forget either way: a socket that is not
+        # connected misses them and catches up from the API.
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
             # redis-py 8 gives every connection a 5 s read timeout by default; the subscriber waits for messages

@@ -127,7 +127,7 @@ class JobRun:
         if self.finished_event_at is not None:
             # The participant is waiting for exactly this message: let the publisher thread send it (and what
             # is queued before it) before this thread records the outcome and claims the next job, instead of
-            # sharing the GIL with them (~5 ms sooner under load). Bounded: a Redis in trouble costs 1 s at most.
+            # sharing the GIL with them (docs/BENCHMARKS.md). Bounded: a Redis in trouble costs 1 s at most.
             events.flush(1.0)
 
     def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:

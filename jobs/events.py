@@ -38,8 +38,8 @@ class _Publisher:
     """A daemon thread running an event loop that drains an ordered queue of group messages."""
 
     def __init__(self) -> None:
-        # The publisher thread must get the GIL promptly while the dispatch loop stores a file; Python's
-        # default 5 ms switch interval delayed each forwarded event by several milliseconds.
+        # The publisher thread must get the GIL promptly while the dispatch loop stores a file: at Python's
+        # default switch interval (5 ms) every forwarded event waited for it.
         sys.setswitchinterval(0.0005)
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
