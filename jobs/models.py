@@ -6,10 +6,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from django.db import connection, models, transaction
+from django.db import models
 from django.db.models import F, Q
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
+
+from . import sql
 
 
 class IllegalTransition(Exception):
@@ -98,7 +99,7 @@ class Job(models.Model):
         indexes = [
             # The scheduler reads each seat's head of queue through these: one index seek per seat for its
             # unpinned jobs and one for those pinned to the claiming backend, so the cost of a claim does not
-            # grow with the length of the queue (see jobs.scheduler._candidates_sql). Their (seat, status)
+            # grow with the length of the queue (see jobs.sql.candidates_sql). Their (seat, status)
             # prefix serves the per-seat counts (caps, running jobs) as the indexes without the pin did.
             models.Index(fields=["seat", "status", "pinned_backend", "id"], name="job_seat_pin_head"),
             models.Index(
@@ -146,7 +147,7 @@ class Job(models.Model):
             fields.setdefault("heartbeat_at", now)
         elif to in self.TERMINAL:
             fields.setdefault("finished_at", now)
-        if not _move(self.pk, Job.objects.filter(status=source), source, to, reason[:500], fields):
+        if not sql.move_job(self.pk, source, to, reason[:500], fields):
             return False
         for key, value in fields.items():
             setattr(self, key, value)
@@ -156,22 +157,7 @@ class Job(models.Model):
     def claim(cls, job_id: int, backend_id: int, *, defer: Sequence[str] = ()) -> Job | None:
         """``queued → dispatching`` on the backend if the job still waits and is not pinned to another; the job as
         it is now (the ``defer`` fields left unread), or None. One statement with its JobEvent on PostgreSQL."""
-        waiting, dispatching = cls.Status.QUEUED.value, cls.Status.DISPATCHING.value
-        jobs = cls.objects.filter(Q(pinned_backend__isnull=True) | Q(pinned_backend=backend_id), status=waiting)
-        fields = {"status": dispatching, "backend": backend_id, "attempts": F("attempts") + 1}
-        fields["dispatched_at"] = timezone.now()
-        columns = _columns(cls, leave=defer)
-        if connection.vendor == "postgresql":
-            sql, moved_params = _moved_sql(jobs.filter(pk=job_id), waiting, dispatching, "", fields, columns)
-            found = list(cls.objects.raw(f"{sql} SELECT * FROM moved", moved_params))
-        else:  # SQLite has UPDATE … RETURNING, not a data-modifying WITH: the JobEvent is a statement of its own
-            update_sql, params = _update_sql(jobs.filter(pk=job_id), fields)
-            returning = ", ".join(connection.ops.quote_name(column) for column in columns)
-            with transaction.atomic(savepoint=False):
-                found = list(cls.objects.raw(f"{update_sql} RETURNING {returning}", params))
-                if found:
-                    JobEvent.objects.create(job_id=job_id, from_status=waiting, to_status=dispatching)
-        return found[0] if found else None
+        return cast(Job | None, sql.claim_job(job_id, backend_id, columns=sql.job_columns(leave=defer)))
 
     def refresh_status(self) -> str:
         self.status = Job.objects.values_list("status", flat=True).get(pk=self.pk)
@@ -221,61 +207,6 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_status} → {self.to_status}"
-
-
-_EVENT_FIELDS = ("job", "from_status", "to_status", "reason", "at")
-
-
-def _columns(model: type[models.Model], names: Sequence[str] | None = None, *, leave: Sequence[str] = ()) -> list[str]:
-    """The table columns of ``model``'s fields ``names`` (default: all but ``leave``), in that order."""
-    fields = {f.name: f for f in model._meta.concrete_fields}
-    return [str(fields[name].column) for name in (names or [n for n in fields if n not in leave])]
-
-
-def _move(job_id: int, jobs: models.QuerySet[Job], source: str, to: str, reason: str, fields: dict[str, Any]) -> bool:
-    """Set ``fields`` on job ``job_id`` if ``jobs`` (its conditions: in ``source``, …) still selects it, and log
-    the move as a JobEvent, as one change; whether it moved.
-
-    On PostgreSQL the UPDATE and the INSERT are one statement (a data-modifying WITH): atomic on its own, one
-    round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT) outside a transaction, one instead of two inside.
-    Elsewhere both run in one transaction — inside a caller's (a claim, a finish) without a savepoint of its
-    own, so a failure here fails the caller's.
-    """
-    if connection.vendor != "postgresql":
-        with transaction.atomic(savepoint=False):
-            if jobs.filter(pk=job_id).update(**fields) != 1:
-                return False
-            JobEvent.objects.create(job_id=job_id, from_status=source, to_status=to, reason=reason)
-            return True
-    sql, params = _moved_sql(jobs.filter(pk=job_id), source, to, reason, fields, _columns(Job, ["id"]))
-    with connection.cursor() as cursor:
-        cursor.execute(f"{sql} SELECT COUNT(*) FROM moved", params)
-        (count,) = cursor.fetchone()
-        return count == 1
-
-
-def _update_sql(jobs: models.QuerySet[Job], fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    """The ORM's own UPDATE for ``jobs.update(**fields)``, to be wrapped in a bigger statement."""
-    query = cast(UpdateQuery, jobs.query.chain(UpdateQuery))
-    query.add_update_values(fields)
-    sql, params = query.get_compiler(jobs.db).as_sql()
-    return sql, tuple(params)
-
-
-def _moved_sql(
-    jobs: models.QuerySet[Job], source: str, to: str, reason: str, fields: dict[str, Any], returning: Sequence[str]
-) -> tuple[str, tuple[Any, ...]]:
-    """PostgreSQL: ``WITH moved AS (UPDATE … RETURNING …), logged AS (INSERT the JobEvents)`` — the caller adds
-    the SELECT from ``moved``. The UPDATE is the ORM's own for ``jobs.update(**fields)``."""
-    qn = connection.ops.quote_name
-    update_sql, update_params = _update_sql(jobs, fields)
-    event = ", ".join(qn(column) for column in _columns(JobEvent, _EVENT_FIELDS))
-    sql = (
-        f"WITH moved AS ({update_sql} RETURNING {', '.join(qn(column) for column in returning)}), "
-        f"logged AS (INSERT INTO {qn(JobEvent._meta.db_table)} ({event}) "
-        f"SELECT {qn(_columns(Job, ['id'])[0])}, %s, %s, %s, %s FROM moved)"
-    )
-    return sql, (*update_params, source, to, reason, timezone.now())
 
 
 ACTIVE_Q = Q(status__in=Job.ACTIVE)

@@ -16,53 +16,17 @@ import os
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, Value, When
 
-from comfyume import db
 from gpu_backends.models import GpuBackend
-from workshops.models import Seat, Workshop
+from workshops.models import Workshop
 
-from . import events
+from . import events, sql
 from .models import Job
-from .policy import Candidate, head_order, pick_next, seat_head
+from .policy import Candidate, pick_next, seat_head
 
 log = logging.getLogger(__name__)
-
-_ACTIVE = ", ".join(f"'{status}'" for status in Job.ACTIVE)  # Job.ACTIVE as an SQL list (fixed strings)
-
-
-@functools.cache
-def _head_order_sql(policy: str) -> str:
-    """One seat's own queued jobs, best first: ``jobs.policy.head_order`` in SQL. The pin leads although the WHERE
-    fixes it: PostgreSQL does not count ``IS NULL`` as an equality when matching an index's order, and without it
-    would sort the seat's whole unpinned queue instead of reading its first index entry."""
-    column_of = {f.name: f.column for f in Job._meta.concrete_fields}
-    columns = ["q.pinned_backend_id"]
-    for name in head_order(policy):
-        column = column_of[name.lstrip("-")]
-        columns.append(f"q.{column} DESC" if name.startswith("-") else f"q.{column}")
-    return ", ".join(columns)
-
-
-def _candidates_sql(policy: str) -> str:
-    """One statement: each seat of the workshop joined to its two heads of queue for the claiming backend —
-    of its unpinned jobs and of those pinned to that backend, an index seek each on ``job_seat_pin_head`` /
-    ``job_seat_pin_priority_head`` — and its count of active jobs. Jobs pinned to another backend are never
-    read. Written by hand because the ORM spent longer compiling the equivalent correlated subqueries than
-    the database spent running them, on every claim."""
-    order = _head_order_sql(policy)
-    job, seat = Job._meta.db_table, Seat._meta.db_table
-    head = f"SELECT q.id FROM {job} q WHERE q.seat_id = s.id AND q.status = %s AND {{pin}} ORDER BY {order} LIMIT 1"
-    return f"""
-        SELECT s.id, s.gpu_seconds_used,
-               (SELECT COUNT(*) FROM {job} r WHERE r.seat_id = s.id AND r.status IN ({_ACTIVE})),
-               u.id, u.priority, u.instructor_lane, p.id, p.priority, p.instructor_lane
-        FROM {seat} s
-        LEFT JOIN {job} u ON u.id = ({head.format(pin="q.pinned_backend_id IS NULL")})
-        LEFT JOIN {job} p ON p.id = ({head.format(pin="q.pinned_backend_id = %s")})
-        WHERE s.workshop_id = %s AND (u.id IS NOT NULL OR p.id IS NOT NULL)
-    """
 
 
 def candidates(workshop: Workshop, backend_id: int) -> list[Candidate]:
@@ -71,10 +35,7 @@ def candidates(workshop: Workshop, backend_id: int) -> list[Candidate]:
 
 
 def _candidates(workshop_id: int, policy: str, backend_id: int) -> list[Candidate]:
-    queued = Job.Status.QUEUED.value
-    with connection.cursor() as cursor:
-        cursor.execute(_candidates_sql(policy), [queued, queued, backend_id, workshop_id])
-        rows = cursor.fetchall()
+    rows = sql.candidate_rows(workshop_id, policy, backend_id)
     # Per seat with work, so kept lean: a claim's cost is to follow the seats, and barely at that.
     found = []
     for seat_id, gpu, running, job_id, priority, lane, pinned_id, pinned_priority, pinned_lane in rows:
@@ -87,49 +48,18 @@ def _candidates(workshop_id: int, policy: str, backend_id: int) -> list[Candidat
     return found
 
 
-def _waiting_workshops_sql() -> str:
-    job, workshop = Job._meta.db_table, Workshop._meta.db_table
-    through = Workshop.backends.through._meta.db_table
-    return f"""
-        SELECT w.id, w.queue_policy, w.max_running_per_seat, w.job_timeout_seconds,
-               (SELECT COUNT(*) FROM {job} a WHERE a.workshop_id = w.id AND a.status IN ({_ACTIVE})) AS active
-        FROM {workshop} w
-        JOIN {through} wb ON wb.workshop_id = w.id
-        WHERE wb.gpubackend_id = %s AND NOT w.paused AND w.archived_at IS NULL
-          AND EXISTS (SELECT 1 FROM {job} q WHERE q.workshop_id = w.id AND q.status = %s)
-        ORDER BY active, w.id
-    """
-
-
-@functools.cache
-def _backend_slot_sql() -> tuple[str, str]:
-    """The backend's row, locked (whether it may take a job, how many), and its count of active jobs."""
-    backend, job = GpuBackend._meta.db_table, Job._meta.db_table
-    return (
-        f"SELECT enabled, state, max_concurrency FROM {backend} WHERE id = %s{db.for_update()}",
-        f"SELECT COUNT(*) FROM {job} WHERE backend_id = %s AND status IN ({_ACTIVE})",
-    )
-
-
 def claim_next(backend: GpuBackend | int) -> Job | None:
     """Claim one job for one free slot of the backend, or None (no slot, no eligible job).
 
     ``job.slots_left`` tells the caller whether another claim on this backend could succeed.
 
     Round trips: the backend's lock, its active count and the workshops with work waiting go together in one
-    (:func:`comfyume.db.together`; the count runs after the lock is granted, so it sees every claim committed
+    (:func:`jobs.sql.claim_reads`; the count runs after the lock is granted, so it sees every claim committed
     before); the candidates in one; the move of the picked job with its JobEvent in one; BEGIN and COMMIT.
     """
     backend_id = backend if isinstance(backend, int) else backend.pk
-    lock_sql, active_sql = _backend_slot_sql()
     with transaction.atomic():
-        locked, counted, waiting = db.together(
-            [
-                (lock_sql, [backend_id]),
-                (active_sql, [backend_id]),
-                (_waiting_workshops_sql(), [backend_id, Job.Status.QUEUED.value]),
-            ]
-        )
+        locked, counted, waiting = sql.claim_reads(backend_id)
         if not locked:
             return None
         enabled, state, max_concurrency = locked[0]

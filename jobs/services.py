@@ -6,26 +6,24 @@ changes a job's status any other way.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from comfyume import db, jsonbody
+from comfyume import jsonbody
 from gpu_backends.client import BackendError
 from gpu_backends.kinds import provider_for
 from gpu_backends.models import GpuBackend
 from gpu_backends.services import object_info_for
-from storage.models import SeatInput
 from workshops.models import Seat, Workshop
 
-from . import events
+from . import events, sql
 from .models import Job
 from .preflight import PromptValidationError, error_body, validate_prompt
 from .scheduler import schedule
@@ -118,22 +116,6 @@ def _named_files(prompt: Any) -> list[str]:
 _UPLOAD_FIELDS = ("name", "key", "sha256", "size", "content_type")  # what a job keeps of each upload it uses
 
 
-@functools.cache
-def _submit_sql() -> tuple[str, str, str]:
-    """A submit's reads: in its transaction, the seat's usage, locked with its workshop's row (a workshop's
-    submits take turns, which keeps the queue-depth cap exact), then the workshop's waiting jobs and the seat's
-    share of them (never more than the cap); and the seat's uploads named in the prompt (``{names}``)."""
-    seat, workshop = Seat._meta.db_table, Workshop._meta.db_table
-    job, uploads = Job._meta.db_table, SeatInput._meta.db_table
-    columns = ", ".join(connection.ops.quote_name(name) for name in _UPLOAD_FIELDS)
-    return (
-        f"SELECT s.gpu_seconds_used, s.cost_used FROM {seat} s JOIN {workshop} w ON w.id = s.workshop_id "
-        f"WHERE s.id = %s{db.for_update()}",
-        f"SELECT COUNT(*), COUNT(*) FILTER (WHERE seat_id = %s) FROM {job} WHERE workshop_id = %s AND status = %s",
-        f"SELECT {columns} FROM {uploads} WHERE seat_id = %s AND name IN ({{names}})",
-    )
-
-
 def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = False, priority: int = 0) -> Job:
     """Validate and queue a prompt for ``seat``; answers like ComfyUI's ``POST /prompt``.
 
@@ -160,22 +142,17 @@ def submit_prompt(seat: Seat, body: dict[str, Any], *, instructor_lane: bool = F
     client_id = raw_client_id[:128] if isinstance(raw_client_id, str) else ""
 
     names = _named_files(prompt)
-    lock_sql, caps_sql, uploads_sql = _submit_sql()
-    read_uploads = (uploads_sql.format(names=", ".join(["%s"] * len(names))), [seat.pk, *names])
+    read_uploads = sql.seat_uploads(seat.pk, names, _UPLOAD_FIELDS)
     # The uploads need no lock. Where they can ride along with the lock's round trip (PostgreSQL) they do;
     # elsewhere they are read first: SQLite's transaction holds the database's one write lock.
-    early = bool(names) and not db.one_round_trip()
-    uploads = db.together([read_uploads]) if early else []
+    early = bool(names) and not sql.one_round_trip()
+    uploads = sql.together([read_uploads]) if early else []
     with transaction.atomic():
-        # One round trip for the reads (comfyume.db.together); the counts run after the lock is granted, so two
-        # quick submits of a seat cannot both pass its cap. The seat's usage is read fresh.
-        statements: list[db.Statement] = [
-            (lock_sql, [seat.pk]),
-            (caps_sql, [seat.pk, workshop.pk, Job.Status.QUEUED.value]),
-        ]
+        # One round trip for the reads (jobs.sql.together): the seat's usage, read fresh and locked, then its caps.
+        statements = sql.submit_reads(seat.pk, workshop.pk)
         if names and not early:
             statements.append(read_uploads)
-        locked, ((depth, waiting),), *late = db.together(statements)
+        locked, ((depth, waiting),), *late = sql.together(statements)
         uploads = uploads or late
         if not locked:
             raise _reject(403, "seat_gone", "This seat no longer exists. Please tell the instructor.")

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from gpu_backends.models import GpuBackend
 from jobs import reconciler, scheduler
+from jobs import sql as jobs_sql
 from jobs.models import IllegalTransition, Job
 from jobs.services import backend_is_available
 from tests.recorded import TINY_PATH, load
@@ -202,7 +203,7 @@ def test_a_claim_reads_each_seats_heads_through_the_pin_indexes_without_sorting(
             for i in range(4000)
         ]
     )
-    sql = scheduler._candidates_sql(policy)
+    sql = jobs_sql.candidates_sql(policy)
     params = ["queued", "queued", second_backend.pk, personas.workshop.pk]
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {Job._meta.db_table}")
