@@ -10,6 +10,7 @@ import uuid
 
 from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from pydantic import Field
 
 from comfyume import jsonbody
 from gpu_backends.services import cached_object_info, object_info_for
@@ -99,13 +100,12 @@ def queue(request: SeatRequest) -> JsonResponse:
     mine = Job.objects.filter(seat=request.seat)
     if request.method == "POST":
         try:
-            body = _json_body(request)
-        except ValueError as exc:
+            edit = jsonbody.parse(request.body, ListEdit, empty={})
+        except jsonbody.InvalidJSON as exc:
             return api_error(400, "invalid_json", str(exc))
         targets = mine.filter(status=Job.Status.QUEUED)
-        if not body.get("clear"):
-            ids = [i for i in body.get("delete", []) if isinstance(i, str)]
-            targets = targets.filter(prompt_id__in=[u for u in (_uuid(i) for i in ids) if u])
+        if not edit.clear:
+            targets = targets.filter(prompt_id__in=_uuids(edit.delete))
         for job in targets.select_related("seat"):
             cancel_job(job, by="participant")
         return JsonResponse({})
@@ -123,8 +123,22 @@ def _uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _json_body(request: SeatRequest) -> dict:
-    return jsonbody.loads_object(request.body, empty={})
+def _uuids(ids: list[str]) -> list[uuid.UUID]:
+    """The ids that are prompt ids; ComfyUI too passes over one it does not know."""
+    return [u for u in (_uuid(i) for i in ids) if u]
+
+
+class ListEdit(jsonbody.Body):
+    """``POST /queue`` and ``/history`` as ComfyUI's frontend sends them: ``{delete: [ids]}`` or ``{clear: true}``."""
+
+    delete: list[str] = Field(default_factory=list, description="a list of prompt ids")
+    clear: bool = Field(default=False, description="true or false")
+
+
+class Interrupt(jsonbody.Body):
+    """``POST /interrupt``: the seat's running job, or the one named (ComfyUI ≥ 0.3.4x sends its prompt_id)."""
+
+    prompt_id: str | None = Field(default=None, description="a prompt id")
 
 
 @require_POST
@@ -132,12 +146,12 @@ def _json_body(request: SeatRequest) -> dict:
 def interrupt(request: SeatRequest) -> JsonResponse:
     """ComfyUI's ``/interrupt`` for this seat: stops its running job (or the one named by prompt_id)."""
     try:
-        body = _json_body(request)
-    except ValueError as exc:
+        which = jsonbody.parse(request.body, Interrupt, empty={})
+    except jsonbody.InvalidJSON as exc:
         return api_error(400, "invalid_json", str(exc))
     running = Job.objects.select_related("seat", "backend").filter(seat=request.seat, status__in=Job.ACTIVE)
-    if isinstance(body.get("prompt_id"), str):
-        running = running.filter(prompt_id=_uuid(body["prompt_id"]) or uuid.UUID(int=0))
+    if which.prompt_id is not None:
+        running = running.filter(prompt_id=_uuid(which.prompt_id) or uuid.UUID(int=0))
     for job in running:
         cancel_job(job, by="participant")
     return JsonResponse({})
@@ -150,13 +164,12 @@ def history(request: SeatRequest, prompt_id: str | None = None) -> JsonResponse:
     removes them from the list (outputs stay, for the instructor's gallery)."""
     if request.method == "POST":
         try:
-            body = _json_body(request)
-        except ValueError as exc:
+            edit = jsonbody.parse(request.body, ListEdit, empty={})
+        except jsonbody.InvalidJSON as exc:
             return api_error(400, "invalid_json", str(exc))
         finished = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL)
-        if not body.get("clear"):
-            ids = [i for i in body.get("delete", []) if isinstance(i, str)]
-            finished = finished.filter(prompt_id__in=[u for u in (_uuid(i) for i in ids) if u])
+        if not edit.clear:
+            finished = finished.filter(prompt_id__in=_uuids(edit.delete))
         finished.update(hidden=True)
         return JsonResponse({})
     jobs = Job.objects.filter(seat=request.seat, status__in=Job.TERMINAL, hidden=False).order_by("-id")

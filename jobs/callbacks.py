@@ -15,12 +15,13 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from pydantic import AfterValidator, ConfigDict, Field
 
 from comfyume import jsonbody
 from gpu_backends.client import FileRef
@@ -32,6 +33,75 @@ from .models import Job
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # The most a worker may post as one events call (a batch of ComfyUI messages).
 MAX_EVENTS_BYTES = 2 * 1024 * 1024
+
+
+# --- What a worker posts (docs/GPU_WORKER.md): one schema per call --------------------------------------
+
+
+def _plain_name(name: str) -> str:
+    if name in ("", ".", "..") or any(c in name for c in "/\\\x00"):
+        raise ValueError("filename must be a plain file name.")
+    return name
+
+
+def _relative_folder(path: str) -> str:
+    if path and (path.startswith(("/", "\\")) or not _safe(path)):
+        raise ValueError("subfolder must be a relative folder inside the job's outputs (no '..').")
+    return path
+
+
+def _safe(path: str) -> bool:
+    try:
+        safe_key(path)
+    except StorageError:
+        return False
+    return True
+
+
+class Message(jsonbody.Body):
+    """One ComfyUI message, passed on as posted."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    data: dict[str, Any]
+
+
+class EventBatch(jsonbody.Body):
+    seq: int = Field(ge=1, description="a whole number from 1")
+    messages: list[Message] = Field(description="a list of {type, data} objects")
+
+
+class Manifest(jsonbody.Body):
+    """The job's end (docs/GPU_WORKER.md), passed on as posted: the dispatch reads what it knows of it."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["succeeded", "failed", "interrupted", "rejected"] = Field(
+        description="succeeded, failed, interrupted or rejected"
+    )
+    outputs: dict[str, Any] = Field(default_factory=dict, description="an object")
+    files: list[Any] = Field(default_factory=list, description="a list")
+
+
+class OutputFile(jsonbody.Body):
+    """An output the worker is about to upload: where it goes is checked so its key stays in the job's folder."""
+
+    filename: Annotated[str, AfterValidator(_plain_name)] = Field(description="a plain file name")
+    subfolder: Annotated[str, AfterValidator(_relative_folder)] = Field(default="", description="a string")
+    type: str = Field(default="output", description="a string")
+    size: int = Field(ge=0, description="a whole number of bytes")
+    sha256: str = Field(pattern=SHA256_HEX.pattern, description="64 lowercase hex digits")
+    content_type: str | None = Field(default=None, description="a string")
+
+
+class Part(jsonbody.Body):
+    number: int
+    etag: str
+
+
+class CompletedUpload(jsonbody.Body):
+    key: str = Field(description="one of this job's outputs")
+    upload_id: str = Field(description="a string")
+    parts: list[Part] = Field(min_length=1, description="a non-empty list of {number, etag} objects")
 
 
 def hash_token(token: str) -> str:
@@ -107,11 +177,11 @@ def _signed_for_attempt(token: str, prompt_id: Any, attempt: str) -> bool:
     return bool(nonce and signature) and hmac.compare_digest(signature, _attempt_signature(prompt_id, attempt, nonce))
 
 
-def _json_body(request: HttpRequest, limit: int = 64 * 1024) -> dict[str, Any] | JsonResponse:
+def _body(request: HttpRequest, schema: type[jsonbody.B], limit: int = 64 * 1024) -> jsonbody.B | JsonResponse:
     if len(request.body) > limit:
         return _error(413, f"The body is larger than {limit} bytes.")
     try:
-        return jsonbody.loads_object(request.body)
+        return jsonbody.parse(request.body, schema)
     except jsonbody.InvalidJSON as exc:
         return _error(400, str(exc))
 
@@ -119,55 +189,23 @@ def _json_body(request: HttpRequest, limit: int = 64 * 1024) -> dict[str, Any] |
 @require_POST
 @worker_callback
 def events(request: HttpRequest, job: Job) -> JsonResponse:
-    body = _json_body(request, MAX_EVENTS_BYTES)
-    if isinstance(body, JsonResponse):
-        return body
-    seq, messages = body.get("seq"), body.get("messages")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        return _error(400, "seq must be a whole number from 1.")
-    if not isinstance(messages, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("data"), dict) for m in messages
-    ):
-        return _error(400, "messages must be a list of {type, data} objects.")
+    batch = _body(request, EventBatch, MAX_EVENTS_BYTES)
+    if isinstance(batch, JsonResponse):
+        return batch
+    messages = [message.model_dump() for message in batch.messages]
     mailbox = Mailbox(job.backend_prompt_id)
-    mailbox.post({"kind": "events", "seq": seq, "messages": messages})
+    mailbox.post({"kind": "events", "seq": batch.seq, "messages": messages})
     return JsonResponse({"cancel": job.cancel_requested_at is not None or mailbox.stop_requested() is not None})
 
 
 @require_POST
 @worker_callback
 def result(request: HttpRequest, job: Job) -> JsonResponse:
-    body = _json_body(request, MAX_EVENTS_BYTES)
-    if isinstance(body, JsonResponse):
-        return body
-    if body.get("status") not in ("succeeded", "failed", "interrupted", "rejected"):
-        return _error(400, "status must be succeeded, failed, interrupted or rejected.")
-    if not isinstance(body.get("outputs", {}), dict) or not isinstance(body.get("files", []), list):
-        return _error(400, "outputs must be an object and files a list.")
-    Mailbox(job.backend_prompt_id).post({"kind": "result", "manifest": body})
+    manifest = _body(request, Manifest, MAX_EVENTS_BYTES)
+    if isinstance(manifest, JsonResponse):
+        return manifest
+    Mailbox(job.backend_prompt_id).post({"kind": "result", "manifest": manifest.model_dump()})
     return JsonResponse({"ok": True})
-
-
-def _file_ref(body: dict[str, Any]) -> FileRef | JsonResponse:
-    """The output a worker names, checked so its key stays inside the job's folder (400 otherwise)."""
-    filename, subfolder, type_ = body.get("filename"), body.get("subfolder", ""), body.get("type", "output")
-    if not isinstance(filename, str) or filename in ("", ".", "..") or any(c in filename for c in "/\\\x00"):
-        return _error(400, "filename must be a plain file name.")
-    if not isinstance(subfolder, str) or not isinstance(type_, str):
-        return _error(400, "subfolder and type must be strings.")
-    if subfolder and not _relative_folder(subfolder):
-        return _error(400, "subfolder must be a relative folder inside the job's outputs (no '..').")
-    return FileRef(filename, subfolder, type_)
-
-
-def _relative_folder(path: str) -> bool:
-    if path.startswith(("/", "\\")):
-        return False
-    try:
-        safe_key(path)
-    except StorageError:
-        return False
-    return True
 
 
 def _in_job(job: Job, key: Any) -> bool:
@@ -181,21 +219,16 @@ def _in_job(job: Job, key: Any) -> bool:
 @require_POST
 @worker_callback
 def uploads(request: HttpRequest, job: Job) -> JsonResponse:
-    body = _json_body(request)
-    if isinstance(body, JsonResponse):
-        return body
-    ref = _file_ref(body)
-    if isinstance(ref, JsonResponse):
-        return ref
-    size, sha256 = body.get("size"), body.get("sha256")
-    content_type = body.get("content_type") or "application/octet-stream"
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return _error(400, "size must be a whole number of bytes.")
-    if not isinstance(sha256, str) or not SHA256_HEX.match(sha256):
-        return _error(400, "sha256 must be 64 lowercase hex digits.")
-    key, _ = output_location(job, ref)  # the name and subfolder were checked: the key stays in the job's folder
+    output = _body(request, OutputFile)
+    if isinstance(output, JsonResponse):
+        return output
+    content_type = output.content_type or "application/octet-stream"
+    # The name and subfolder were checked: the key stays in the job's folder.
+    key, _ = output_location(job, FileRef(output.filename, output.subfolder, output.type))
     try:
-        target = default_store().upload_target(key, size=size, sha256_hex=sha256, content_type=str(content_type))
+        target = default_store().upload_target(
+            key, size=output.size, sha256_hex=output.sha256, content_type=content_type
+        )
     except StorageError as exc:
         return _error(503, f"Storage is not available: {exc}")
     if target is None:  # the local store: the file comes here
@@ -205,9 +238,9 @@ def uploads(request: HttpRequest, job: Job) -> JsonResponse:
             "url": f"{callback_url(job)}files/{key}",
             "headers": {
                 "Authorization": f"Bearer {token}",
-                "Content-Type": str(content_type),
-                "X-Comfyume-Sha256": sha256,
-                "X-Comfyume-Size": str(size),
+                "Content-Type": content_type,
+                "X-Comfyume-Sha256": output.sha256,
+                "X-Comfyume-Size": str(output.size),
             },
         }
     return JsonResponse({"key": key, **target})
@@ -216,20 +249,14 @@ def uploads(request: HttpRequest, job: Job) -> JsonResponse:
 @require_POST
 @worker_callback
 def uploads_complete(request: HttpRequest, job: Job) -> JsonResponse:
-    body = _json_body(request, 1024 * 1024)
-    if isinstance(body, JsonResponse):
-        return body
-    key, upload_id, parts = body.get("key"), body.get("upload_id"), body.get("parts")
-    if not isinstance(key, str) or not _in_job(job, key):
+    done = _body(request, CompletedUpload, 1024 * 1024)
+    if isinstance(done, JsonResponse):
+        return done
+    if not _in_job(job, done.key):
         return _error(400, "key is not one of this job's outputs.")
-    if not isinstance(upload_id, str) or not isinstance(parts, list) or not parts:
-        return _error(400, "upload_id and a non-empty parts list are required.")
-    if not all(
-        isinstance(p, dict) and isinstance(p.get("number"), int) and isinstance(p.get("etag"), str) for p in parts
-    ):
-        return _error(400, "each part needs a number and an etag.")
+    parts = [part.model_dump() for part in done.parts]
     try:
-        stored = default_store().complete_multipart(key, upload_id, parts)
+        stored = default_store().complete_multipart(done.key, done.upload_id, parts)
     except StorageError as exc:
         return _error(400, f"The upload could not be completed: {exc}")
     return JsonResponse({"key": stored.key, "size": stored.size, "sha256": stored.sha256})

@@ -251,3 +251,32 @@ def test_a_lone_surrogate_in_a_callback_is_refused_as_bad_input(client, running)
     )
     assert answer.status_code == 400 and "surrogate" in answer.json()["error"]
     assert Mailbox(job.backend_prompt_id).receive(0.05) is None
+
+
+@pytest.mark.parametrize(
+    ("tail", "body", "words"),
+    [
+        ("events", {"seq": "1", "messages": []}, "seq must be a whole number from 1."),
+        ("events", {"seq": 1, "messages": [{"type": 3, "data": {}}]}, "messages must be a list of {type, data}"),
+        ("result", {"status": "done"}, "status must be succeeded, failed, interrupted or rejected."),
+        ("result", {"status": "failed", "files": {}}, "files must be a list."),
+        ("uploads", {"filename": "a.png", "size": -1, "sha256": "0" * 64}, "size must be a whole number of bytes."),
+        ("uploads", {"filename": "a.png", "size": 1, "sha256": "A" * 64}, "sha256 must be 64 lowercase hex digits."),
+        ("uploads", {"filename": "../a.png", "size": 1, "sha256": "0" * 64}, "filename must be a plain file name."),
+        ("uploads/complete", {"key": "k", "upload_id": "u", "parts": []}, "parts must be a non-empty list"),
+    ],
+)
+def test_a_workers_call_of_the_wrong_shape_gets_the_fields_words_and_changes_nothing(
+    client, running, tail, body, words
+):
+    job, token = running
+    answer = post(client, job, tail, body, token)
+    assert answer.status_code == 400 and answer.json()["error"].startswith(words)
+    assert Mailbox(job.backend_prompt_id).receive(0.05) is None
+
+
+def test_a_workers_events_are_passed_on_as_posted(client, running):
+    job, token = running
+    message = {"type": "progress", "data": {"value": 1, "max": 2}, "sid": "kept"}
+    assert post(client, job, "events", {"seq": 1, "messages": [message]}, token).status_code == 200
+    assert Mailbox(job.backend_prompt_id).receive(0.5) == {"kind": "events", "seq": 1, "messages": [message]}
