@@ -266,7 +266,7 @@ def test_the_page_is_inside_the_admin_with_its_first_snapshot_socket_and_csrf_to
     assert 'id="user-tools"' in html  # the admin's chrome
     assert 'data-socket-path="/ws/hub/workshops/ws1/"' in html
     assert f'data-act-url="{act_url()}"' in html and 'name="csrfmiddlewaretoken"' in html
-    assert "comfyume/dashboard.js" in html
+    assert "comfyume/dashboard/main.js" in html
     embedded = response.context["snapshot"]
     assert embedded["queue"][0]["id"] == scenario["a_running"].pk
     assert '<script id="dashboard-snapshot" type="application/json">' in html
