@@ -1,19 +1,18 @@
 """What a newcomer meets on the two-command path: a workshop created from the command line gets the only GPU
 backend there is (and is refused, or warned about loudly, when that is not one); a workshop without a backend
-says so on its dashboard and in ``seat_frontends status``; the hub and a seat both serve an icon."""
+says so on its dashboard and in ``seat_frontends status``; the hub serves the icon a seat serves too
+(workshops/seat_frontend/tests/test_without_a_hub.py)."""
 
 from __future__ import annotations
 
 from io import StringIO
 
 import pytest
-import requests
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
 from gpu_backends.models import GpuBackend
-from tests.seat_server import SeatServerThread, seat_config
 from workshops.models import Workshop
 from workshops.seat_frontend.app import OUR_STATIC
 
@@ -125,13 +124,3 @@ def test_the_hub_serves_an_icon_to_anyone():
     response = Client().get("/favicon.ico")
     assert response.status_code == 200 and response["Content-Type"] == "image/x-icon"
     assert response.content == ICON.read_bytes() and response.content[:4] == b"\x00\x00\x01\x00"
-
-
-def test_a_seat_serves_the_same_icon_without_asking_the_hub(tmp_path):
-    # The hub address answers nothing: a signed-out tab's icon request does not depend on it.
-    server = SeatServerThread(seat_config("http://127.0.0.1:9", "seat_x", tmp_path / "seat")).start()
-    try:
-        response = requests.get(f"http://127.0.0.1:{server.config.port}/favicon.ico", timeout=5)
-    finally:
-        server.stop()
-    assert response.status_code == 200 and response.content == ICON.read_bytes()

@@ -22,6 +22,7 @@ from storage.models import SeatInput
 from tests.fixtures import run_worker
 from tests.seat_server import SeatServerThread, seat_config
 from workshops.models import Seat
+from workshops.seat_frontend.tests.test_without_a_hub import assert_framing_headers
 
 TINY = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -469,55 +470,6 @@ def test_the_model_library_lists_what_the_backend_has(seat_server, sim):
     assert call(server, "own", cookies, "GET", "/api/experiment/models/nonsense").status_code == 404
 
 
-def test_a_seat_under_a_path_still_answers_health_at_the_root(tmp_path):
-    """The supervisor checks ``/comfyume/health`` whatever the seat's base path (nginx routing)."""
-    server = SeatServerThread(
-        seat_config("http://127.0.0.1:9", "seat_x", tmp_path / "seat", base_path="/user007/")
-    ).start()
-    try:
-        root = f"http://127.0.0.1:{server.config.port}"
-        assert requests.get(f"{root}/comfyume/health", timeout=5).json()["seat"] == "user001"
-        assert requests.get(f"{root}/user007/comfyume/health", timeout=5).status_code == 200
-        assert requests.get(f"{root}/api/settings", timeout=5).status_code == 404  # the API lives under the path
-    finally:
-        server.stop()
-
-
-def test_the_seat_frontend_needs_only_its_own_requirements():
-    """Its image installs workshops/seat_frontend/requirements.txt only: importing it must not pull in Django,
-    and the pins must match the project's."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, workshops.seat_frontend.app, workshops.seat_frontend.__main__; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'channels', 'redis', 'rq', 'psycopg'}))"
-    )
-    root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
-    project = set((root / "requirements.txt").read_text().split())
-    own = [line for line in (root / "workshops/seat_frontend/requirements.txt").read_text().split() if "==" in line]
-    assert own and all(pin in project for pin in own)
-
-
-def test_the_seat_frontend_refuses_to_start_without_its_settings(tmp_path):
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "COMFYUME_HUB_URL": "http://hub:8000",
-        "COMFYUME_SEAT_DATA_DIR": str(tmp_path),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "workshops.seat_frontend"], cwd=root, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2 and "COMFYUME_SEAT_TOKEN is not set" in result.stderr
-
-
 # --- Uploads and served files never carry active content ----------------------------------------------------
 
 POLYGLOT = png_bytes() + b"<html><script>fetch('/api/prompt', {method: 'POST'})</script></html>"
@@ -726,12 +678,6 @@ def test_the_socket_opens_only_for_this_very_origin(seat_server):
 # --- Framing and sniffing headers on every answer -----------------------------------------------------------
 
 
-def assert_framing_headers(response: requests.Response) -> None:
-    assert response.headers.get("X-Frame-Options") == "DENY", response.url
-    assert response.headers.get("X-Content-Type-Options") == "nosniff", response.url
-    assert "frame-ancestors 'none'" in response.headers.get("Content-Security-Policy", ""), response.url
-
-
 def test_every_answer_of_a_seat_refuses_framing_and_sniffing(seat_server):
     server, cookies = seat_server
     _seed(server)
@@ -755,18 +701,6 @@ def test_every_answer_of_a_seat_refuses_framing_and_sniffing(seat_server):
         assert_framing_headers(answer)
     # The file view keeps its own sandbox and still refuses framing.
     assert "sandbox" in answers[4].headers["Content-Security-Policy"]
-
-
-def test_a_seat_under_a_path_sends_the_headers_outside_its_path_too(tmp_path):
-    server = SeatServerThread(
-        seat_config("http://127.0.0.1:9", "seat_x", tmp_path / "seat", base_path="/user007/")
-    ).start()
-    try:
-        root = f"http://127.0.0.1:{server.config.port}"
-        for url in (f"{root}/comfyume/health", f"{root}/nothing/here", f"{root}/user007/comfyume/health"):
-            assert_framing_headers(requests.get(url, timeout=5))
-    finally:
-        server.stop()
 
 
 # --- Names from a request: a clear 400, never a 500 ----------------------------------------------------------

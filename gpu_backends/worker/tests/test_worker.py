@@ -28,8 +28,8 @@ import requests
 from PIL import Image
 
 from gpu_backends.simulator import SimulatorConfig, SimulatorThread
-from gpu_backends.tests.fake_hub import FakeHub
 from gpu_backends.worker.app import WorkerConfig, build_app
+from gpu_backends.worker.tests.fake_hub import FakeHub
 from tests.app_server import AppServer
 from tests.recorded import CAPTURES, ROOT, TINY_PATH, load
 

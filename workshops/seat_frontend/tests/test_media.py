@@ -152,7 +152,7 @@ def test_the_rule_needs_only_the_standard_library():
         "import sys, workshops.seat_frontend.media; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'django', 'aiohttp', 'PIL', 'multidict'}))"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
