@@ -1,11 +1,9 @@
 from django.contrib import admin, messages
 
-from workshops import audit
 from workshops.instructor.admin_base import AuditedModelAdmin
 
-from .instructor import cancel_outcome
+from .instructor import do_cancel_jobs
 from .models import Job, JobEvent
-from .services import cancel_job
 
 
 class JobEventInline(admin.TabularInline):
@@ -43,22 +41,7 @@ class JobAdmin(AuditedModelAdmin):
 
     @admin.action(description="Cancel selected jobs")
     def cancel_selected(self, request, queryset):
-        done = 0
-        for job in queryset.select_related("seat__workshop", "backend"):
-            accepted = cancel_job(job, by="instructor")
-            done += accepted
-            _record_cancel(request, job, accepted)
+        # The live dashboard cancels through the same operation: both record a cancel in the same words.
+        outcomes = do_cancel_jobs(queryset.select_related("seat__workshop", "backend"), actor=request.user)
+        done = sum(result != "already_finished" for _, result in outcomes)
         self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)
-
-
-def _record_cancel(request, job: Job, accepted: bool) -> None:
-    """One audit entry per job the instructor cancelled, saying what came of it."""
-    result, summary = cancel_outcome(job, accepted)
-    audit.record(
-        request.user,
-        "job.cancel",
-        summary,
-        workshop=job.seat.workshop,
-        target=job,
-        details={"result": result, "status": job.status},
-    )

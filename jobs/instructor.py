@@ -1,37 +1,51 @@
-"""The instructor's queue operations beyond cancelling: run an ended job again, move waiting jobs to the
-instructor lane or to another GPU backend, move a running job to another backend, pause and resume a
-workshop's queue, change its policy and caps, switch a backend off and on, warm a backend up or scale it to zero.
+"""The instructor's queue operations: cancel, run an ended job again, move waiting jobs to the instructor lane
+or to another GPU backend, move a running job to another backend, pause and resume a workshop's queue, change
+its policy and caps, switch a backend off and on, warm a backend up or scale it to zero.
 
-Each one is atomic and leaves the audit entry to its caller (the live dashboard, an admin action), as
-``cancel_job`` does; the ``do_*`` ones write their own, so the admin and the dashboard record one text. Live views
-hear about a change after commit through a ``comfyume.queue`` message.
+The plain ones are atomic and record nothing. The ``do_*`` ones are what an instructor's button calls: each
+carries out the operation and writes its own audit entries (``details``: the caller's extras for every entry,
+such as the dashboard's ``{"via": "dashboard"}``), so the Jobs admin and the live dashboard, calling the same
+``do_*``, record one text. They carry out what they are given: what a caller can refuse beforehand (a job in
+the wrong state) it refuses in its own words. Live views hear about a change after commit through a
+``comfyume.queue`` message.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from django import forms
 from django.db import transaction
 from django.utils import timezone
 
 from gpu_backends import scaling
 from gpu_backends.models import GpuBackend
 from workshops import audit
-from workshops.models import Workshop
+from workshops.models import AuditEntry, Workshop
 
 from . import events
 from .models import Job
 from .scheduler import schedule
-from .services import cancel_job, submit_prompt
+from .services import SubmissionRejected, cancel_job, submit_prompt
 
 log = logging.getLogger(__name__)
 
 # Ended jobs that may be run again. A succeeded job is not among them: the participant has its outputs and
 # can press Run again themselves; queueing it for them would only spend their budget.
 RESUBMITTABLE = (Job.Status.FAILED, Job.Status.INTERRUPTED, Job.Status.TIMED_OUT, Job.Status.CANCELLED)
+
+
+class NothingDone(Exception):
+    """A ``do_*`` operation on several jobs stopped at ``job`` and undid all it had done: submit_prompt refused
+    the job's new run (``rejection``, its reason) or, with None, the job ended meanwhile."""
+
+    def __init__(self, job: Job, rejection: SubmissionRejected | None = None) -> None:
+        super().__init__(str(rejection) if rejection is not None else f"job {job.pk} ended meanwhile")
+        self.job = job
+        self.rejection = rejection
 
 
 def can_resubmit(job: Job) -> bool:
@@ -133,8 +147,83 @@ def move_running_job(job: Job, backend: GpuBackend, by: str = "instructor") -> J
     return new
 
 
-def move_to_lane(workshop: Workshop, job_ids: Iterable[int]) -> list[int]:
-    """Put the workshop's waiting jobs among ``job_ids`` in the instructor lane; returns the ids moved.
+# --- What the instructor's buttons call: the operation and its audit entries ------------------------------
+
+
+def do_cancel_jobs(
+    jobs: Iterable[Job], *, actor: audit.Actor, details: dict[str, Any] | None = None
+) -> list[tuple[Job, str]]:
+    """Cancel each job as the instructor (:func:`jobs.services.cancel_job`: a waiting job ends at once, a
+    running one's backend is asked to stop it) and record one ``job.cancel`` entry per job saying what came of it;
+    returns each job with that result (``cancelled``, ``stop_requested``, ``already_finished``), in order.
+
+    Not one transaction: each cancel commits by itself, as a participant's does, because stopping a running job
+    asks its backend over the network and a freed slot goes to the next job at once. The entries are written
+    together afterwards. Each entry belongs to its job's workshop (``select_related("seat__workshop")`` spares
+    a query per job)."""
+    outcomes, entries = [], []
+    for job in jobs:
+        result, summary = _cancel_outcome(job, cancel_job(job, by="instructor"))
+        outcomes.append((job, result))
+        entries.append(
+            audit.build(
+                actor,
+                "job.cancel",
+                summary,
+                workshop=job.seat.workshop,
+                target=job,
+                details={"result": result, "status": job.status, **(details or {})},
+            )
+        )
+    audit.record_all(entries)
+    return outcomes
+
+
+def _cancel_outcome(job: Job, accepted: bool) -> tuple[str, str]:
+    """How an instructor's cancel of ``job`` came out, as a result code and a sentence for the audit log."""
+    name = f"job #{job.pk} of {job.seat}"
+    if not accepted:
+        # cancel_job read the job's status again before refusing, so this is how it ended.
+        return "already_finished", f"Did not cancel {name}: it had already ended ({job.get_status_display()})"
+    if job.status == Job.Status.CANCELLED:
+        return "cancelled", f"Cancelled {name}"
+    # It was on a GPU: the backend was asked to stop it, and the dispatch loop ends it within a second.
+    return "stop_requested", f"Cancelled {name} (running: its backend was asked to stop it)"
+
+
+def do_requeue_jobs(
+    jobs: Sequence[Job], *, actor: audit.Actor, workshop: Workshop, details: dict[str, Any] | None = None
+) -> list[tuple[Job, Job]]:
+    """Queue ended jobs again (:func:`resubmit_job`), all of them or none, with one ``job.requeue`` entry per job;
+    returns each job with its new one. :class:`NothingDone` when submit_prompt refuses one."""
+    pairs = []
+    with transaction.atomic():
+        for job in jobs:
+            try:
+                new = resubmit_job(job, by=_username(actor))
+            except SubmissionRejected as exc:
+                # Leaving the atomic block by this exception undoes the jobs queued before this one.
+                raise NothingDone(job, exc) from exc
+            pairs.append((job, new))
+        audit.record_all(
+            audit.build(
+                actor,
+                "job.requeue",
+                f"Queued job #{old.pk} of {old.seat} again as job #{new.pk}",
+                workshop=workshop,
+                target=old,
+                details={"new_job": new.pk, "previous_status": old.status, **(details or {})},
+            )
+            for old, new in pairs
+        )
+    return pairs
+
+
+def do_move_to_lane(
+    workshop: Workshop, jobs: Sequence[Job], *, actor: audit.Actor, details: dict[str, Any] | None = None
+) -> list[int]:
+    """Put the workshop's waiting jobs among ``jobs`` in the instructor lane, with one ``job.lane`` entry per job
+    moved; returns the ids moved.
 
     One conditional UPDATE per job (still queued, not yet in the lane), so a job a worker claimed a moment
     ago is left alone and the caller learns exactly which ones moved. The lane ranks first only under the
@@ -142,63 +231,199 @@ def move_to_lane(workshop: Workshop, job_ids: Iterable[int]) -> list[int]:
     """
     moved = []
     with transaction.atomic():
-        for job_id in job_ids:
+        for job in jobs:
             updated = Job.objects.filter(
-                pk=job_id, workshop=workshop, status=Job.Status.QUEUED, instructor_lane=False
+                pk=job.pk, workshop=workshop, status=Job.Status.QUEUED, instructor_lane=False
             ).update(instructor_lane=True)
             if updated == 1:
-                moved.append(job_id)
+                moved.append(job)
         if moved:
             transaction.on_commit(schedule)
-            _tell(workshop, {"type": "comfyume.queue", "data": {"change": "lane", "jobs": moved}}, seats=False)
-    return moved
+            change = {"change": "lane", "jobs": [job.pk for job in moved]}
+            _tell(workshop, {"type": "comfyume.queue", "data": change}, seats=False)
+        audit.record_all(
+            audit.build(
+                actor,
+                "job.lane",
+                f"Moved job #{job.pk} of {job.seat} to the instructor lane",
+                workshop=workshop,
+                target=job,
+                details={"policy": workshop.queue_policy, **(details or {})},
+            )
+            for job in moved
+        )
+    return [job.pk for job in moved]
 
 
-def set_paused(workshop: Workshop, paused: bool) -> bool:
-    """Pause (no queued job starts; running ones finish) or resume the workshop's queue.
+def do_move_jobs(
+    workshop: Workshop,
+    target: GpuBackend | None,
+    *,
+    waiting: Sequence[Job],
+    running: Sequence[Job],
+    actor: audit.Actor,
+    details: dict[str, Any] | None = None,
+) -> tuple[list[Job], list[tuple[Job, Job]]]:
+    """Pin ``waiting`` jobs to ``target`` (None: any backend again, :func:`pin_waiting_jobs`) and move ``running``
+    ones there (:func:`move_running_job`; they need a named target), all of them or none, with one ``job.move``
+    entry per job moved. Returns the waiting jobs pinned (one a backend claimed meanwhile is not) and each running
+    job with its new run. :class:`NothingDone` when submit_prompt refuses a new run or a running job ended."""
+    if running and target is None:
+        raise ValueError("a running job moves to a named backend, not to any backend")
+    copies: list[tuple[Job, Job]] = []
+    with transaction.atomic():
+        pinned = set(pin_waiting_jobs(workshop, [job.pk for job in waiting], target))
+        for job in running:
+            assert target is not None  # checked above
+            try:
+                new = move_running_job(job, target, by=_username(actor))
+            except SubmissionRejected as exc:
+                # Leaving the atomic block by this exception undoes every pin and copy made before this one.
+                raise NothingDone(job, exc) from exc
+            if new is None:
+                raise NothingDone(job)
+            copies.append((job, new))
+        moved = [job for job in waiting if job.pk in pinned]
+        audit.record_all(_move_entries(actor, workshop, target, moved, copies, details or {}))
+    return moved, copies
 
-    False when it already was in that state. Resuming runs the scheduler on commit, so waiting jobs start
-    at once rather than at the reconciler's next sweep. Seats hear of it too: their banner says the queue
-    is paused.
+
+def _move_entries(
+    actor: audit.Actor,
+    workshop: Workshop,
+    target: GpuBackend | None,
+    moved: list[Job],
+    copies: list[tuple[Job, Job]],
+    details: dict[str, Any],
+) -> list[AuditEntry]:
+    """One audit entry per waiting job pinned (or unpinned) and per running job stopped and queued again."""
+    entries = [
+        audit.build(
+            actor,
+            "job.move",
+            f"Moved waiting job #{job.pk} of {job.seat} to GPU backend {target.name}"
+            if target is not None
+            else f"Let job #{job.pk} of {job.seat} run on any GPU backend",
+            workshop=workshop,
+            target=job,
+            details={"from": _name_of(job.pinned_backend), "to": _name_of(target), **details},
+        )
+        for job in moved
+    ]
+    for old, new in copies:
+        assert target is not None  # a running job moves to a named backend only
+        entries.append(
+            audit.build(
+                actor,
+                "job.move",
+                f"Stopped job #{old.pk} of {old.seat} on {_name_of(old.backend) or 'its GPU'} and queued it again "
+                f"on {target.name} as job #{new.pk}",
+                workshop=workshop,
+                target=old,
+                details={
+                    "from": _name_of(old.backend),
+                    "to": target.name,
+                    "new_job": new.pk,
+                    "previous_status": old.status,
+                    **details,
+                },
+            )
+        )
+    return entries
+
+
+def _name_of(backend: GpuBackend | None) -> str | None:
+    return backend.name if backend is not None else None
+
+
+def do_set_paused(
+    workshop: Workshop, paused: bool, *, actor: audit.Actor, details: dict[str, Any] | None = None
+) -> bool:
+    """Pause (no queued job starts; running ones finish) or resume the workshop's queue, with a
+    ``workshop.pause`` or ``workshop.resume`` entry; False, with nothing recorded, when it already was so.
+
+    Resuming runs the scheduler on commit, so waiting jobs start at once rather than at the reconciler's next
+    sweep. Seats hear of it too: their banner says the queue is paused.
     """
     with transaction.atomic():
-        changed = Workshop.objects.filter(pk=workshop.pk, paused=not paused).update(paused=paused) == 1
-        if not changed:
+        if Workshop.objects.filter(pk=workshop.pk, paused=not paused).update(paused=paused) != 1:
             return False
         workshop.paused = paused
         if not paused:
             transaction.on_commit(schedule)
         _tell(workshop, {"type": "comfyume.queue", "data": {"change": "pause", "paused": paused}}, seats=True)
+        audit.record(
+            actor,
+            "workshop.pause" if paused else "workshop.resume",
+            f"{'Paused' if paused else 'Resumed'} the queue of {workshop.slug}",
+            workshop=workshop,
+            target=workshop,
+            details={"changes": {"paused": {"old": not paused, "new": paused}}, **(details or {})},
+        )
     return True
 
 
-def change_queue_settings(workshop: Workshop, values: dict[str, Any]) -> None:
-    """Save already validated queue settings (policy, caps) of the workshop, only the fields given.
+def do_change_queue_settings(
+    workshop: Workshop, form: forms.BaseForm, *, actor: audit.Actor, details: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Save the queue settings (policy, caps) a valid form of the workshop changed, only those, with a
+    ``workshop.change`` entry saying from what to what; returns the changes (``{}``, with nothing saved or
+    recorded, when the form changed nothing).
 
     The scheduler runs on commit: a raised running cap, or a policy that ranks someone else first, can start
     waiting jobs now rather than at the reconciler's next sweep.
     """
+    changed = audit.changes(form)
+    if not changed:
+        return {}
+    values = {name: form.cleaned_data[name] for name in changed}
     with transaction.atomic():
         Workshop.objects.filter(pk=workshop.pk).update(**values)
         for name, value in values.items():
             setattr(workshop, name, value)
         transaction.on_commit(schedule)
         _tell(workshop, {"type": "comfyume.queue", "data": {"change": "settings", **values}}, seats=False)
+        audit.record(
+            actor,
+            "workshop.change",
+            f"Changed the queue settings of {workshop.slug}: {audit.describe_changes(changed, form)}",
+            workshop=workshop,
+            target=workshop,
+            details={"changes": changed, **(details or {})},
+        )
+    return changed
 
 
-def set_backend_enabled(backend: GpuBackend, enabled: bool) -> bool:
-    """Switch a GPU backend on or off for new jobs; jobs running on it finish there. False if it already was.
+def do_set_backend_enabled(
+    backend: GpuBackend,
+    enabled: bool,
+    *,
+    actor: audit.Actor,
+    workshop: Workshop | None = None,
+    details: dict[str, Any] | None = None,
+) -> bool:
+    """Switch a GPU backend on or off for new jobs, with a ``backend.switch_on`` or ``backend.switch_off``
+    entry; jobs running on it finish there. False, with nothing recorded, when it already was so.
 
     Off, the scheduler passes it by: waiting jobs go to the next backend of their workshop in order (for a
     spot backend, the manual failover to on-demand) and jobs pinned to it wait. The scheduler runs on commit
     either way, and the dashboards of every workshop using it hear of it.
     """
+    word = "on" if enabled else "off"
     with transaction.atomic():
         if GpuBackend.objects.filter(pk=backend.pk, enabled=not enabled).update(enabled=enabled) != 1:
             return False
         backend.enabled = enabled
         transaction.on_commit(schedule)
         backend_changed(backend)
+        audit.record(
+            actor,
+            f"backend.switch_{word}",
+            f"Switched {word} GPU backend {backend.name}",
+            workshop=workshop,
+            target=backend,
+            details={"changes": {"enabled": {"old": not enabled, "new": enabled}}, **(details or {})},
+        )
     return True
 
 
@@ -267,14 +492,6 @@ def _tell(workshop: Workshop, message: dict[str, Any], *, seats: bool) -> None:
     transaction.on_commit(lambda: events.publish(groups, {"type": "comfy.message", "message": message}))
 
 
-def cancel_outcome(job: Job, accepted: bool) -> tuple[str, str]:
-    """How an instructor's cancel of ``job`` came out, as a result code and a sentence for the audit log
-    (the same words from the Jobs admin and the live dashboard)."""
-    name = f"job #{job.pk} of {job.seat}"
-    if not accepted:
-        # cancel_job read the job's status again before refusing, so this is how it ended.
-        return "already_finished", f"Did not cancel {name}: it had already ended ({job.get_status_display()})"
-    if job.status == Job.Status.CANCELLED:
-        return "cancelled", f"Cancelled {name}"
-    # It was on a GPU: the backend was asked to stop it, and the dispatch loop ends it within a second.
-    return "stop_requested", f"Cancelled {name} (running: its backend was asked to stop it)"
+def _username(actor: audit.Actor) -> str:
+    """Who a job's log lines name as having moved or queued it again."""
+    return actor.get_username() if actor is not None else "instructor"

@@ -1,4 +1,4 @@
-"""Workshop operations: creating a workshop with its seats and participants' credentials."""
+"""Workshop operations: creating a workshop with its seats and participants' credentials; announcements."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import io
 import secrets
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from gpu_backends.models import GpuBackend
 
+from . import audit
 from .models import Announcement, JoinLink, QueuePolicy, Seat, Workshop
 
 # No 0/o, 1/l/i: passwords are read off a printed card.
@@ -176,6 +178,42 @@ def post_announcement(workshop: Workshop, message: str, *, by=None) -> Announcem
     note = Announcement.objects.create(workshop=workshop, message=message[:500], created_by=by)
     announcement_changed(note)
     return note
+
+
+def do_post_announcement(
+    workshop: Workshop, message: str, *, actor: audit.Actor, details: dict[str, Any] | None = None
+) -> Announcement:
+    """:func:`post_announcement` by the instructor, with an ``announcement.post`` entry quoting it."""
+    with transaction.atomic():
+        note = post_announcement(workshop, message, by=actor)
+        audit.record(
+            actor,
+            "announcement.post",
+            f"Posted an announcement to {workshop.slug}: “{audit.clip(note.message, 80)}”",
+            workshop=workshop,
+            target=note,
+            details={"message": note.message, **(details or {})},
+        )
+    return note
+
+
+def do_withdraw_announcement(note: Announcement, *, actor: audit.Actor, details: dict[str, Any] | None = None) -> bool:
+    """Take an announcement off every participant's banner, with an ``announcement.withdraw`` entry; False, with
+    nothing recorded, when it was withdrawn already."""
+    with transaction.atomic():
+        if Announcement.objects.filter(pk=note.pk, active=True).update(active=False) != 1:
+            return False
+        note.active = False
+        announcement_changed(note)
+        audit.record(
+            actor,
+            "announcement.withdraw",
+            f"Withdrew the announcement “{audit.clip(note.message, 80)}” from {note.workshop.slug}",
+            workshop=note.workshop,
+            target=note,
+            details=details,
+        )
+    return True
 
 
 def announcement_changed(note: Announcement) -> None:

@@ -19,7 +19,6 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -31,24 +30,23 @@ from gpu_backends.kinds import kind_of
 from gpu_backends.models import GpuBackend
 from jobs.instructor import (
     RESUBMITTABLE,
+    NothingDone,
     can_resubmit,
-    cancel_outcome,
-    change_queue_settings,
+    do_cancel_jobs,
+    do_change_queue_settings,
+    do_move_jobs,
+    do_move_to_lane,
+    do_requeue_jobs,
     do_scale_backend_to_zero,
+    do_set_backend_enabled,
+    do_set_paused,
     do_warm_backend,
-    move_running_job,
-    move_to_lane,
-    pin_waiting_jobs,
-    resubmit_job,
-    set_backend_enabled,
-    set_paused,
 )
 from jobs.models import Job
-from jobs.services import SubmissionRejected, cancel_job
-from workshops import audit
-from workshops.models import Announcement, AuditEntry, QueuePolicy, Workshop
-from workshops.services import WorkshopError, announcement_changed, post_announcement
+from workshops.models import Announcement, QueuePolicy, Workshop
+from workshops.services import WorkshopError, do_post_announcement, do_withdraw_announcement
 
+from . import bodies
 from .dashboard import build_charts, build_snapshot
 
 # A bulk action names at most this many jobs: the default cap on a workshop's queue.
@@ -134,10 +132,13 @@ def act(request: HttpRequest, slug: str) -> JsonResponse:
         if workshop is None:
             raise Refused(404, "no_workshop", f"There is no workshop called {slug!r}.")
         body = _body(request)
-        action = body.get("action")
-        handler = ACTIONS.get(action) if isinstance(action, str) else None
+        unknown = Refused(
+            400, "unknown_action", f"Unknown action {body.get('action')!r}; expected one of {', '.join(ACTIONS)}."
+        )
+        action = _read(body, bodies.Action, unknown).action
+        handler = ACTIONS.get(action)
         if handler is None:
-            raise Refused(400, "unknown_action", f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.")
+            raise unknown
         return JsonResponse({"ok": True, "action": action, **handler(request, workshop, body)})
     except Refused as exc:
         return JsonResponse({"ok": False, "error": exc.code, "message": exc.message}, status=exc.status)
@@ -150,16 +151,17 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         raise Refused(400, "invalid_json", str(exc)) from None
 
 
+def _read(body: dict[str, Any], schema: type[jsonbody.B], refusal: Refused) -> jsonbody.B:
+    """``body`` as ``schema`` (bodies.py), or ``refusal``: the action's own code and words for a wrong shape."""
+    try:
+        return jsonbody.validate(body, schema)
+    except jsonbody.InvalidBody:
+        raise refusal from None
+
+
 def _jobs(workshop: Workshop, body: dict[str, Any]) -> list[Job]:
     """The jobs ``body["jobs"]`` names, in that order; every one must exist and belong to the workshop."""
-    ids = body.get("jobs")
-    if (
-        not isinstance(ids, list)
-        or not ids
-        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
-    ):
-        raise Refused(400, "no_jobs", 'Name the jobs by number: {"jobs": [12, 15]}.')
-    ids = list(dict.fromkeys(ids))
+    ids = _read(body, bodies.Jobs, Refused(400, "no_jobs", 'Name the jobs by number: {"jobs": [12, 15]}.')).jobs
     if len(ids) > MAX_JOBS_PER_ACTION:
         raise Refused(400, "too_many_jobs", f"At most {MAX_JOBS_PER_ACTION} jobs at once, not {len(ids)}.")
     found = {
@@ -194,8 +196,9 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _via(details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**(details or {}), "via": "dashboard"}
+def _via() -> dict[str, Any]:
+    """What every audit entry of a dashboard action adds to its details."""
+    return {"via": "dashboard"}
 
 
 # --- Actions -----------------------------------------------------------------------------------------
@@ -207,22 +210,8 @@ def cancel(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> di
     ended = [job for job in jobs if not job.can_cancel()]
     if ended:
         raise Refused(409, "already_ended", f"Nothing was cancelled: {_names(ended)} had already ended.")
-    results, entries = [], []
-    for job in jobs:
-        accepted = cancel_job(job, by="instructor")
-        result, summary = cancel_outcome(job, accepted)  # worded as the Jobs admin words it
-        results.append({"job": job.pk, "result": result})
-        entries.append(
-            audit.build(
-                request.user,
-                "job.cancel",
-                summary,
-                workshop=workshop,
-                target=job,
-                details=_via({"result": result, "status": job.status}),
-            )
-        )
-    audit.record_all(entries)
+    outcomes = do_cancel_jobs(jobs, actor=request.user, details=_via())
+    results = [{"job": job.pk, "result": result} for job, result in outcomes]
     counts = {
         r: sum(1 for x in results if x["result"] == r) for r in ("cancelled", "stop_requested", "already_finished")
     }
@@ -246,26 +235,10 @@ def requeue(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> d
         raise Refused(
             409, "not_ended", f"Only {allowed} jobs can be queued again; nothing was queued: {_names(wrong)}."
         )
-    pairs = []
-    with transaction.atomic():
-        for job in jobs:
-            try:
-                new = resubmit_job(job, by=request.user.get_username())
-            except SubmissionRejected as exc:
-                # Leaving the atomic block by this exception undoes the jobs queued before this one.
-                raise Refused(409, "refused", f"Nothing was queued again: {_name(job)} was refused: {exc}")
-            pairs.append((job, new))
-        audit.record_all(
-            audit.build(
-                request.user,
-                "job.requeue",
-                f"Queued job #{old.pk} of {old.seat} again as job #{new.pk}",
-                workshop=workshop,
-                target=old,
-                details=_via({"new_job": new.pk, "previous_status": old.status}),
-            )
-            for old, new in pairs
-        )
+    try:
+        pairs = do_requeue_jobs(jobs, actor=request.user, workshop=workshop, details=_via())
+    except NothingDone as stop:
+        raise Refused(409, "refused", f"Nothing was queued again: {_name(stop.job)} was refused: {stop.rejection}")
     if len(pairs) == 1:
         old, new = pairs[0]
         message = f"Queued {_name(old)} again as job #{new.pk}."
@@ -287,20 +260,7 @@ def lane(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict
     todo = [job for job in jobs if not job.instructor_lane]
     if not todo:
         raise Refused(409, "already_in_lane", "Those jobs are already in the instructor lane.")
-    with transaction.atomic():
-        moved = set(move_to_lane(workshop, [job.pk for job in todo]))
-        audit.record_all(
-            audit.build(
-                request.user,
-                "job.lane",
-                f"Moved job #{job.pk} of {job.seat} to the instructor lane",
-                workshop=workshop,
-                target=job,
-                details=_via({"policy": workshop.queue_policy}),
-            )
-            for job in todo
-            if job.pk in moved
-        )
+    moved = set(do_move_to_lane(workshop, todo, actor=request.user, details=_via()))
     message = f"Moved {_plural(len(moved), 'job')} to the instructor lane."
     if len(moved) < len(todo):
         message += f" {_plural(len(todo) - len(moved), 'job')} had started meanwhile and did not move."
@@ -314,21 +274,11 @@ def lane(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict
 
 
 def _pause_or_resume(request: HttpRequest, workshop: Workshop, paused: bool) -> dict[str, Any]:
-    verb = "Paused" if paused else "Resumed"
     # Counted first: on resume the scheduler claims waiting jobs as soon as the change commits.
     waiting = Job.objects.filter(workshop=workshop, status=Job.Status.QUEUED).count()
-    with transaction.atomic():
-        if not set_paused(workshop, paused):
-            state = "paused" if paused else "running (not paused)"
-            raise Refused(409, "no_change", f"The queue of {workshop.slug} is already {state}.")
-        audit.record(
-            request.user,
-            "workshop.pause" if paused else "workshop.resume",
-            f"{verb} the queue of {workshop.slug}",
-            workshop=workshop,
-            target=workshop,
-            details=_via({"changes": {"paused": {"old": not paused, "new": paused}}}),
-        )
+    if not do_set_paused(workshop, paused, actor=request.user, details=_via()):
+        state = "paused" if paused else "running (not paused)"
+        raise Refused(409, "no_change", f"The queue of {workshop.slug} is already {state}.")
     if paused:
         running = Job.objects.filter(workshop=workshop, status__in=Job.ACTIVE).count()
         message = f"Paused the queue of {workshop.slug}: no waiting job starts until you resume"
@@ -350,54 +300,30 @@ def resume(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> di
 
 
 def announce(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
-    """A note shown at once in every participant's ComfyUI banner (workshops.services.post_announcement)."""
-    text = body.get("message")
-    if not isinstance(text, str) or not text.strip():
-        raise Refused(400, "no_message", "Write the announcement first.")
-    text = text.strip()
+    """A note shown at once in every participant's ComfyUI banner (workshops.services.do_post_announcement)."""
+    text = _read(body, bodies.Announce, Refused(400, "no_message", "Write the announcement first.")).message
     if len(text) > MAX_ANNOUNCEMENT:
         raise Refused(
             400, "message_too_long", f"An announcement has at most {MAX_ANNOUNCEMENT} characters, not {len(text)}."
         )
-    with transaction.atomic():
-        try:
-            note = post_announcement(workshop, text, by=request.user)
-        except WorkshopError as exc:
-            raise Refused(400, "no_message", str(exc))
-        audit.record(
-            request.user,
-            "announcement.post",
-            f"Posted an announcement to {workshop.slug}: “{audit.clip(text, 80)}”",
-            workshop=workshop,
-            target=note,
-            details=_via({"message": text}),
-        )
+    try:
+        note = do_post_announcement(workshop, text, actor=request.user, details=_via())
+    except WorkshopError as exc:
+        raise Refused(400, "no_message", str(exc))
     return {"message": "Posted: every participant's ComfyUI shows it now.", "announcement": note.pk}
 
 
 def withdraw(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
     """Take an announcement off every participant's banner."""
-    pk = body.get("announcement")
-    note = (
-        Announcement.objects.select_related("workshop").filter(pk=pk, workshop=workshop).first()
-        if isinstance(pk, int) and not isinstance(pk, bool)
-        else None
+    missing = Refused(
+        404, "no_announcement", f"There is no announcement {body.get('announcement')!r} in {workshop.slug}."
     )
+    pk = _read(body, bodies.Withdraw, missing).announcement
+    note = Announcement.objects.select_related("workshop").filter(pk=pk, workshop=workshop).first()
     if note is None:
-        raise Refused(404, "no_announcement", f"There is no announcement {pk!r} in {workshop.slug}.")
-    with transaction.atomic():
-        if Announcement.objects.filter(pk=note.pk, active=True).update(active=False) != 1:
-            raise Refused(409, "no_change", "That announcement was already withdrawn.")
-        note.active = False
-        announcement_changed(note)
-        audit.record(
-            request.user,
-            "announcement.withdraw",
-            f"Withdrew the announcement “{audit.clip(note.message, 80)}” from {workshop.slug}",
-            workshop=workshop,
-            target=note,
-            details=_via(),
-        )
+        raise missing
+    if not do_withdraw_announcement(note, actor=request.user, details=_via()):
+        raise Refused(409, "no_change", "That announcement was already withdrawn.")
     return {"message": "Withdrawn: it is gone from every participant's banner."}
 
 
@@ -408,10 +334,10 @@ def _target_backend(workshop: Workshop, body: dict[str, Any]) -> GpuBackend | No
     """The backend ``body["backend"]`` names (None: any backend): one of the workshop's, switched on."""
     if "backend" not in body:
         raise Refused(400, "no_backend", 'Name the backend by number, or null for any backend: {"backend": 3}.')
-    pk = body["backend"]
+    pk = _read(body, bodies.Target, _not_attached(workshop, body)).backend
     if pk is None:
         return None
-    backend = _attached_backend(workshop, pk)
+    backend = _attached_backend(workshop, pk, body)
     if not backend.enabled:
         raise Refused(
             409, "backend_off", f"{backend.name} is switched off: switch it on first or pick another; nothing moved."
@@ -419,11 +345,17 @@ def _target_backend(workshop: Workshop, body: dict[str, Any]) -> GpuBackend | No
     return backend
 
 
-def _attached_backend(workshop: Workshop, pk: Any) -> GpuBackend:
-    backend = workshop.backends.filter(pk=pk).first() if isinstance(pk, int) and not isinstance(pk, bool) else None
+def _attached_backend(workshop: Workshop, pk: int, body: dict[str, Any]) -> GpuBackend:
+    backend = workshop.backends.filter(pk=pk).first()
     if backend is None:
-        raise Refused(404, "no_such_backend", f"GPU backend {pk!r} is not one of {workshop.slug}'s backends.")
+        raise _not_attached(workshop, body)
     return backend
+
+
+def _not_attached(workshop: Workshop, body: dict[str, Any]) -> Refused:
+    return Refused(
+        404, "no_such_backend", f"GPU backend {body.get('backend')!r} is not one of {workshop.slug}'s backends."
+    )
 
 
 def move(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict[str, Any]:
@@ -452,68 +384,24 @@ def move(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> dict
     if not waiting and not on_gpu:
         where = f"wait for {target.name}" if target else "may run on any backend"
         raise Refused(409, "no_change", f"Those jobs {where} already.")
-    copies: list[tuple[Job, Job]] = []
-    with transaction.atomic():
-        pinned = set(pin_waiting_jobs(workshop, [job.pk for job in waiting], target))
-        for job in on_gpu:
-            assert target is not None  # refused above
-            try:
-                new = move_running_job(job, target, by=request.user.get_username())
-            except SubmissionRejected as exc:
-                # Leaving the atomic block by this exception undoes every pin and copy made before this one.
-                raise Refused(409, "refused", f"Nothing was moved: the new run of {_name(job)} was refused: {exc}")
-            if new is None:
-                raise Refused(409, "already_ended", f"Nothing was moved: {_name(job)} ended meanwhile.")
-            copies.append((job, new))
-        moved = [job for job in waiting if job.pk in pinned]
-        audit.record_all(_move_entries(request, workshop, target, moved, copies))
+    try:
+        moved, copies = do_move_jobs(
+            workshop, target, waiting=waiting, running=on_gpu, actor=request.user, details=_via()
+        )
+    except NothingDone as stop:
+        if stop.rejection is not None:
+            raise Refused(
+                409, "refused", f"Nothing was moved: the new run of {_name(stop.job)} was refused: {stop.rejection}"
+            )
+        raise Refused(409, "already_ended", f"Nothing was moved: {_name(stop.job)} ended meanwhile.")
     result: dict[str, Any] = {
         "message": _move_message(target, moved, copies, len(waiting) - len(moved)),
-        "moved": sorted(pinned),
+        "moved": sorted(job.pk for job in moved),
         "jobs": [{"from": old.pk, "to": new.pk} for old, new in copies],
     }
     if target is not None and target.state not in GpuBackend.DISPATCHABLE:
         result["warning"] = f"{target.name} is failing: the moved jobs wait until it answers again."
     return result
-
-
-def _move_entries(
-    request: HttpRequest,
-    workshop: Workshop,
-    target: GpuBackend | None,
-    moved: list[Job],
-    copies: list[tuple[Job, Job]],
-) -> list[AuditEntry]:
-    """One audit entry per waiting job pinned (or unpinned) and per running job stopped and queued again."""
-    entries = [
-        audit.build(
-            request.user,
-            "job.move",
-            f"Moved waiting job #{job.pk} of {job.seat} to GPU backend {target.name}"
-            if target is not None
-            else f"Let job #{job.pk} of {job.seat} run on any GPU backend",
-            workshop=workshop,
-            target=job,
-            details=_via({"from": _name_of(job.pinned_backend), "to": _name_of(target)}),
-        )
-        for job in moved
-    ]
-    for old, new in copies:
-        assert target is not None  # a running job moves to a named backend only
-        entries.append(
-            audit.build(
-                request.user,
-                "job.move",
-                f"Stopped job #{old.pk} of {old.seat} on {_name_of(old.backend) or 'its GPU'} and queued it again "
-                f"on {target.name} as job #{new.pk}",
-                workshop=workshop,
-                target=old,
-                details=_via(
-                    {"from": _name_of(old.backend), "to": target.name, "new_job": new.pk, "previous_status": old.status}
-                ),
-            )
-        )
-    return entries
 
 
 def _move_message(target: GpuBackend | None, moved: list[Job], copies: list[tuple[Job, Job]], late: int) -> str:
@@ -566,19 +454,9 @@ def queue_settings(request: HttpRequest, workshop: Workshop, body: dict[str, Any
             for name, errors in form.errors.items()
         )
         raise Refused(400, "invalid_settings", f"Nothing was changed. {problems}")
-    changed = audit.changes(form)
+    changed = do_change_queue_settings(workshop, form, actor=request.user, details=_via())
     if not changed:
         raise Refused(409, "no_change", f"Those are the queue settings of {workshop.slug} already.")
-    with transaction.atomic():
-        change_queue_settings(workshop, {name: form.cleaned_data[name] for name in changed})
-        audit.record(
-            request.user,
-            "workshop.change",
-            f"Changed the queue settings of {workshop.slug}: {audit.describe_changes(changed, form)}",
-            workshop=workshop,
-            target=workshop,
-            details=_via({"changes": changed}),
-        )
     message = (
         f"Saved: {workshop.get_queue_policy_display()}; up to {workshop.max_queued_per_seat} waiting and "
         f"{workshop.max_running_per_seat} running per seat; queue depth {workshop.max_queue_depth}."
@@ -592,7 +470,8 @@ def queue_settings(request: HttpRequest, workshop: Workshop, body: dict[str, Any
 def _backend_to_change(request: HttpRequest, workshop: Workshop, body: dict[str, Any]) -> GpuBackend:
     if not request.user.has_perm("gpu_backends.change_gpubackend"):
         raise Refused(403, "forbidden", "Your account may run this workshop but not change its GPU backends.")
-    return _attached_backend(workshop, body.get("backend"))
+    pk = _read(body, bodies.Backend, _not_attached(workshop, body)).backend
+    return _attached_backend(workshop, pk, body)
 
 
 def _scale(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, warm: bool) -> dict[str, Any]:
@@ -630,18 +509,8 @@ def scale_to_zero(request: HttpRequest, workshop: Workshop, body: dict[str, Any]
 
 def _switch(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, on: bool) -> dict[str, Any]:
     backend = _backend_to_change(request, workshop, body)
-    word = "on" if on else "off"
-    with transaction.atomic():
-        if not set_backend_enabled(backend, on):
-            raise Refused(409, "no_change", f"{backend.name} is switched {word} already.")
-        audit.record(
-            request.user,
-            f"backend.switch_{word}",
-            f"Switched {word} GPU backend {backend.name}",
-            workshop=workshop,
-            target=backend,
-            details=_via({"changes": {"enabled": {"old": not on, "new": on}}}),
-        )
+    if not do_set_backend_enabled(backend, on, actor=request.user, workshop=workshop, details=_via()):
+        raise Refused(409, "no_change", f"{backend.name} is switched {'on' if on else 'off'} already.")
     if on:
         return {"message": f"Switched on {backend.name}: it takes jobs again, in its place in the failover order."}
     running = Job.objects.filter(backend=backend, status__in=Job.ACTIVE).count()

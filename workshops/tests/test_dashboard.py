@@ -375,6 +375,44 @@ def test_bulk_cancel_stops_running_jobs_and_records_each(staff, personas):
     assert [e.details["result"] for e in entries("job.cancel")] == ["cancelled", "stop_requested"]
 
 
+@pytest.mark.parametrize("status", [Job.Status.QUEUED, Job.Status.RUNNING])
+def test_the_admin_and_the_dashboard_record_a_cancel_in_the_same_words(staff, personas, status):
+    by_admin = make_job(personas.seat_a, status, backend=personas.backend if status in Job.ACTIVE else None)
+    by_dashboard = make_job(personas.seat_b, status, backend=personas.backend if status in Job.ACTIVE else None)
+    admin = Client()
+    admin.force_login(personas.instructor)
+
+    answer = admin.post(
+        reverse("admin:jobs_job_changelist"), {"action": "cancel_selected", "_selected_action": [by_admin.pk]}
+    )
+    assert answer.status_code == 302
+    assert post(staff, {"action": "cancel", "jobs": [by_dashboard.pk]}).status_code == 200
+
+    def said(job: Job) -> tuple:
+        (entry,) = AuditEntry.objects.filter(action="job.cancel", target_id=str(job.pk))
+        words = entry.summary.replace(f"#{job.pk} of {job.seat}", "#N of SEAT")
+        return entry.actor, entry.workshop, entry.target_type, words, entry.details
+
+    admin_said, dashboard_said = said(by_admin), said(by_dashboard)
+    assert dashboard_said[-1] == {**admin_said[-1], "via": "dashboard"}
+    assert dashboard_said[:-1] == admin_said[:-1]
+    assert admin_said[3] == (
+        "Cancelled job #N of SEAT"
+        if status == Job.Status.QUEUED
+        else "Cancelled job #N of SEAT (running: its backend was asked to stop it)"
+    )
+
+
+def test_a_job_named_twice_is_cancelled_and_recorded_once(staff, personas):
+    job = make_job(personas.seat_a)
+
+    response = post(staff, {"action": "cancel", "jobs": [job.pk, job.pk]})
+
+    assert response.status_code == 200
+    assert response.json()["results"] == [{"job": job.pk, "result": "cancelled"}]
+    assert len(entries("job.cancel")) == 1
+
+
 def test_cancel_with_one_ended_job_cancels_none(staff, personas):
     waiting = make_job(personas.seat_a)
     done = make_job(personas.seat_a, Job.Status.SUCCEEDED)
@@ -528,6 +566,13 @@ def test_announce_shows_a_note_to_every_seat_and_is_recorded(staff, personas):
         ({"action": "cancel", "jobs": 7}, 400, "no_jobs"),
         ({"action": "cancel", "jobs": list(range(1, 502))}, 400, "too_many_jobs"),
         ({"action": "cancel", "jobs": [987654]}, 404, "no_such_job"),
+        ({"action": "cancel", "jobs": [0]}, 400, "no_jobs"),
+        ({"action": "cancel", "jobs": [1.0]}, 400, "no_jobs"),
+        ({"action": 5}, 400, "unknown_action"),
+        ({"action": "announce", "message": 5}, 400, "no_message"),
+        ({"action": "announce", "message": ["Coffee"]}, 400, "no_message"),
+        ({"action": "withdraw", "announcement": "1"}, 404, "no_announcement"),
+        ({"action": "withdraw", "announcement": True}, 404, "no_announcement"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx_and_change_nothing(staff, personas, payload, status, error):
@@ -540,6 +585,35 @@ def test_bad_requests_get_a_clear_4xx_and_change_nothing(staff, personas, payloa
     assert body["ok"] is False and body["error"] == error and body["message"]
     assert Job.objects.get(pk=job.pk).status == Job.Status.QUEUED
     assert not Announcement.objects.exists() and not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            {"action": 5},
+            "Unknown action 5; expected one of cancel, requeue, lane, move, pause, resume, queue_settings, announce, "
+            "withdraw, warm, scale_to_zero, switch_off, switch_on.",
+        ),
+        ({"action": "cancel", "jobs": ["12"]}, 'Name the jobs by number: {"jobs": [12, 15]}.'),
+        ({"action": "cancel", "jobs": [*range(1, 502), 1]}, "At most 500 jobs at once, not 501."),
+        ({"action": "announce", "message": " \t "}, "Write the announcement first."),
+        ({"action": "announce", "message": "x" * 501 + "  "}, "An announcement has at most 500 characters, not 501."),
+        ({"action": "withdraw", "announcement": "7"}, "There is no announcement '7' in ws1."),
+        ({"action": "switch_off", "backend": True}, "GPU backend True is not one of ws1's backends."),
+        ({"action": "warm"}, "GPU backend None is not one of ws1's backends."),
+        ({"action": "move", "jobs": "mine", "backend": "3"}, "GPU backend '3' is not one of ws1's backends."),
+    ],
+)
+def test_a_body_of_the_wrong_shape_is_refused_in_the_actions_own_words(staff, personas, payload, message):
+    if payload.get("jobs") == "mine":  # a job that exists, so that the move is refused for its backend
+        payload = {**payload, "jobs": [make_job(personas.seat_a).pk]}
+
+    response = post(staff, payload)
+
+    assert response.status_code in (400, 404)
+    assert response.json()["message"] == message
+    assert not AuditEntry.objects.exists()
 
 
 @pytest.mark.parametrize("action", ["cancel", "requeue", "lane"])
