@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from comfyume import redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -145,7 +147,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: an embedded server on a unix socket unless REDIS_URL names a real one. ---
 EMBEDDED_REDIS = not env.str("REDIS_URL", default="")
 EMBEDDED_REDIS_DIR = Path(env.str("COMFYUME_REDIS_DIR", default=str(DATA_DIR / "redis")))
-REDIS_URL = env.str("REDIS_URL", default="") or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}"
+# A Redis of its own (REDIS_URL) may want a password and TLS: both can be in the URL (rediss://:pw@host:6380/0),
+# or given apart, and go into the one URL every client builds from (comfyume/redis_url.py).
+REDIS_URL = redis_url.with_options(
+    env.str("REDIS_URL", default="") or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}",
+    password=env.str("COMFYUME_REDIS_PASSWORD", default=""),
+    ca_file=env.str("COMFYUME_REDIS_TLS_CA_FILE", default=""),
+)
 REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
 
 CHANNEL_LAYERS = {
@@ -208,6 +216,8 @@ def _one_of(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 # --- The job pipeline ---
 COMFYUME = {
+    # GET /api/queue/status for anyone (counts and GPU states, nothing personal); off: staff only.
+    "PUBLIC_QUEUE_STATUS": env.bool("COMFYUME_PUBLIC_QUEUE_STATUS", default=True),
     # Largest prompt body the hub accepts (bytes). ComfyUI has no limit; 10 MB is far above any real workflow.
     "MAX_PROMPT_BYTES": env.int("COMFYUME_MAX_PROMPT_BYTES", default=10 * 1024 * 1024),
     # Largest body any other request may carry (bytes): sign-in and admin forms, JSON calls. The prompt, uploads

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from comfyume import favicon, health
-from jobs import api, callbacks
+from jobs import api, callbacks, status
 from workshops import ratelimit, seat_api
 from workshops import views as workshop_views
 
@@ -47,6 +47,7 @@ urlpatterns = [
     path("api/hub/", include((hub_api, "hub"))),
     path("api/gpu/jobs/<uuid:prompt_id>/<str:attempt>/", include((gpu_callbacks, "gpu"))),
     path("favicon.ico", favicon.favicon, name="favicon"),
+    path("api/queue/status", status.queue_status_view, name="queue-status"),
     path("health", health.health, name="health"),
     path("metrics", health.metrics, name="metrics"),
     path("admin/rq/", include("django_rq.urls")),

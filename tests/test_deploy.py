@@ -126,7 +126,8 @@ def test_env_example_names_every_setting_the_hub_reads():
 
 def test_env_example_names_only_settings_that_exist():
     values, _ = env_example()
-    used_by_deployment = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
+    compose_files = "".join(path.read_text() for path in sorted(DEPLOY.glob("compose*.yaml")))
+    used_by_deployment = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose_files))
     used_by_deployment |= set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", (DEPLOY / "README.md").read_text()))
     unknown = sorted(set(values) - settings_the_hub_reads() - used_by_deployment - COMPOSE_BUILTINS)
     assert not unknown, f"deploy/.env.example names settings nothing reads: {unknown}"
@@ -230,6 +231,40 @@ def test_compose_config_accepts_the_file(tmp_path):
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) == set(services())
     assert resolved["services"]["worker"]["deploy"]["replicas"] == 4
+
+
+def test_compose_config_accepts_redis_over_tls_as_an_override(tmp_path):
+    """compose.redis-tls.yaml on top of compose.yaml: Redis takes TLS only, on a private address, and every hub
+    process connects with rediss://, the password and the CA (tests/test_redis_tls.py proves those settings
+    against a real redis-server)."""
+    binary = _compose_binary()
+    if binary is None:
+        pytest.skip("docker-compose is not installed (make deploy-deps installs Debian's)")
+    project = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, project, ignore=shutil.ignore_patterns(".env"))
+    (project / ".env").write_text(ENV_EXAMPLE.read_text() + "REDIS_TLS_ADDRESS=100.64.0.10\n")
+    files = ["-f", str(project / "compose.yaml"), "-f", str(project / "compose.redis-tls.yaml")]
+    result = subprocess.run(
+        [binary, *files, "--env-file", str(project / ".env"), "config"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    password = env_example()[0]["REDIS_PASSWORD"]
+    for name in ("web", "worker", "reconciler", "seats"):
+        environment = resolved[name]["environment"]
+        assert environment["REDIS_URL"] == f"rediss://:{password}@redis:6380/0", name
+        assert environment["COMFYUME_REDIS_TLS_CA_FILE"] == "/run/comfyume/redis-ca.crt", name
+        mounts = [
+            v if isinstance(v, str) else f"{v.get('source')}:{v.get('target')}" for v in resolved[name]["volumes"]
+        ]
+        assert any("redis-tls/ca.crt:/run/comfyume/redis-ca.crt" in mount for mount in mounts), (name, mounts)
+    redis = resolved["redis"]
+    assert "tls-port 6380" in redis["command"][-1] and "port 0" in redis["command"][-1]
+    published = [f"{p['host_ip']}:{p['published']}:{p['target']}" if isinstance(p, dict) else p for p in redis["ports"]]
+    assert [port.removesuffix("/tcp").removesuffix(":6380") for port in published] == ["100.64.0.10:6380"]
+    for name in ("worker", "reconciler"):  # their health check reaches Redis as the hub does, TLS included
+        assert resolved[name]["healthcheck"]["test"] == ["CMD", "python", "-m", "comfyume.redis_url"]
 
 
 def test_every_service_has_a_healthcheck_a_restart_policy_and_a_pinned_image():
