@@ -1,0 +1,269 @@
+"""A Docker Engine for the container tests: the one that answers ``docker info``, or Debian's, started for the run.
+
+When no engine answers and the run is root with apt, Debian's ``docker.io`` is installed if missing and its
+``dockerd`` is started directly (its init script raises the open-files limit above the hard limit of these
+machines, and fails), in the background, with everything it writes under one directory of the run: images,
+containers, its exec root (containerd's too), pid file, socket and trust key; its containers' cgroups under a
+parent named after that directory. So it never meets another engine on the machine, and the host is left as it
+was:
+
+- ``--iptables=false --ip6tables=false``: the host's firewall is not touched;
+- ``--bridge=none``: no ``docker0`` interface (it would outlive the engine); containers use ``--network host``
+  (to reach PostgreSQL and Redis on 127.0.0.1) or ``--network none``;
+- dockerd turns IP forwarding on at start even so: the value read before is written back after it stops;
+- it stops with SIGTERM (its containers with it), and its directory and cgroups are removed.
+
+Without root, apt or an engine, the tests that need one skip, saying which of these is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+CGROUPS = Path("/sys/fs/cgroup")
+# Directories dockerd makes outside its own whatever its flags say; removed after it stops if it made them.
+DOCKERD_LEFTOVERS = (Path("/run/docker/plugins"), Path("/run/docker"))
+
+
+class DockerError(Exception):
+    """A docker command failed; the message holds its arguments and the tail of what it printed."""
+
+
+@dataclass
+class DockerEngine:
+    """The engine the tests use, reached with the ``docker`` command and ``env``."""
+
+    env: dict[str, str]
+    owned: bool  # started by this run (and stopped at its end)
+    server_version: str
+    docker: str = field(default_factory=lambda: shutil.which("docker") or "docker")
+
+    def run(
+        self,
+        *args: str,
+        timeout: float = 120,
+        check: bool = True,
+        input: str | bytes | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``docker ARGS``; its output as text. ``check`` raises :class:`DockerError` on a non-zero exit."""
+        raw = subprocess.run(
+            [self.docker, *args],
+            input=input.encode() if isinstance(input, str) else input,
+            capture_output=True,
+            timeout=timeout,
+            env=self.env,
+            cwd=cwd,
+        )
+        result = subprocess.CompletedProcess(
+            raw.args, raw.returncode, raw.stdout.decode(errors="replace"), raw.stderr.decode(errors="replace")
+        )
+        if check and result.returncode != 0:
+            raise DockerError(
+                f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+        return result
+
+    def inspect(self, *names: str) -> Any:
+        """``docker inspect`` of one object (an image or a container), as JSON."""
+        [found] = json.loads(self.run("inspect", *names).stdout)
+        return found
+
+    def has_image(self, name: str) -> bool:
+        return self.run("image", "inspect", name, check=False).returncode == 0
+
+
+def _server_version(env: dict[str, str], timeout: float = 20) -> str | None:
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    try:
+        answer = subprocess.run(
+            [docker, "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    version = answer.stdout.strip()
+    return version if answer.returncode == 0 and version and "<no value>" not in version else None
+
+
+def install_debian_packages(*packages: str, commands: Sequence[str]) -> str | None:
+    """Install Debian's ``packages`` unless every one of ``commands`` is on PATH already; the reason when it
+    cannot (not root, no apt, apt failed), else None."""
+    sbin_path = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+    if all(shutil.which(command, path=sbin_path) for command in commands):
+        return None
+    if os.geteuid() != 0:
+        return f"{', '.join(commands)} not found and not root: cannot apt-get install {' '.join(packages)}"
+    if shutil.which("apt-get") is None:
+        return f"{', '.join(commands)} not found and no apt-get to install {' '.join(packages)}"
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:  # a machine whose package lists are old or missing
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+    if result.returncode != 0:
+        return f"apt-get install {' '.join(packages)} failed: {result.stderr.strip()[-500:]}"
+    return None
+
+
+class OwnedDockerd:
+    """Debian's dockerd started by this run, everything of it under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "docker.sock"
+        self.log_path = root / "dockerd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ip_forward = IP_FORWARD.read_text() if IP_FORWARD.exists() else None
+        self.leftovers = [path for path in DOCKERD_LEFTOVERS if not path.exists()]
+        self.env = {
+            **os.environ,
+            "DOCKER_HOST": f"unix://{self.socket}",
+            "DOCKER_CONFIG": str(root / "cli"),  # the CLI's own files stay here too
+            "DOCKER_BUILDKIT": "0",  # the classic builder: BuildKit needs buildx, which the CLI here lacks
+        }
+        self.env.pop("DOCKER_CONTEXT", None)
+
+    def start(self, timeout: float = 60) -> str:
+        """Start dockerd and wait until it answers; its version. :class:`DockerError` if it does not."""
+        # Not the host's /etc/docker/daemon.json; and the trust key here, or dockerd writes /etc/docker/key.json.
+        (self.root / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.root / "key.json")}))
+        (self.root / "cli").mkdir(exist_ok=True)
+        dockerd = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "dockerd"
+        args = [
+            dockerd,
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            f"--config-file={self.root / 'daemon.json'}",
+            f"--data-root={self.root / 'data'}",
+            f"--exec-root={self.root / 'exec'}",
+            f"--pidfile={self.root / 'dockerd.pid'}",
+            f"--host=unix://{self.socket}",
+            f"--cgroup-parent=/{self.root.name}",  # its containers' cgroups, removed after it stops
+        ]
+        with self.log_path.open("wb") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches pytest, whose teardown stops dockerd in order.
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DockerError(f"dockerd exited with {self.process.returncode}:\n{self.log_tail()}")
+            version = _server_version(self.env, timeout=5)
+            if version:
+                return version
+            time.sleep(0.2)
+        self.stop()
+        raise DockerError(f"dockerd did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-size:] if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (dockerd stops its containers and containerd), then the host's forwarding as it was, then the
+        directory. Safe to call twice."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout=10)
+            self.process = None
+            self._stop_orphaned_containerd()
+        if self.ip_forward is not None and IP_FORWARD.read_text() != self.ip_forward:
+            IP_FORWARD.write_text(self.ip_forward)
+        for path in self.leftovers:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        self._remove_cgroups()
+        self._unmount_below_root()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _remove_cgroups(self) -> None:
+        """The parent cgroup of its containers, in every hierarchy (cgroup v1) or the one (v2); the containers are
+        gone by now, so each directory is empty of processes and can go, deepest first."""
+        for parent in [*CGROUPS.glob(self.root.name), *CGROUPS.glob(f"*/{self.root.name}")]:
+            for directory, _, _ in sorted(os.walk(parent), key=lambda entry: len(entry[0]), reverse=True):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+
+    def _stop_orphaned_containerd(self) -> None:
+        """dockerd stops the containerd it started, unless it was killed: then this does."""
+        pid_file = self.root / "exec" / "containerd" / "containerd.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            return
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    def _unmount_below_root(self) -> None:
+        """A killed engine may leave overlay or namespace mounts under its directory; rmtree cannot pass them."""
+        prefix = f"{self.root}/"
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+
+
+def _start_owned_engine() -> tuple[DockerEngine, OwnedDockerd] | str:
+    """An engine of this run's own, or the reason there cannot be one."""
+    if os.geteuid() != 0:
+        return "no Docker engine answers `docker info`, and starting one needs root"
+    reason = install_debian_packages("docker.io", commands=["dockerd"])
+    if reason:
+        return f"no Docker engine answers `docker info`, and {reason}"
+    if shutil.which("docker") is None:
+        return "no docker command after installing docker.io"
+    dockerd = OwnedDockerd(Path(tempfile.mkdtemp(prefix="cfme-dockerd-")))
+    try:
+        version = dockerd.start()
+    except DockerError as exc:
+        dockerd.stop()
+        return f"Debian's dockerd did not start here: {exc}"
+    return DockerEngine(env=dockerd.env, owned=True, server_version=version), dockerd
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """The engine that answers, else one started for the session (and stopped after it); skips saying why not."""
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    version = _server_version(env)
+    if version:
+        yield DockerEngine(env=env, owned=False, server_version=version)
+        return
+    started = _start_owned_engine()
+    if isinstance(started, str):
+        pytest.skip(started)
+    engine, dockerd = started
+    try:
+        yield engine
+    finally:
+        dockerd.stop()
