@@ -28,7 +28,9 @@ cd "$COMFYUI_DIR" || exit 2
 # shellcheck disable=SC2086  # COMFYUI_ARGS is a list of extra flags, split on purpose
 "$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch $COMFYUI_ARGS &
 comfyui=$!
-PYTHONPATH="$WORKER_APP" "$WORKER_PYTHON" -m gpu_backends.worker &
+# -P: the worker imports only its own app folder, never a module of the same name in ComfyUI's folder (the
+# working directory, which Python would search first).
+PYTHONPATH="$WORKER_APP" "$WORKER_PYTHON" -P -m gpu_backends.worker &
 worker=$!
 log "ComfyUI (pid $comfyui) on 127.0.0.1:$COMFYUI_PORT, GPU worker (pid $worker) on $COMFYUME_WORKER_HOST:$COMFYUME_WORKER_PORT"
 

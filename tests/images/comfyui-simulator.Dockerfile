@@ -12,5 +12,9 @@ RUN pip install --no-cache-dir -r /tmp/comfyui-requirements.txt && rm /tmp/comfy
 COPY main.py /comfyui/main.py
 COPY gpu_backends /comfyui/comfyume_simulator/gpu_backends
 COPY jobs /comfyui/comfyume_simulator/jobs
+# A package named like the worker's, in ComfyUI's folder (a custom node could be called anything): the worker must
+# import its own (start.sh and the worker Dockerfile run Python with -P), never this one.
+RUN mkdir /comfyui/gpu_backends \
+    && echo 'raise ImportError("the worker imported a gpu_backends from the ComfyUI folder")' > /comfyui/gpu_backends/__init__.py
 WORKDIR /comfyui
 CMD ["python", "main.py", "--listen", "127.0.0.1", "--port", "8188"]
