@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
-from jobs.instructor import do_scale_backend_to_zero, do_warm_backend
+from jobs.instructor import backend_changed, do_scale_backend_to_zero, do_warm_backend
 from jobs.scheduler import schedule
 from workshops import audit
 from workshops.instructor.admin_base import AuditedModelAdmin
@@ -58,6 +58,8 @@ class GpuBackendAdmin(AuditedModelAdmin):
             )
         # Enabling a backend or raising its concurrency lets waiting jobs start now (list edits included).
         transaction.on_commit(schedule)
+        if change and form.changed_data:  # every live dashboard using it redraws it, as after its own switch
+            backend_changed(obj)
 
     # Saves through the list's editable columns (enabled, order) are recorded too: they go through save_related.
     audit_kind = "backend"

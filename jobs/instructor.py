@@ -351,7 +351,7 @@ def do_set_paused(
         workshop.paused = paused
         if not paused:
             transaction.on_commit(schedule)
-        _tell(workshop, {"type": "comfyume.queue", "data": {"change": "pause", "paused": paused}}, seats=True)
+        workshop_changed(workshop, ["paused"])
         audit.record(
             actor,
             "workshop.pause" if paused else "workshop.resume",
@@ -382,7 +382,7 @@ def do_change_queue_settings(
         for name, value in values.items():
             setattr(workshop, name, value)
         transaction.on_commit(schedule)
-        _tell(workshop, {"type": "comfyume.queue", "data": {"change": "settings", **values}}, seats=False)
+        workshop_changed(workshop, values)
         audit.record(
             actor,
             "workshop.change",
@@ -482,6 +482,23 @@ def backend_changed(backend: GpuBackend) -> None:
     groups = [events.workshop_group(pk) for pk in backend.workshops.values_list("pk", flat=True)]
     message = {"type": "comfyume.queue", "data": {"change": "backend", "backend": backend.name}}
     transaction.on_commit(lambda: events.publish(groups, {"type": "comfy.message", "message": message}))
+
+
+# The workshop's fields its live views show and act on: a change to one is told to them (and, for the pause, to
+# the seats, whose banner says so).
+QUEUE_SETTINGS = ("queue_policy", "max_queued_per_seat", "max_running_per_seat", "max_queue_depth")
+
+
+def workshop_changed(workshop: Workshop, fields: Iterable[str]) -> None:
+    """Tell the live views of ``workshop`` that ``fields`` changed (after commit): the dashboards, and for
+    ``paused`` the seats too. The do_* operations and the Workshop admin's form saves both call it."""
+    fields = set(fields)
+    if "paused" in fields:
+        message = {"type": "comfyume.queue", "data": {"change": "pause", "paused": workshop.paused}}
+        _tell(workshop, message, seats=True)
+    settings = {name: getattr(workshop, name) for name in QUEUE_SETTINGS if name in fields}
+    if settings:
+        _tell(workshop, {"type": "comfyume.queue", "data": {"change": "settings", **settings}}, seats=False)
 
 
 def _tell(workshop: Workshop, message: dict[str, Any], *, seats: bool) -> None:

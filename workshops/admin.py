@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 from gpu_backends.inventory import model_presence, required_models
 from gpu_backends.models import GpuBackend
 from gpu_backends.services import cached_object_info
+from jobs.instructor import workshop_changed
 from jobs.models import Job
 from jobs.scheduler import schedule
 from jobs.services import cancel_job
@@ -56,6 +57,8 @@ class WorkshopAdmin(AuditedModelAdmin):
         super().save_model(request, obj, form, change)
         # Unpausing or raising a cap lets waiting jobs start now, not at the reconciler's next sweep.
         transaction.on_commit(schedule)
+        if change:  # the live dashboards (and, for a pause, the seats) show it at once, as for the dashboard's own
+            workshop_changed(obj, form.changed_data)
 
     def get_urls(self):
         extra = [

@@ -29,6 +29,7 @@ from gpu_backends.client import BackendError
 from gpu_backends.kinds import kind_of
 from gpu_backends.models import GpuBackend
 from jobs.instructor import (
+    QUEUE_SETTINGS,
     RESUBMITTABLE,
     NothingDone,
     can_resubmit,
@@ -54,7 +55,6 @@ MAX_JOBS_PER_ACTION = 500
 MAX_ANNOUNCEMENT = Announcement._meta.get_field("message").max_length or 500
 # What the dashboard's queue form changes, validated by the same model fields (choices, minimums) as the
 # Workshop admin's form.
-QUEUE_SETTINGS = ("queue_policy", "max_queued_per_seat", "max_running_per_seat", "max_queue_depth")
 QueueSettingsForm = forms.modelform_factory(Workshop, fields=QUEUE_SETTINGS)
 
 
