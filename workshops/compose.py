@@ -16,7 +16,17 @@ import re
 from typing import Any
 
 from .provisioning import SeatSpec
-from .provisioning.docker import DATA_DIR, container_env, container_labels, volume_name
+from .provisioning.docker import (
+    CAP_DROP,
+    DATA_DIR,
+    PIDS_LIMIT,
+    READ_ONLY_ROOT,
+    SECURITY_OPT,
+    TMPFS,
+    container_env,
+    container_labels,
+    volume_name,
+)
 
 TOKEN_ENV = "COMFYUME_SEAT_TOKEN"
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -53,6 +63,12 @@ def users_compose(specs: list[SeatSpec], *, image: str, network: str, memory: st
             "networks": [network],
             "mem_limit": memory,
             "cpus": cpus,
+            # The driver's confinement (workshops/provisioning/docker.py), in compose's words.
+            "read_only": READ_ONLY_ROOT,
+            "tmpfs": [f"{path}:{options}" for path, options in TMPFS.items()],
+            "cap_drop": CAP_DROP,
+            "security_opt": [f"{option}:true" for option in SECURITY_OPT],
+            "pids_limit": PIDS_LIMIT,
         }
         # An explicit name keeps compose from prefixing it with the project: the driver's volume is the same one.
         volumes[volume_name(spec)] = {"name": volume_name(spec)}

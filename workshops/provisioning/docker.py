@@ -34,6 +34,15 @@ SPEC_LABEL = "comfyume.spec"
 # Seconds for one Engine API call. Generous, because a busy engine answers creates and starts slowly; the SDK
 # adds the stop grace period to it for stop calls.
 API_TIMEOUT = 30
+# What a seat may do beyond its memory and CPU, the same from the driver and from `render_compose_users`: its
+# files are the /data volume alone (the root filesystem is read-only; /tmp is a small tmpfs), no capability, no
+# gaining one through a setuid binary, and a few dozen processes (the seat frontend runs 4) so a fork bomb stays
+# inside its container.
+READ_ONLY_ROOT = True
+TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}
+CAP_DROP = ["ALL"]
+SECURITY_OPT = ["no-new-privileges"]
+PIDS_LIMIT = 128
 STOP_GRACE_SECONDS = 10
 
 
@@ -184,6 +193,8 @@ class DockerDriver:
             "memory": self.memory,
             "cpus": self.cpus,
             "network": self.network,
+            # A container made before the seats were locked down is made again with these.
+            "confinement": [READ_ONLY_ROOT, TMPFS, CAP_DROP, SECURITY_OPT, PIDS_LIMIT],
         }
         return hashlib.sha256(json.dumps(created_from, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -224,6 +235,11 @@ class DockerDriver:
                 mounts=[Mount(target=DATA_DIR, source=volume_name(spec), type="volume")],
                 mem_limit=self.memory,
                 nano_cpus=nano_cpus(self.cpus),
+                read_only=READ_ONLY_ROOT,
+                tmpfs=TMPFS,
+                cap_drop=CAP_DROP,
+                security_opt=SECURITY_OPT,
+                pids_limit=PIDS_LIMIT,
                 restart_policy={"Name": "unless-stopped"},
                 network=self.network,
             )

@@ -411,6 +411,9 @@ def test_the_compose_file_has_one_service_per_seat_built_like_the_drivers_contai
     assert service["image"] == IMAGE and service["container_name"] == "comfyume-seat-may-user001"
     assert service["restart"] == "unless-stopped"
     assert service["mem_limit"] == "256m" and service["cpus"] == 0.5
+    assert service["read_only"] is True and service["tmpfs"] == ["/tmp:rw,noexec,nosuid,nodev,size=64m"]
+    assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"]
+    assert service["pids_limit"] == 128
     assert service["networks"] == [NETWORK]
     assert service["volumes"] == [{"type": "volume", "source": "comfyume-seat-may-user001-data", "target": "/data"}]
 
@@ -425,6 +428,11 @@ def test_the_compose_file_has_one_service_per_seat_built_like_the_drivers_contai
     created_labels = dict(container["Config"]["Labels"])
     created_labels.pop(SPEC_LABEL)
     assert service["labels"] == created_labels
+    # The same confinement (tests/test_docker_seats.py checks it on a real Engine).
+    host = container["HostConfig"]
+    assert (host["ReadonlyRootfs"], host["CapDrop"], host["PidsLimit"]) == (True, ["ALL"], service["pids_limit"])
+    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}
+    assert host["SecurityOpt"] == ["no-new-privileges"]
 
 
 def test_the_compose_file_never_contains_a_seat_token():
