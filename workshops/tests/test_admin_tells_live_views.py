@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def _save(model, obj, changed: list[str], personas, capture) -> list:
     request = RequestFactory().post("/admin/")
     request.user = personas.instructor
-    request._messages = mock.MagicMock()
+    request._messages = mock.MagicMock()  # type: ignore[attr-defined]
     model_admin = admin.site._registry[model]
     with mock.patch.object(events, "publish", autospec=True) as publish, capture(execute=True):
         model_admin.save_model(request, obj, SimpleNamespace(changed_data=changed), change=True)
