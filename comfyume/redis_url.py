@@ -52,10 +52,11 @@ def with_options(url: str, *, password: str = "", ca_file: str = "") -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def from_environment() -> str:
-    """The URL as the settings build it, from the same variables, without Django: for health checks."""
+def from_environment(default: str = "") -> str:
+    """``REDIS_URL`` (``default`` when unset) with ``COMFYUME_REDIS_PASSWORD`` and ``COMFYUME_REDIS_TLS_CA_FILE``:
+    what the settings use, and the containers' health check without Django."""
     return with_options(
-        os.environ.get("REDIS_URL", ""),
+        os.environ.get("REDIS_URL", "") or default,
         password=os.environ.get("COMFYUME_REDIS_PASSWORD", ""),
         ca_file=os.environ.get("COMFYUME_REDIS_TLS_CA_FILE", ""),
     )

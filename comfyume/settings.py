@@ -149,11 +149,7 @@ EMBEDDED_REDIS = not env.str("REDIS_URL", default="")
 EMBEDDED_REDIS_DIR = Path(env.str("COMFYUME_REDIS_DIR", default=str(DATA_DIR / "redis")))
 # A Redis of its own (REDIS_URL) may want a password and TLS: both can be in the URL (rediss://:pw@host:6380/0),
 # or given apart, and go into the one URL every client builds from (comfyume/redis_url.py).
-REDIS_URL = redis_url.with_options(
-    env.str("REDIS_URL", default="") or f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}",
-    password=env.str("COMFYUME_REDIS_PASSWORD", default=""),
-    ca_file=env.str("COMFYUME_REDIS_TLS_CA_FILE", default=""),
-)
+REDIS_URL = redis_url.from_environment(default=f"unix://{EMBEDDED_REDIS_DIR / 'redis.sock'}")
 REDIS_PREFIX = env.str("COMFYUME_REDIS_PREFIX", default="comfyume")
 
 CHANNEL_LAYERS = {

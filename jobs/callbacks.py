@@ -21,7 +21,7 @@ from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
 from comfyume import jsonbody
 from gpu_backends.client import FileRef
@@ -59,9 +59,8 @@ def _safe(path: str) -> bool:
 
 
 class Message(jsonbody.Body):
-    """One ComfyUI message, passed on as posted."""
+    """One ComfyUI message (passed on as posted)."""
 
-    model_config = ConfigDict(extra="allow")
     type: str
     data: dict[str, Any]
 
@@ -74,7 +73,6 @@ class EventBatch(jsonbody.Body):
 class Manifest(jsonbody.Body):
     """The job's end (docs/GPU_WORKER.md), passed on as posted: the dispatch reads what it knows of it."""
 
-    model_config = ConfigDict(extra="allow")
     status: Literal["succeeded", "failed", "interrupted", "rejected"] = Field(
         description="succeeded, failed, interrupted or rejected"
     )
@@ -177,11 +175,16 @@ def _signed_for_attempt(token: str, prompt_id: Any, attempt: str) -> bool:
     return bool(nonce and signature) and hmac.compare_digest(signature, _attempt_signature(prompt_id, attempt, nonce))
 
 
-def _body(request: HttpRequest, schema: type[jsonbody.B], limit: int = 64 * 1024) -> jsonbody.B | JsonResponse:
+def _body(
+    request: HttpRequest, schema: type[jsonbody.B], limit: int = 64 * 1024
+) -> tuple[jsonbody.B, dict[str, Any]] | JsonResponse:
+    """The body checked as ``schema``, and as decoded: what the worker posted is handed on as it came, not
+    copied back out of the model."""
     if len(request.body) > limit:
         return _error(413, f"The body is larger than {limit} bytes.")
     try:
-        return jsonbody.parse(request.body, schema)
+        posted = jsonbody.loads_object(request.body)
+        return jsonbody.validate(posted, schema), posted
     except jsonbody.InvalidJSON as exc:
         return _error(400, str(exc))
 
@@ -189,22 +192,22 @@ def _body(request: HttpRequest, schema: type[jsonbody.B], limit: int = 64 * 1024
 @require_POST
 @worker_callback
 def events(request: HttpRequest, job: Job) -> JsonResponse:
-    batch = _body(request, EventBatch, MAX_EVENTS_BYTES)
-    if isinstance(batch, JsonResponse):
-        return batch
-    messages = [message.model_dump() for message in batch.messages]
+    checked = _body(request, EventBatch, MAX_EVENTS_BYTES)
+    if isinstance(checked, JsonResponse):
+        return checked
+    batch, posted = checked
     mailbox = Mailbox(job.backend_prompt_id)
-    mailbox.post({"kind": "events", "seq": batch.seq, "messages": messages})
+    mailbox.post({"kind": "events", "seq": batch.seq, "messages": posted["messages"]})
     return JsonResponse({"cancel": job.cancel_requested_at is not None or mailbox.stop_requested() is not None})
 
 
 @require_POST
 @worker_callback
 def result(request: HttpRequest, job: Job) -> JsonResponse:
-    manifest = _body(request, Manifest, MAX_EVENTS_BYTES)
-    if isinstance(manifest, JsonResponse):
-        return manifest
-    Mailbox(job.backend_prompt_id).post({"kind": "result", "manifest": manifest.model_dump()})
+    checked = _body(request, Manifest, MAX_EVENTS_BYTES)
+    if isinstance(checked, JsonResponse):
+        return checked
+    Mailbox(job.backend_prompt_id).post({"kind": "result", "manifest": checked[1]})
     return JsonResponse({"ok": True})
 
 
@@ -219,9 +222,10 @@ def _in_job(job: Job, key: Any) -> bool:
 @require_POST
 @worker_callback
 def uploads(request: HttpRequest, job: Job) -> JsonResponse:
-    output = _body(request, OutputFile)
-    if isinstance(output, JsonResponse):
-        return output
+    checked = _body(request, OutputFile)
+    if isinstance(checked, JsonResponse):
+        return checked
+    output, _ = checked
     content_type = output.content_type or "application/octet-stream"
     # The name and subfolder were checked: the key stays in the job's folder.
     key, _ = output_location(job, FileRef(output.filename, output.subfolder, output.type))
@@ -249,9 +253,10 @@ def uploads(request: HttpRequest, job: Job) -> JsonResponse:
 @require_POST
 @worker_callback
 def uploads_complete(request: HttpRequest, job: Job) -> JsonResponse:
-    done = _body(request, CompletedUpload, 1024 * 1024)
-    if isinstance(done, JsonResponse):
-        return done
+    checked = _body(request, CompletedUpload, 1024 * 1024)
+    if isinstance(checked, JsonResponse):
+        return checked
+    done, _ = checked
     if not _in_job(job, done.key):
         return _error(400, "key is not one of this job's outputs.")
     parts = [part.model_dump() for part in done.parts]
