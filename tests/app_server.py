@@ -11,10 +11,12 @@ from aiohttp import web
 
 
 class AppServer:
-    """aiohttp applications on 127.0.0.1, each on its own real port, in one background thread with its own loop."""
+    """aiohttp applications on 127.0.0.1 (or ``host``: e.g. a Docker network's gateway, for containers), each on
+    its own real port, in one background thread with its own loop."""
 
-    def __init__(self, *apps: web.Application, handler_cancellation: bool = False) -> None:
+    def __init__(self, *apps: web.Application, handler_cancellation: bool = False, host: str = "127.0.0.1") -> None:
         self.apps = apps
+        self.host = host
         self.handler_cancellation = handler_cancellation
         self.ports: list[int] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -25,7 +27,7 @@ class AppServer:
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}" for port in self.ports]
+        return [f"http://{self.host}:{port}" for port in self.ports]
 
     @property
     def url(self) -> str:
@@ -64,7 +66,7 @@ class AppServer:
                 app, access_log=None, shutdown_timeout=1.0, handler_cancellation=self.handler_cancellation
             )
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            await web.TCPSite(runner, self.host, 0).start()
             self._runners.append(runner)
             self.ports.append(runner.addresses[0][1])
 

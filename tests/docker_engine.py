@@ -7,10 +7,12 @@ containers, its exec root (containerd's too), pid file, socket and trust key; it
 parent named after that directory. So it never meets another engine on the machine, and the host is left as it
 was:
 
-- ``--iptables=false --ip6tables=false``: the host's firewall is not touched;
+- iptables on, as on a server: Docker's own rules keep one network from another (an internal network's containers
+  reach nothing off it), which the isolation tests check. The host's IPv4 firewall (``iptables-save``) is saved
+  before dockerd starts and put back after it stops (:class:`Firewall`); ``--ip6tables=false`` leaves IPv6 alone;
 - ``--bridge=none``: no ``docker0`` interface (it would outlive the engine); containers use ``--network host``
-  (to reach PostgreSQL and Redis on 127.0.0.1) or ``--network none``;
-- dockerd turns IP forwarding on at start even so: the value read before is written back after it stops;
+  (to reach PostgreSQL and Redis on 127.0.0.1), ``--network none`` or networks the tests make;
+- dockerd turns IP forwarding on at start: the value read before is written back after it stops;
 - it stops with SIGTERM (its containers with it), and its directory and cgroups are removed.
 
 Without root, apt or an engine, the tests that need one skip, saying which of these is missing.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -125,6 +128,60 @@ def install_debian_packages(*packages: str, commands: Sequence[str]) -> str | No
     return None
 
 
+class Firewall:
+    """The host's IPv4 firewall as ``iptables-save`` prints it, and :meth:`restore` to put it back: every table
+    dockerd may have changed (filter and nat, and any table that was not there before) is replaced by its saved
+    state, or, where there was none, emptied and then removed (with nft, iptables' backend here)."""
+
+    EMPTY = {
+        "filter": ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+        "nat": ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
+    }
+
+    def __init__(self) -> None:
+        self.tools = shutil.which("iptables-save"), shutil.which("iptables-restore")
+        self.saved = self._tables() if all(self.tools) else None
+
+    def _tables(self) -> dict[str, str]:
+        """Table name → its rules, without comments and counters."""
+        text = subprocess.run([self.tools[0] or ""], capture_output=True, text=True, check=True, timeout=30).stdout
+        tables: dict[str, str] = {}
+        for block in text.split("*")[1:]:
+            name, _, body = block.partition("\n")
+            lines = [line.split(" [", 1)[0] if line.startswith(":") else line for line in body.splitlines()]
+            tables[name.strip()] = "\n".join(line for line in lines if line and not line.startswith(("#", "COMMIT")))
+        return tables
+
+    def restore(self) -> str | None:
+        """Put the saved tables back; what still differs afterwards (None when nothing does)."""
+        if self.saved is None:
+            return None
+        now = self._tables()
+        dump = ""
+        for name in sorted(set(now) | set(self.saved) | {"filter", "nat"}):
+            if name in self.saved:
+                dump += f"*{name}\n{self.saved[name]}\nCOMMIT\n"
+            elif name in self.EMPTY or name in now:
+                dump += f"*{name}\n{self.EMPTY.get(name, '')}COMMIT\n"
+        subprocess.run([self.tools[1] or ""], input=dump, capture_output=True, text=True, check=True, timeout=30)
+        nft = shutil.which("nft")
+        for name in set(now) - set(self.saved):  # a table that was not there: gone again (iptables' nft backend)
+            if nft:
+                subprocess.run([nft, "delete", "table", "ip", name], capture_output=True, timeout=30)
+        after, before = _meaningful(self._tables()), _meaningful(self.saved)
+        return None if after == before else f"the firewall differs from before: {after} != {before}"
+
+
+def _meaningful(tables: dict[str, str]) -> dict[str, list[str]]:
+    """The tables' rules and chains, leaving out a built-in chain's ACCEPT policy (what an empty table has)."""
+    found = {}
+    for name, rules in tables.items():
+        lines = [line for line in rules.splitlines() if not re.fullmatch(r":[A-Z]+ ACCEPT", line.strip())]
+        if lines:
+            found[name] = lines
+    return found
+
+
 class OwnedDockerd:
     """Debian's dockerd started by this run, everything of it under ``root``."""
 
@@ -134,6 +191,7 @@ class OwnedDockerd:
         self.log_path = root / "dockerd.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.ip_forward = IP_FORWARD.read_text() if IP_FORWARD.exists() else None
+        self.firewall = Firewall()
         self.leftovers = [path for path in DOCKERD_LEFTOVERS if not path.exists()]
         self.env = {
             **os.environ,
@@ -151,7 +209,6 @@ class OwnedDockerd:
         dockerd = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "dockerd"
         args = [
             dockerd,
-            "--iptables=false",
             "--ip6tables=false",
             "--bridge=none",
             f"--config-file={self.root / 'daemon.json'}",
@@ -193,6 +250,9 @@ class OwnedDockerd:
             self._stop_orphaned_containerd()
         if self.ip_forward is not None and IP_FORWARD.read_text() != self.ip_forward:
             IP_FORWARD.write_text(self.ip_forward)
+        problem = self.firewall.restore()
+        if problem:
+            print(f"\nWARNING: {problem}")
         for path in self.leftovers:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()

@@ -1,6 +1,6 @@
 """A fake of Verda serverless containers over real HTTP, and its pytest fixtures (a pytest plugin).
 
-Two aiohttp servers on 127.0.0.1 in one background thread, as faithful to Verda as docs/VERDA.md allows:
+Two aiohttp servers on 127.0.0.1 (or ``host``) in one background thread, as faithful to Verda as docs/VERDA.md allows:
 
 - the inference gateway (``gateway_url``, standing in for https://containers.datacrunch.io):
   ``/<deployment>/<path>`` is forwarded to the deployment's upstream (the GPU worker on a real port) after the
@@ -156,6 +156,7 @@ class FakeVerda:
         token_ttl: float = 3600.0,
         unauthorized_status: int = 404,
         result_ttl: float = 3600.0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.inference_keys = set(inference_keys)
         self.clients = dict(clients or {CLIENT_ID: CLIENT_SECRET})
@@ -176,7 +177,7 @@ class FakeVerda:
         self._background: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
-        self._server = AppServer(self._gateway_app(), self._api_app())
+        self._server = AppServer(self._gateway_app(), self._api_app(), host=host)
 
     # --- lifecycle ---
     def start(self) -> FakeVerda:

@@ -160,8 +160,10 @@ def wait_for_comfyui(page) -> None:
         raise AssertionError(f"ComfyUI did not load at {page.url}: {exc}\n{json.dumps(state, indent=1)}") from exc
 
 
-def run_until_image(page) -> None:
-    """Press ComfyUI's Run and wait for the banner's Done and the image drawn in the SaveImage node."""
+def run_until_image(page) -> float:
+    """Press ComfyUI's Run and wait for the banner's Done and the image drawn in the SaveImage node; the seconds
+    from the click to the image (a ``BENCH`` figure of the path the test runs)."""
+    started = time.monotonic()
     page.click("button[aria-label='Run']")
     page.wait_for_function(
         "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
@@ -170,3 +172,14 @@ def run_until_image(page) -> None:
         "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage' && n.imgs?.length > 0)",
         timeout=15000,
     )
+    return time.monotonic() - started
+
+
+def check_backend_in_admin(page, base: str, backend: str, timeout_ms: int = 60_000) -> None:
+    """The instructor's "Test connection" on one GPU backend in the admin's list, until it reports it ready (for a
+    serverless one, this also reads its node list)."""
+    page.goto(f"{base}/admin/gpu_backends/gpubackend/")
+    page.locator("#result_list tr", has_text=backend).locator("input.action-select").check()
+    page.select_option("select[name=action]", "test_connection")
+    page.click("button[name=index]")
+    page.wait_for_selector(f".messagelist .success >> text={backend}: ready,", timeout=timeout_ms)

@@ -92,7 +92,8 @@ def test_participant_queues_in_their_comfyui_and_sees_the_image(platform, browse
     assert page.url == f"http://127.0.0.1:{platform['seat_base']}/"
     # The workshop's default template is open, as a workflow from the seat's own workflow list.
     page.wait_for_function("() => document.body.textContent.includes('Tiny test (invert an image)')", timeout=15000)
-    run_until_image(page)
+    seconds = run_until_image(page)
+    print(f"\nBENCH make_run_job_s {seconds:.2f} s (Run to the image: make run's processes, plain HTTP)")
     page.screenshot(path=str(ARTIFACTS / "participant-comfyui-done.png"))
     # The join link was spent: following it again does not sign anyone in.
     other = browser.new_page()

@@ -81,7 +81,8 @@ def test_participant_queues_from_comfyui_under_their_path(behind_nginx, browser)
         }"""
     )
     assert saved[0] == 200 and "through nginx.json" in saved[1]
-    run_until_image(page)
+    seconds = run_until_image(page)
+    print(f"\nBENCH nginx_job_s {seconds:.2f} s (Run to the image: processes behind Debian's nginx)")
     page.screenshot(path=str(ARTIFACTS / "participant-comfyui-behind-nginx.png"))
     assert not failures
     # The same browser cannot open the other seat.

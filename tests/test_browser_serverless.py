@@ -26,7 +26,7 @@ import requests
 
 from tests.fake_verda import CLIENT_ID, CLIENT_SECRET, INFERENCE_KEY, FakeVerda
 from tests.gpu_worker import gpu_worker
-from tests.launched import ARTIFACTS, CHROMIUM, Platform, launch, wait_for_comfyui
+from tests.launched import ARTIFACTS, CHROMIUM, Platform, check_backend_in_admin, launch, wait_for_comfyui
 from tests.test_browser_dashboard import LAPTOP_PROJECTOR, SLOW, sign_in_as_instructor
 
 pytestmark = [
@@ -119,11 +119,7 @@ def verda_backend(serverless, instructor) -> str:
     page.wait_for_selector(".messagelist .success", timeout=SLOW)
     assert page.query_selector(".errornote") is None
 
-    page.goto(f"{base}/admin/gpu_backends/gpubackend/")
-    page.locator("#result_list tr", has_text=DEPLOYMENT).locator("input.action-select").check()
-    page.select_option("select[name=action]", "test_connection")
-    page.click("button[name=index]")
-    page.wait_for_selector(f".messagelist .success >> text={DEPLOYMENT}: ready,", timeout=SLOW)
+    check_backend_in_admin(page, base, DEPLOYMENT, SLOW)
     page.close()
     serverless.verda.kill_replicas(DEPLOYMENT)
     return DEPLOYMENT

@@ -7,6 +7,8 @@
   and served on 127.0.0.1 for the session; the stand-in base's ``/etc/pip.conf`` points pip there.
 - :func:`comfyui_context`: a ComfyUI image, holding the simulator in ComfyUI's place (this folder's Dockerfile and
   ``comfyui_main.py``).
+- :func:`make_nginx_stand_in`: the nginx image compose.yaml names, as Debian's nginx with the official image's
+  entrypoint behaviour (tests/test_production_path.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -138,26 +141,89 @@ def make_python_base(engine: DockerEngine, work: Path, mirror: str, find_links: 
     (python-is-python3, python3-pip), and no PEP 668 marker (their Python is not Debian's, so ``pip install``
     into it is allowed). ``/etc/pip.conf`` sends pip to the wheelhouse only.
     """
-    rootfs = work / "rootfs"
+
+    def prepare(rootfs: Path) -> None:
+        for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+            marker.unlink()
+        (rootfs / "etc" / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {find_links}\n")
+
+    changes = ["ENV LANG=C.UTF-8", 'CMD ["python3"]']
+    _debootstrap_image(engine, work, mirror, BASE_PACKAGES, prepare, changes, tags)
+
+
+# What the official nginx image's entrypoint does that compose.yaml relies on: run /docker-entrypoint.d/*.sh
+# (deploy/nginx/reload-certificates.sh is mounted there) and write /etc/nginx/templates/*.template into
+# /etc/nginx/conf.d/ with the container's environment variables filled in (only those: nginx's own $variables
+# stay). The official image does the templates in its 20-envsubst-on-templates.sh, before the mounted 90- script.
+NGINX_ENTRYPOINT = r"""#!/bin/sh
+set -e
+if [ "$1" = nginx ]; then
+    defined=$(env | cut -d= -f1 | grep -E '^[A-Za-z_][A-Za-z0-9_]*$' | sed 's/.*/${&}/' | tr '
+' ' ')
+    for template in /etc/nginx/templates/*.template; do
+        [ -f "$template" ] || continue
+        envsubst "$defined" < "$template" > "/etc/nginx/conf.d/$(basename "$template" .template)"
+    done
+    for script in $(find /docker-entrypoint.d/ -follow -type f -name '*.sh' | sort); do
+        if [ -x "$script" ]; then "$script"; else echo "$0: ignoring $script, not executable" >&2; fi
+    done
+fi
+exec "$@"
+"""
+
+
+def make_nginx_stand_in(engine: DockerEngine, work: Path, mirror: str, tag: str) -> None:
+    """Debian's nginx in the place of the official nginx image compose.yaml names (Docker Hub is out of reach):
+    bookworm minbase with nginx, envsubst (gettext-base) and wget (the service's health check), the official
+    image's entrypoint behaviour (:data:`NGINX_ENTRYPOINT`), its folders (/etc/nginx/conf.d as the one site
+    folder, /var/cache/nginx) and its logs on the container's output. Debian's nginx is 1.22, the official
+    image 1.28: the rendered site is checked with Debian's by tests/test_deploy.py too."""
+
+    def prepare(rootfs: Path) -> None:
+        (rootfs / "etc" / "nginx" / "sites-enabled" / "default").unlink(missing_ok=True)
+        for folder in ("docker-entrypoint.d", "etc/nginx/templates", "var/cache/nginx"):
+            (rootfs / folder).mkdir(parents=True, exist_ok=True)
+        for log in ("access", "error"):
+            (rootfs / "var" / "log" / "nginx" / f"{log}.log").unlink(missing_ok=True)
+        (rootfs / "var" / "log" / "nginx" / "access.log").symlink_to("/dev/stdout")
+        (rootfs / "var" / "log" / "nginx" / "error.log").symlink_to("/dev/stderr")
+        entrypoint = rootfs / "docker-entrypoint.sh"
+        entrypoint.write_text(NGINX_ENTRYPOINT)
+        entrypoint.chmod(0o755)
+
+    changes = [
+        'ENTRYPOINT ["/docker-entrypoint.sh"]',
+        'CMD ["nginx", "-g", "daemon off;"]',
+        "EXPOSE 80 443",
+    ]
+    _debootstrap_image(engine, work, mirror, "nginx,gettext-base,wget,ca-certificates", prepare, changes, [tag])
+
+
+def _debootstrap_image(
+    engine: DockerEngine,
+    work: Path,
+    mirror: str,
+    packages: str,
+    prepare: Callable[[Path], None],
+    changes: list[str],
+    tags: list[str],
+) -> None:
+    """Debian bookworm minbase with ``packages``, changed by ``prepare(rootfs)``, imported with the Dockerfile
+    ``changes`` and tagged with each of ``tags``; apt's caches left out."""
+    rootfs = work / f"rootfs-{tags[0].replace('/', '-').replace(':', '-')}"
     try:
         result = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", DEBIAN_SUITE, str(rootfs), mirror],
+            ["debootstrap", "--variant=minbase", f"--include={packages}", DEBIAN_SUITE, str(rootfs), mirror],
             capture_output=True,
             text=True,
             timeout=900,
         )
         if result.returncode != 0:
             raise DockerError(f"debootstrap failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-        for marker in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
-            marker.unlink()
-        (rootfs / "etc" / "pip.conf").write_text(f"[global]\nno-index = true\nfind-links = {find_links}\n")
+        prepare(rootfs)
         for cached in [*rootfs.glob("var/cache/apt/archives/*.deb"), *rootfs.glob("var/lib/apt/lists/*_*")]:
             cached.unlink()
-        changes = [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            'CMD ["python3"]',
-        ]
+        changes = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *changes]
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         docker_import = subprocess.run(
             [engine.docker, "import", *(f"--change={c}" for c in changes), "-", tags[0]],
