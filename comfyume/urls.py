@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from comfyume import favicon, health
-from jobs import api, callbacks, status
+from jobs import api, callbacks, comfy_jobs, status
 from workshops import ratelimit, seat_api
 from workshops import views as workshop_views
 
@@ -22,6 +22,11 @@ hub_api = [
     path("jobs", api.job_list, name="jobs"),
     path("jobs/<str:prompt_id>", api.job_detail, name="job"),
     path("jobs/<str:prompt_id>/cancel", api.job_cancel, name="job-cancel"),
+    # ComfyUI's own Jobs API, as the seat frontend relays /api/jobs… (jobs/comfy_jobs.py).
+    path("comfy/jobs", comfy_jobs.job_list, name="comfy-jobs"),
+    path("comfy/jobs/cancel", comfy_jobs.jobs_cancel, name="comfy-jobs-cancel"),
+    path("comfy/jobs/<str:job_id>", comfy_jobs.job_detail, name="comfy-job"),
+    path("comfy/jobs/<str:job_id>/cancel", comfy_jobs.job_cancel, name="comfy-job-cancel"),
     path("seat", seat_api.seat_info, name="seat"),
     path("status", seat_api.seat_status, name="status"),
     path("inputs", seat_api.upload_input, name="inputs"),

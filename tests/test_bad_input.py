@@ -71,6 +71,11 @@ def _is_hub_error(answer) -> bool:
     return isinstance(data.get("error"), dict) and isinstance(data["error"].get("message"), str)
 
 
+def _is_comfyui_error(answer) -> bool:
+    """ComfyUI's own error body, as its Jobs API answers (jobs/comfy_jobs.py): ``{"error": "…"}``."""
+    return isinstance(answer.json().get("error"), str)
+
+
 def _check(answer, shape, what: str) -> None:
     assert answer.status_code < 500, f"{what}: {answer.status_code} {answer.content[:300]!r}"
     if answer.status_code >= 400:
@@ -95,6 +100,9 @@ def test_the_hub_apis_bodies(seat_client):
     for path, raw in itertools.product(["prompt", "queue", "interrupt", "history"], BODIES):
         answer = seat_client.post(f"/api/hub/{path}", data=raw, content_type="application/json")
         _check(answer, _is_hub_error, f"POST /api/hub/{path} {raw[:60]!r}")
+    for raw in BODIES:
+        answer = seat_client.post("/api/hub/comfy/jobs/cancel", data=raw, content_type="application/json")
+        _check(answer, _is_comfyui_error, f"POST /api/hub/comfy/jobs/cancel {raw[:60]!r}")
     assert Job.objects.count() == 0
 
 
@@ -107,7 +115,15 @@ def test_the_hub_apis_names_and_numbers(seat_client):
             f"/api/hub/jobs?limit={value}",
         ]:
             _check(seat_client.get(url), _is_hub_error, f"GET {url[:80]}")
+        for name in ("status", "limit", "offset", "sort_by", "sort_order", "workflow_id"):
+            url = f"/api/hub/comfy/jobs?{name}={value}"
+            _check(seat_client.get(url), _is_comfyui_error, f"GET {url[:80]}")
         if value and "%2F" not in value:  # a path segment
+            for method, url in [
+                ("get", f"/api/hub/comfy/jobs/{value}"),
+                ("post", f"/api/hub/comfy/jobs/{value}/cancel"),
+            ]:
+                _check(getattr(seat_client, method)(url), _is_comfyui_error, f"{method.upper()} {url[:80]}")
             for method, url in [
                 ("get", f"/api/hub/history/{value}"),
                 ("get", f"/api/hub/jobs/{value}"),

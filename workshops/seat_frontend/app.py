@@ -542,7 +542,9 @@ async def prompt_info(request: web.Request) -> web.Response:
 def _passthrough(method: str, hub_path: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         body = await request.read() if method == "POST" else None
-        return await _relay(request, method, hub_path.format(**request.match_info), body=body)
+        # A path part is the participant's text: quoted whole, so that a "?" or "%2F" in it stays in its part.
+        parts = {key: quote(value, safe="") for key, value in request.match_info.items()}
+        return await _relay(request, method, hub_path.format(**parts), body=body)
 
     return handler
 
@@ -813,6 +815,11 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
         ("POST", "/history", _passthrough("POST", "/api/hub/history")),
         ("GET", "/history/{prompt_id}", _passthrough("GET", "/api/hub/history/{prompt_id}")),
         ("POST", "/interrupt", _passthrough("POST", "/api/hub/interrupt")),
+        # ComfyUI's Jobs API (newer frontends' queue panel and job history): jobs/comfy_jobs.py.
+        ("GET", "/jobs", _passthrough("GET", "/api/hub/comfy/jobs")),
+        ("POST", "/jobs/cancel", _passthrough("POST", "/api/hub/comfy/jobs/cancel")),
+        ("GET", "/jobs/{job_id}", _passthrough("GET", "/api/hub/comfy/jobs/{job_id}")),
+        ("POST", "/jobs/{job_id}/cancel", _passthrough("POST", "/api/hub/comfy/jobs/{job_id}/cancel")),
         ("POST", "/free", empty_ok),
         ("GET", "/comfyume/status", comfyume_status),
         ("GET", "/comfyume/seat", comfyume_seat),

@@ -89,6 +89,10 @@ ENDPOINTS = [
     ("GET", "/api/queue", {}),
     ("POST", "/api/queue", {"json": {"clear": True}}),
     ("GET", "/api/history?max_items=64", {}),
+    ("GET", "/api/jobs?status=completed,failed,cancelled&limit=64&offset=0", {}),
+    ("GET", "/api/jobs/6f1c1a3e-0000-4000-8000-000000000000", {}),
+    ("POST", "/api/jobs/6f1c1a3e-0000-4000-8000-000000000000/cancel", {}),
+    ("POST", "/api/jobs/cancel", {"json": {"job_ids": []}}),
     ("POST", "/api/interrupt", {"json": {}}),
     ("GET", "/api/object_info", {}),
     ("GET", "/api/comfyume/status", {}),
@@ -323,6 +327,15 @@ def test_an_uploaded_image_travels_with_the_job_to_the_gpu(seat_server, personas
     # Seat B never sees seat A's output, even by its exact name.
     other = call(server, "same_workshop", cookies, "GET", f"/api/view?{query}")
     assert other.status_code == 403
+    # Newer frontends' queue panel and job history: ComfyUI's Jobs API, relayed to the hub with its query.
+    listed = call(server, "own", cookies, "GET", "/api/jobs?status=completed,failed,cancelled&limit=64&offset=0")
+    [entry] = listed.json()["jobs"]
+    assert entry["id"] == str(job.prompt_id) and entry["preview_output"]["filename"] == image["filename"]
+    detail = call(server, "own", cookies, "GET", f"/api/jobs/{job.prompt_id}").json()
+    assert detail["outputs"]["3"]["images"][0] == image
+    # A job id with a "?" stays one path part on the way to the hub: not found, not the list.
+    odd = call(server, "own", cookies, "GET", "/api/jobs/x%3Fstatus=completed")
+    assert (odd.status_code, odd.json()) == (404, {"error": "Job not found"})
 
 
 def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server, personas):
