@@ -127,6 +127,17 @@ def _workflow_id(job: Job) -> str | None:
     return str(value) if value is not None else None
 
 
+def _execution_error(job: Job) -> dict[str, Any] | None:
+    """The failed node's ``execution_error`` message, as ComfyUI keeps it; None for a failure of the platform's own
+    (a GPU that stopped answering, a timeout), which a ComfyUI could not have had. Newer frontends validate the
+    whole list against this shape, so one job's error of another shape would empty their job history."""
+    error = job.error if isinstance(job.error, dict) else {}
+    texts = ("node_id", "node_type", "exception_message", "exception_type")
+    if all(isinstance(error.get(key), str) for key in texts) and isinstance(error.get("traceback"), list):
+        return error
+    return None
+
+
 def describe(job: Job) -> dict[str, Any]:
     """One job as ComfyUI's list names it (fields without a value left out)."""
     status = _THEIRS[Job.Status(job.status)]
@@ -147,7 +158,7 @@ def describe(job: Job) -> dict[str, Any]:
             outputs_count=total,
             previewable_outputs_count=previewable,
             preview_output=preview,
-            execution_error=job.error if status == "failed" and job.error else None,
+            execution_error=_execution_error(job) if status == "failed" else None,
         )
     return {key: value for key, value in data.items() if value is not None}
 

@@ -156,3 +156,21 @@ def test_the_preview_is_chosen_as_comfyui_chooses_it():
     text = counts_and_preview({"9": outputs["9"]})[2]
     assert text["mediaType"] == "text" and len(text["content"]) == 1024 and text["truncated"] is True
     assert counts_and_preview({})[2] is None
+
+
+def test_only_a_nodes_error_is_an_execution_error(api, personas):  # noqa: F811
+    """Newer frontends check ``execution_error`` against ComfyUI's message (node_id, node_type, exception_message,
+    exception_type, traceback): the platform's own failures carry none, so one cannot empty their job history."""
+    personas.backend.enabled = False
+    personas.backend.save()
+    node_failed, platform_failed = _submit(api), _submit(api)
+    message = {
+        "prompt_id": node_failed, "node_id": "2", "node_type": "ImageInvert", "executed": ["1"],
+        "exception_message": "boom", "exception_type": "RuntimeError", "traceback": ["line 1"],
+    }  # fmt: skip
+    Job.objects.filter(prompt_id=node_failed).update(status=Job.Status.FAILED, error=message)
+    envelope = {"type": "gpu_lost", "message": "The GPU stopped answering twice.", "details": "", "extra_info": {}}
+    Job.objects.filter(prompt_id=platform_failed).update(status=Job.Status.TIMED_OUT, error=envelope)
+    listed = {j["id"]: j for j in api("get", "comfy/jobs?status=failed").json()["jobs"]}
+    assert listed[node_failed]["execution_error"] == message
+    assert listed[platform_failed]["status"] == "failed" and "execution_error" not in listed[platform_failed]
