@@ -792,6 +792,11 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
         ("GET", "/features", features),
         ("GET", "/i18n", _fixed({})),
         ("GET", "/workflow_templates", _fixed({})),
+        # Newer frontends ask for these on every load; a stock ComfyUI without custom nodes answers them empty
+        # (an unknown subgraph id is a 200 null there, not a 404).
+        ("GET", "/global_subgraphs", _fixed({})),
+        ("GET", "/global_subgraphs/{id}", _fixed(None)),
+        ("GET", "/node_replacements", _fixed({})),
         ("GET", "/experiment/models", model_folders),
         ("GET", "/experiment/models/{folder}", model_files),
         ("GET", "/settings", get_settings),

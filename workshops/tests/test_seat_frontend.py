@@ -270,6 +270,19 @@ def test_unknown_endpoints_answer_404_in_comfyuis_error_shape(seat_server):
     assert call(server, "own", cookies, "POST", "/api/settings", data=b"not json").status_code == 400
 
 
+def test_what_newer_frontends_ask_on_every_load_is_answered_as_a_stock_comfyui_does(seat_server):
+    """Subgraph blueprints of custom nodes and node replacements: none on a seat, as on a ComfyUI without custom
+    nodes (upstream's server.py and app/subgraph_manager.py: an unknown blueprint is a 200 ``null``)."""
+    server, cookies = seat_server
+    for path, expected in [
+        ("/api/global_subgraphs", {}),
+        ("/api/global_subgraphs/0f3c", None),
+        ("/api/node_replacements", {}),
+    ]:
+        response = call(server, "own", cookies, "GET", path)
+        assert (response.status_code, response.json()) == (200, expected), path
+
+
 # --- A job from the seat's ComfyUI, with an uploaded image, through the hub to the simulator ---------------
 
 
