@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -47,6 +48,10 @@ class SeatServerThread:
         if not self._ready.wait(10):
             raise RuntimeError("the seat frontend did not start")
         return self
+
+    def run(self, coroutine: Any) -> Any:
+        """Run a coroutine in the seat's own loop (from a test's thread); its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
 
     def stop(self) -> None:
         if self._runner is not None:

@@ -199,6 +199,24 @@ def test_participant_signs_in_with_the_password_on_their_card(platform, browser)
     page.close()
 
 
+def test_the_templates_browser_offers_the_workshops_templates(platform, browser):
+    """ComfyUI's own Templates browser lists the workshop's templates; choosing one opens it in a new tab."""
+    seats = json.loads((platform["data_dir"] / "demo_credentials.json").read_text())
+    page = browser.new_page(viewport={"width": 1300, "height": 850})
+    _sign_in(page, platform, seats[2])
+    wait_for_comfyui(page)
+    page.evaluate("() => window.comfyAPI.app.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    card = page.get_by_text("Tiny video (24 frames, SaveVideo)", exact=True)
+    card.wait_for(timeout=15000)
+    assert page.get_by_text("Tiny test (invert an image)", exact=True).count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "participant-templates-browser.png"))
+    card.click()
+    page.wait_for_function(
+        "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveVideo')", timeout=15000
+    )
+    page.close()
+
+
 def test_wrong_password_is_refused_with_a_clear_message(platform, browser):
     page = browser.new_page()
     page.goto(f"{platform['base']}/login/")

@@ -53,6 +53,8 @@ WEB_ROOT: web.AppKey[Path] = web.AppKey("web_root", Path)
 INDEX: web.AppKey[str] = web.AppKey("index", str)
 TASKS: web.AppKey[list] = web.AppKey("tasks", list)
 SEAT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("seat_info", dict)
+# The workshop's templates by the name ComfyUI's Templates browser knows them (their file name's stem).
+TEMPLATES: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("templates", dict)
 OBJECT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("object_info", dict)
 
 # What the hub's pages send (Django's X_FRAME_OPTIONS, SECURE_CONTENT_TYPE_NOSNIFF, SECURE_REFERRER_POLICY,
@@ -704,6 +706,37 @@ def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[st
     return changed
 
 
+async def templates_index(request: web.Request) -> web.Response:
+    """ComfyUI's Templates browser (``/templates/index.json``, as the comfyui-workflow-templates package serves it):
+    the workshop's templates as one module, each by its file name's stem. No thumbnail: the browser draws its own
+    placeholder for one that does not load."""
+    templates = request.app[TEMPLATES]
+    if not templates:
+        return web.json_response([])
+    workshop = request.app[SEAT_INFO].get("workshop") or {}
+    entries = [
+        {
+            "name": name,
+            "title": str(template.get("name") or name),
+            "description": str(template.get("description") or ""),
+            "mediaType": "image",
+            "mediaSubtype": "webp",
+        }
+        for name, template in sorted(templates.items(), key=lambda item: str(item[1].get("name") or item[0]).lower())
+    ]
+    title = str(workshop.get("title") or "Workshop templates")
+    return web.json_response([{"moduleName": "default", "title": title, "type": "image", "templates": entries}])
+
+
+async def template_file(request: web.Request) -> web.Response:
+    """One template's workflow, ``/templates/<name>.json``, as the browser opens it; anything else is not here."""
+    requested = request.match_info["name"]
+    template = request.app[TEMPLATES].get(requested.removesuffix(".json")) if requested.endswith(".json") else None
+    if template is None:
+        return web.Response(status=404)
+    return web.json_response(template.get("workflow", {}))
+
+
 async def refresh_seat(app: web.Application) -> None:
     """Fetch the seat's workshop settings and templates from the hub (at start and when told to)."""
     info = await app[HUB].json("/api/hub/seat")
@@ -715,6 +748,12 @@ async def refresh_seat(app: web.Application) -> None:
     seat_info = app[SEAT_INFO]
     seat_info.clear()
     seat_info.update({k: v for k, v in info.items() if k != "templates"})
+    templates = app[TEMPLATES]
+    templates.clear()
+    for template in info.get("templates", []):
+        filename = str(template.get("filename", ""))
+        if filename.endswith(".json") and "/" not in filename and not filename.startswith("."):
+            templates[filename.removesuffix(".json")] = template
 
 
 async def _startup(app: web.Application) -> None:
@@ -772,6 +811,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     app[INDEX] = index_page(app[WEB_ROOT], config.label)
     app[TASKS] = []
     app[SEAT_INFO] = {}
+    app[TEMPLATES] = {}
     app[OBJECT_INFO] = {}
     app.on_startup.append(_startup)
     app.on_shutdown.append(_close_sockets)
@@ -835,7 +875,8 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     r.add_get("/internal/logs/raw", _fixed({"entries": [], "size": {"cols": 80, "rows": 24}}))
     r.add_route("PATCH", "/internal/logs/subscribe", empty_ok)
     r.add_get("/internal/folder_paths", _fixed({}))
-    r.add_get("/templates/index.json", _fixed([]))
+    r.add_get("/templates/index.json", templates_index)
+    r.add_get("/templates/{name}", template_file)
     r.add_route("*", "/api/{tail:.*}", unknown_api)
     r.add_static("/", app[WEB_ROOT], show_index=False, follow_symlinks=False)
 

@@ -381,6 +381,37 @@ def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server,
     assert json.loads(path.read_text()) == {"edited": True}
 
 
+def test_the_templates_browser_lists_the_workshops_templates_and_opens_them(seat_server, personas):
+    """ComfyUI's own Templates browser (``/templates/index.json``, then ``/templates/<name>.json``), filled from the
+    workshop's templates, as the comfyui-workflow-templates package fills a stock ComfyUI's."""
+    from workshops.models import WorkflowTemplate
+    from workshops.seat_frontend.app import refresh_seat
+
+    server, cookies = seat_server
+    assert call(server, "own", cookies, "GET", "/templates/index.json").json() == []
+    flux = WorkflowTemplate.objects.create(name="Flux (text to image)", description="Fast", workflow={"v": 1})
+    ltx = WorkflowTemplate.objects.create(name="ltx video", workflow={"v": 2})
+    personas.workshop.templates.add(flux, ltx)
+    server.run(refresh_seat(server.app))  # what the hub's "templates changed" message makes the seat do
+    [module] = call(server, "own", cookies, "GET", "/templates/index.json").json()
+    assert (module["moduleName"], module["title"]) == ("default", personas.workshop.title)
+    assert [(t["title"], t["description"], t["mediaType"]) for t in module["templates"]] == [
+        ("Flux (text to image)", "Fast", "image"),
+        ("ltx video", "", "image"),
+    ]
+    for entry, workflow in zip(module["templates"], ({"v": 1}, {"v": 2}), strict=True):
+        opened = call(server, "own", cookies, "GET", f"/templates/{quote(entry['name'])}.json")
+        assert (opened.status_code, opened.json()) == (200, workflow)
+    for missing in (
+        "/templates/nothing.json",
+        "/templates/index.fr.json",
+        f"/templates/{module['templates'][0]['name']}-1.webp",
+    ):
+        assert call(server, "own", cookies, "GET", missing).status_code == 404, missing
+    # Only the seat's participant (and staff) see them.
+    assert call(server, "same_workshop", cookies, "GET", "/templates/index.json").status_code == 403
+
+
 def test_seat_ids_come_from_the_token_never_from_the_body(seat_server, personas):
     server, cookies = seat_server
     body = {"prompt": TINY, "client_id": "x", "seat": personas.seat_b.label, "seat_id": personas.seat_b.pk}
