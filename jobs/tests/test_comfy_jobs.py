@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from jobs.comfy_jobs import counts_and_preview
 from jobs.models import Job
 from jobs.tests.test_hub_api import api  # noqa: F401 (the fixture)
 from tests.fixtures import run_worker
-from tests.recorded import TINY_PATH, load
+from tests.recorded import NEWER, TINY_PATH, load
 
 TINY = load(TINY_PATH)
-RECORDED = "../shared/fixtures/comfyui-0.12.1/jobs_sample.json"
 WORKFLOW_ID = "0c7e5b7a-5f3e-4e0c-9a51-3f1d2a6b9e11"
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,9 +38,7 @@ def test_a_finished_job_is_listed_as_comfyui_lists_it(api, personas, sim):  # no
     assert (preview["type"], preview["nodeId"], preview["mediaType"]) == ("output", "3", "images")
     assert preview["filename"].endswith(".png") and preview["subfolder"].startswith(prompt_id)
     # Every field the recorded ComfyUI gives a finished job, and its preview's, but its host path.
-    from pathlib import Path
-
-    recorded = json.loads((Path(__file__).resolve().parents[2] / RECORDED).read_text())["jobs"]
+    recorded = load(NEWER / "jobs_sample.json")["jobs"]
     theirs = next(j for j in recorded if j["status"] == "completed")
     assert set(theirs) <= set(job) and set(theirs["preview_output"]) - {"abs_path"} <= set(preview)
     assert "abs_path" not in preview
@@ -53,6 +48,7 @@ def test_a_finished_job_is_listed_as_comfyui_lists_it(api, personas, sim):  # no
     assert detail["execution_status"] == {"status_str": "success", "completed": True, "messages": []}
     assert detail["workflow"]["prompt"] == TINY
     assert None not in detail.values()
+    assert set(load(NEWER / "jobs_detail_sample.json")) <= set(detail)
 
 
 def test_waiting_jobs_filter_page_and_sort(api, personas):  # noqa: F811
