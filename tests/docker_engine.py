@@ -39,6 +39,8 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 CGROUPS = Path("/sys/fs/cgroup")
 # Directories dockerd makes outside its own whatever its flags say; removed after it stops if it made them.
 DOCKERD_LEFTOVERS = (Path("/run/docker/plugins"), Path("/run/docker"))
+# Why an isolation test cannot run on an engine whose ``isolates`` is False.
+NO_ISOLATION = "the engine of this run has no iptables rules: the host's firewall could not be read to be put back"
 
 
 class DockerError(Exception):
@@ -52,6 +54,7 @@ class DockerEngine:
     env: dict[str, str]
     owned: bool  # started by this run (and stopped at its end)
     server_version: str
+    isolates: bool = True  # Docker's iptables rules are on (an engine of the run's own without them: False)
     docker: str = field(default_factory=lambda: shutil.which("docker") or "docker")
 
     def run(
@@ -140,7 +143,12 @@ class Firewall:
 
     def __init__(self) -> None:
         self.tools = shutil.which("iptables-save"), shutil.which("iptables-restore")
-        self.saved = self._tables() if all(self.tools) else None
+        self.saved: dict[str, str] | None = None
+        if all(self.tools):
+            try:
+                self.saved = self._tables()
+            except (OSError, subprocess.SubprocessError):
+                self.saved = None  # unreadable: the engine then leaves the firewall alone (OwnedDockerd)
 
     def _tables(self) -> dict[str, str]:
         """Table name → its rules, without comments and counters."""
@@ -163,9 +171,12 @@ class Firewall:
                 dump += f"*{name}\n{self.saved[name]}\nCOMMIT\n"
             elif name in self.EMPTY or name in now:
                 dump += f"*{name}\n{self.EMPTY.get(name, '')}COMMIT\n"
-        subprocess.run([self.tools[1] or ""], input=dump, capture_output=True, text=True, check=True, timeout=30)
+        try:
+            subprocess.run([self.tools[1] or ""], input=dump, capture_output=True, text=True, check=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"iptables-restore failed ({exc}); the rules before were: {self.saved}"
         nft = shutil.which("nft")
-        for name in set(now) - set(self.saved):  # a table that was not there: gone again (iptables' nft backend)
+        for name in set(self._tables()) - set(self.saved):  # one that was not there: gone again (nft backend)
             if nft:
                 subprocess.run([nft, "delete", "table", "ip", name], capture_output=True, timeout=30)
         after, before = _meaningful(self._tables()), _meaningful(self.saved)
@@ -207,8 +218,11 @@ class OwnedDockerd:
         (self.root / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.root / "key.json")}))
         (self.root / "cli").mkdir(exist_ok=True)
         dockerd = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "dockerd"
+        # Docker's rules only where the firewall can be put back as it was; else none at all (isolation untested).
+        iptables = [] if self.firewall.saved is not None else ["--iptables=false"]
         args = [
             dockerd,
+            *iptables,
             "--ip6tables=false",
             "--bridge=none",
             f"--config-file={self.root / 'daemon.json'}",
@@ -308,7 +322,8 @@ def _start_owned_engine() -> tuple[DockerEngine, OwnedDockerd] | str:
     except DockerError as exc:
         dockerd.stop()
         return f"Debian's dockerd did not start here: {exc}"
-    return DockerEngine(env=dockerd.env, owned=True, server_version=version), dockerd
+    engine = DockerEngine(dockerd.env, owned=True, server_version=version, isolates=dockerd.firewall.saved is not None)
+    return engine, dockerd
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ import pytest
 import requests
 from psycopg import sql
 
-from tests.docker_engine import DockerEngine, install_debian_packages
+from tests.docker_engine import NO_ISOLATION, DockerEngine, install_debian_packages
 from tests.fake_verda import INFERENCE_KEY, FakeVerda
 from tests.gpu_worker import free_port
 from tests.images import debian_mirror, make_nginx_stand_in
@@ -584,6 +584,8 @@ def test_a_seat_container_reaches_the_hub_and_no_other_network_of_the_stack(depl
     any Docker host: the stand-ins listening there (the relays, the Verda fake) are not production's layout and are
     not probed."""
     stack, engine = deployed.stack, deployed.stack.engine
+    if not engine.isolates:
+        pytest.skip(NO_ISOLATION)
     stack.manage("seat_frontends", "start", "--workshop", deployed.workshop)
     network = f"{stack.name}-seats"
     deadline = time.monotonic() + READY_SECONDS
