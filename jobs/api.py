@@ -25,7 +25,7 @@ from .services import SubmissionRejected, cancel_job, parse_prompt_request, subm
 HISTORY_LIMIT = 200
 
 
-def _job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
+def job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
     """The one place a job is looked up for a seat: another seat's job is simply not found."""
     key = _uuid(prompt_id)
     if key is None:
@@ -60,7 +60,7 @@ def job_list(request: SeatRequest) -> JsonResponse:
 @require_GET
 @seat_required
 def job_detail(request: SeatRequest, prompt_id: str) -> JsonResponse:
-    job = _job_for_seat(request, prompt_id)
+    job = job_for_seat(request, prompt_id)
     if job is None:
         return api_error(404, "not_found", "No such job for this seat.")
     data = job.summary()
@@ -80,7 +80,7 @@ def job_detail(request: SeatRequest, prompt_id: str) -> JsonResponse:
 @require_POST
 @seat_required
 def job_cancel(request: SeatRequest, prompt_id: str) -> JsonResponse:
-    job = _job_for_seat(request, prompt_id)
+    job = job_for_seat(request, prompt_id)
     if job is None:
         return api_error(404, "not_found", "No such job for this seat.")
     if not cancel_job(job, by="participant"):

@@ -31,6 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from comfyume import jsonbody
 
+from .api import job_for_seat
 from .auth import SeatRequest, seat_required
 from .models import Job
 from .services import cancel_job
@@ -225,11 +226,16 @@ def job_list(request: SeatRequest) -> JsonResponse:
     return JsonResponse({"jobs": page, "pagination": pagination})
 
 
+def _find(request: SeatRequest, job_id: str) -> Job | None:
+    """The seat's job by its id as ComfyUI's queue and history key it (the canonical lowercase form only)."""
+    return job_for_seat(request, job_id) if CANONICAL_UUID.fullmatch(job_id) else None
+
+
 @require_GET
 @seat_required
 def job_detail(request: SeatRequest, job_id: str) -> JsonResponse:
-    job = _visible(request).filter(prompt_id=job_id).first() if CANONICAL_UUID.fullmatch(job_id.lower()) else None
-    if job is None:
+    job = _find(request, job_id)
+    if job is None or (job.hidden and job.status in Job.TERMINAL):  # removed from the history: gone, as there
         return error("Job not found", 404)
     data = describe(job)
     extra_data = {key: value for key, value in (job.extra_data or {}).items() if not SENSITIVE.search(key)}
@@ -242,7 +248,7 @@ def job_detail(request: SeatRequest, job_id: str) -> JsonResponse:
 
 
 def _cancel(request: SeatRequest, job_id: str) -> bool:
-    job = Job.objects.filter(seat=request.seat, prompt_id=job_id).select_related("seat").first()
+    job = _find(request, job_id)
     return job is not None and job.status not in Job.TERMINAL and cancel_job(job, by="participant")
 
 
@@ -250,7 +256,7 @@ def _cancel(request: SeatRequest, job_id: str) -> bool:
 @seat_required
 def job_cancel(request: SeatRequest, job_id: str) -> JsonResponse:
     """ComfyUI answers 200 whatever the id: ``cancelled`` says whether a waiting or running job was stopped."""
-    return JsonResponse({"cancelled": bool(CANONICAL_UUID.fullmatch(job_id)) and _cancel(request, job_id)})
+    return JsonResponse({"cancelled": _cancel(request, job_id)})
 
 
 @require_http_methods(["GET", "POST"])

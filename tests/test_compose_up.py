@@ -109,9 +109,14 @@ def project(images: Images, scratch_database: str, tmp_path: Path):  # noqa: F81
         images.engine.run("rmi", f"comfyume/hub:{version}", check=False)
 
 
-def _states(compose) -> dict[str, tuple[str, str]]:
-    rows = [json.loads(line) for line in compose("ps", "--all", "--format", "json").stdout.splitlines() if line]
+def compose_states(ps_json: str) -> dict[str, tuple[str, str]]:
+    """Each service's (state, health) from ``docker compose ps --all --format json`` (a JSON object per line)."""
+    rows = [json.loads(line) for line in ps_json.splitlines() if line]
     return {row["Service"]: (row["State"], row.get("Health", "")) for row in rows}
+
+
+def _states(compose) -> dict[str, tuple[str, str]]:
+    return compose_states(compose("ps", "--all", "--format", "json").stdout)
 
 
 def test_the_hubs_services_come_up_from_the_compose_file_and_go_down(project, images):

@@ -30,6 +30,7 @@ one source file (docs/BENCHMARKS.md, "Images").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -194,12 +195,10 @@ def redis_server() -> str | None:
     return urlunsplit(parts._replace(path="/5"))
 
 
-@pytest.fixture
-def scratch_database() -> Iterator[str]:
-    server = database_server()
-    if server is None:
-        pytest.skip("no PostgreSQL answers (DATABASE_URL, or 127.0.0.1:5432) for the hub container")
-    name = f"comfyume_images_{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def database_of_its_own(server: str, prefix: str = "comfyume_images") -> Iterator[str]:
+    """A database made on ``server`` for one container test, and dropped after it; its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     maintenance = urlunsplit(urlsplit(server)._replace(path="/postgres"))
     with psycopg.connect(maintenance, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -208,6 +207,15 @@ def scratch_database() -> Iterator[str]:
     finally:
         with psycopg.connect(maintenance, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[str]:
+    server = database_server()
+    if server is None:
+        pytest.skip("no PostgreSQL answers (DATABASE_URL, or 127.0.0.1:5432) for the hub container")
+    with database_of_its_own(server) as url:
+        yield url
 
 
 def test_the_hub_image_migrates_and_answers_health_on_postgresql_and_redis(images, container, scratch_database):

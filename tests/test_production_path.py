@@ -61,10 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 import requests
-from psycopg import sql
 
 from tests.docker_engine import NO_ISOLATION, DockerEngine, install_debian_packages
 from tests.fake_verda import INFERENCE_KEY, FakeVerda
@@ -79,8 +77,9 @@ from tests.launched import (
     run_until_image,
     wait_for_comfyui,
 )
+from tests.test_compose_up import compose_states
 from tests.test_docker_seats import PROBE
-from tests.test_images import database_server, redis_server
+from tests.test_images import database_of_its_own, database_server, redis_server
 
 pytestmark = [
     pytest.mark.browser,
@@ -180,20 +179,6 @@ class Relay:
                 end.close()
 
 
-@contextlib.contextmanager
-def scratch_database(server: str) -> Iterator[str]:
-    """A database of its own on ``server`` for one stack, dropped afterwards."""
-    name = f"comfyume_production_{uuid.uuid4().hex[:8]}"
-    maintenance = urlunsplit(urlsplit(server)._replace(path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        with psycopg.connect(maintenance, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 # --- The site's certificate ---------------------------------------------------------------------------------------
 
 
@@ -257,8 +242,7 @@ class Stack:
         return self.compose("run", "--rm", "-T", *extra, "web", "python", "manage.py", *args)
 
     def states(self) -> dict[str, tuple[str, str]]:
-        rows = [json.loads(line) for line in self.compose("ps", "--all", "--format", "json").splitlines() if line]
-        return {row["Service"]: (row["State"], row.get("Health", "")) for row in rows}
+        return compose_states(self.compose("ps", "--all", "--format", "json"))
 
     def wait_healthy(self, services: tuple[str, ...]) -> float:
         """Until every one of ``services`` runs and is healthy; seconds it took."""
@@ -314,9 +298,8 @@ def socket_path(engine: DockerEngine) -> Path:
 
 
 def new_stack(engine: DockerEngine, images: Images, work: Path, certificate: Certificate, https_port: int) -> Stack:
-    """deploy/ copied with the files an operator writes (``.env``, the certificate) and the test's override, its
-    networks made (``up --no-start``) and the relays to PostgreSQL and Redis listening on the host's address on
-    ``egress``. The stack's database is made by the caller (:func:`scratch_database`) and named by ``database``."""
+    """deploy/ copied with the files an operator writes (``.env``, the certificate), and the hub image tagged as
+    compose.yaml names it for this stack's version; :func:`connect_stack` does the rest."""
     name = f"cfme{os.getpid()}{uuid.uuid4().hex[:4]}"
     folder = work / name / "deploy"
     shutil.copytree(ROOT / "deploy", folder, ignore=shutil.ignore_patterns(".env", "certificate", "redis-tls"))
@@ -351,7 +334,8 @@ def new_stack(engine: DockerEngine, images: Images, work: Path, certificate: Cer
 
 
 def connect_stack(stack: Stack, database: str) -> None:
-    """The override (the stand-ins), the networks, and the relays to PostgreSQL and Redis on ``egress``."""
+    """The override (the stand-ins, ``database`` the URL of the stack's own database), the networks, and the relays to
+    PostgreSQL and Redis on ``egress``."""
     subnet = free_subnet(stack.engine)
     gateway = str(next(ipaddress.ip_network(subnet).hosts()))
     server, redis = database_server(), redis_server()
@@ -361,7 +345,7 @@ def connect_stack(stack: Stack, database: str) -> None:
     (stack.folder / "compose.test.yaml").write_text(
         OVERRIDE.format(
             database=urlunsplit(server_url._replace(netloc=f"{server_url.username or 'postgres'}@{gateway}:{db_port}",
-                                                   path=f"/{database}")),
+                                                   path=urlsplit(database).path)),
             redis=urlunsplit(redis_url._replace(netloc=f"{gateway}:{redis_port}")),
             prefix=stack.prefix,
             socket=socket_path(stack.engine),
@@ -468,7 +452,7 @@ def deployed(images: Images, nginx_image: str, tmp_path_factory: pytest.TempPath
     certificate = make_certificate(work / "tls", [SERVER_NAME, GRAFANA_HOST])
     workshop = f"film-{uuid.uuid4().hex[:6]}"
     with contextlib.ExitStack() as cleanup:
-        database = cleanup.enter_context(scratch_database(database_server() or ""))
+        database = cleanup.enter_context(database_of_its_own(database_server() or "", "comfyume_production"))
         stack = new_stack(engine, images, work, certificate, free_port())
         cleanup.callback(remove_seats, engine, f"{stack.name}-seats", workshop)
         cleanup.callback(stack.down)
@@ -652,7 +636,7 @@ def test_a_backup_made_in_the_hub_container_brings_the_workshop_back_on_a_fresh_
     # A fresh stack: its own database, data volume, Redis prefix and nginx port; the backup copied onto it.
     work = tmp_path_factory.mktemp("restored")
     with contextlib.ExitStack() as cleanup:
-        database = cleanup.enter_context(scratch_database(database_server() or ""))
+        database = cleanup.enter_context(database_of_its_own(database_server() or "", "comfyume_production"))
         second = new_stack(engine, images, work, deployed.certificate, free_port())
         cleanup.callback(second.down)
         connect_stack(second, database)
