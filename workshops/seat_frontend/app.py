@@ -676,6 +676,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 # --- Workshop templates in the workflow list -------------------------------------------------------------
 
 
+def usable_filename(template: dict[str, Any]) -> str | None:
+    """A template's file name if it can be one in ``workflows/`` (``*.json``, no folder, not hidden), else None."""
+    filename = str(template.get("filename", ""))
+    return filename if filename.endswith(".json") and "/" not in filename and not filename.startswith(".") else None
+
+
 def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[str]:
     """Write the workshop's templates into ``workflows/``. A template the participant has changed is left
     alone (we remember what we wrote); a new version replaces an untouched copy. Returns what was written."""
@@ -686,8 +692,8 @@ def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[st
         written = {}
     changed = []
     for template in templates:
-        filename = str(template.get("filename", ""))
-        if not filename.endswith(".json") or "/" in filename or filename.startswith("."):
+        filename = usable_filename(template)
+        if filename is None:
             continue
         body = json.dumps(template.get("workflow", {}), indent=2).encode()
         digest = hashlib.sha256(body).hexdigest()
@@ -751,8 +757,7 @@ async def refresh_seat(app: web.Application) -> None:
     templates = app[TEMPLATES]
     templates.clear()
     for template in info.get("templates", []):
-        filename = str(template.get("filename", ""))
-        if filename.endswith(".json") and "/" not in filename and not filename.startswith("."):
+        if filename := usable_filename(template):
             templates[filename.removesuffix(".json")] = template
 
 

@@ -351,7 +351,7 @@ def test_an_uploaded_image_travels_with_the_job_to_the_gpu(seat_server, personas
     assert (odd.status_code, odd.json()) == (404, {"error": "Job not found"})
 
 
-def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server, personas):
+def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server, personas, tmp_path):
     from workshops.models import WorkflowTemplate
     from workshops.seat_frontend.app import sync_templates
     from workshops.seat_frontend.files import SeatFiles
@@ -367,7 +367,8 @@ def test_templates_fill_the_workflow_list_without_overwriting_edits(seat_server,
         timeout=5,
     ).json()
     assert info["default_template"] == "Flux.json"
-    files = SeatFiles(server.config.data_dir)
+    # A folder of its own: adding the template tells the running seat, which syncs its own folder meanwhile.
+    files = SeatFiles(tmp_path / "synced")
     assert sync_templates(files, info["templates"]) == ["Flux.json"]
     path = files.user_dir / "workflows" / "Flux.json"
     assert json.loads(path.read_text())["v"] == 1
