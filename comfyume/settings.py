@@ -16,6 +16,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from comfyume import redis_url
+from workshops.seat_frontend import frontend_package
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -356,7 +357,16 @@ SEAT_FRONTENDS = {
     "AUTH_CACHE_SECONDS": env.float("COMFYUME_SEAT_AUTH_CACHE_SECONDS", default=5.0),
     # Largest image a participant may upload (MB).
     "MAX_UPLOAD_MB": env.int("COMFYUME_MAX_UPLOAD_MB", default=50),
+    # The ComfyUI web frontend every seat serves (docs/CONFIGURATION.md, "The ComfyUI frontend"), and where the
+    # process driver finds a version other than the installed one (manage.py install_frontend puts it there).
+    "FRONTEND_VERSION": env.str("COMFYUME_FRONTEND_VERSION", default="") or frontend_package.DEFAULT_VERSION,
+    "FRONTENDS_DIR": Path(env.str("COMFYUME_FRONTENDS_DIR", default=str(DATA_DIR / "frontends"))).resolve(),
 }
+
+try:
+    frontend_package.check_version(SEAT_FRONTENDS["FRONTEND_VERSION"])
+except frontend_package.FrontendMissing as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 if SEAT_FRONTENDS["DRIVER"] == "docker" and urlsplit(SEAT_FRONTENDS["HUB_URL"]).hostname in ("127.0.0.1", "localhost"):
     raise ImproperlyConfigured(

@@ -160,11 +160,16 @@ def wait_for_comfyui(page) -> None:
         raise AssertionError(f"ComfyUI did not load at {page.url}: {exc}\n{json.dumps(state, indent=1)}") from exc
 
 
-def run_until_image(page) -> float:
-    """Press ComfyUI's Run and wait for the banner's Done and the image drawn in the SaveImage node; the seconds
-    from the click to the image (a ``BENCH`` figure of the path the test runs)."""
+# ComfyUI's Run button: 1.27's aria-label, newer frontends' test id.
+RUN_BUTTON = "button[aria-label='Run'], [data-testid=queue-button]"
+
+
+def run_until_image(page, *, click: bool = True) -> float:
+    """Press ComfyUI's Run (unless the caller did) and wait for the banner's Done and the image drawn in the
+    SaveImage node; the seconds from the click to the image (a ``BENCH`` figure of the path the test runs)."""
     started = time.monotonic()
-    page.click("button[aria-label='Run']")
+    if click:
+        page.click(RUN_BUTTON)
     page.wait_for_function(
         "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
     )

@@ -1,5 +1,6 @@
 """Recorded facts from real ComfyUIs, 0.3.64 and 0.12.1 (copied from shared/fixtures so a clean clone tests alone)."""
 
+import gzip
 import json
 from pathlib import Path
 
@@ -12,6 +13,9 @@ TINY_PATH = ROOT / "workshops" / "data" / "tiny_workflow_api.json"
 
 
 def load(path: Path):
+    """A recorded JSON file; a large one is kept gzipped (``object_info.json.gz``)."""
+    if path.suffix == ".gz":
+        return json.loads(gzip.decompress(path.read_bytes()))
     return json.loads(path.read_text())
 
 

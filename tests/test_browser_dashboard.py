@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, Platform, launch, wait_for_comfyui
+from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, RUN_BUTTON, Platform, launch, wait_for_comfyui
 
 pytestmark = [
     pytest.mark.browser,
@@ -88,7 +88,7 @@ def test_a_participants_job_shows_its_progress_and_reaches_done_without_a_reload
     # Slow enough (three nodes of 2.5 s, in steps) for the dashboard to show the job while it runs.
     simulator(platform, node_delay=2.5, progress_steps=5, progress_all=True)
     try:
-        participant.click("button[aria-label='Run']")
+        participant.click(RUN_BUTTON)
         job = _first_row(dashboard, "#queue-rows tr[data-status=running]")
         row = f'#queue-rows tr[data-job="{job}"]'
         assert "user001" in dashboard.inner_text(row)
@@ -116,7 +116,7 @@ def test_the_pause_button_holds_the_queue_until_resumed(dashboard, participant):
     dashboard.wait_for_selector("#pause-toggle >> text=Resume the queue", timeout=SLOW)
     assert "Paused the queue" in dashboard.inner_text("#dashboard-messages")
 
-    participant.click("button[aria-label='Run']")
+    participant.click(RUN_BUTTON)
     job = _first_row(dashboard, "#queue-rows tr[data-status=queued]")
     row = f'#queue-rows tr[data-job="{job}"]'
     assert dashboard.inner_text(f"{row} td.num") == "1"  # first place in the queue
@@ -169,7 +169,7 @@ def test_a_waiting_job_moves_to_another_backend_and_the_policy_changes_from_the_
     page.click("#pause-toggle >> text=Pause the queue")
     page.wait_for_selector("#paused-banner", state="visible", timeout=SLOW)
     try:
-        participant.click("button[aria-label='Run']")
+        participant.click(RUN_BUTTON)
         job = _first_row(page, "#queue-rows tr[data-status=queued]")
         row = f'#queue-rows tr[data-job="{job}"]'
         assert "any" in page.inner_text(f"{row} td:nth-child(6)")

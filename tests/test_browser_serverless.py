@@ -26,7 +26,7 @@ import requests
 
 from tests.fake_verda import CLIENT_ID, CLIENT_SECRET, INFERENCE_KEY, FakeVerda
 from tests.gpu_worker import gpu_worker
-from tests.launched import ARTIFACTS, CHROMIUM, Platform, check_backend_in_admin, launch, wait_for_comfyui
+from tests.launched import ARTIFACTS, CHROMIUM, RUN_BUTTON, Platform, check_backend_in_admin, launch, wait_for_comfyui
 from tests.test_browser_dashboard import LAPTOP_PROJECTOR, SLOW, sign_in_as_instructor
 
 pytestmark = [
@@ -170,7 +170,7 @@ def test_a_participants_job_waits_out_the_cold_start_and_its_image_arrives(
     assert "Cold" in dashboard.inner_text(BACKEND_ROW)
 
     started = time.monotonic()
-    participant.click("button[aria-label='Run']")
+    participant.click(RUN_BUTTON)
     # The banner names the wait and counts it; the dashboard shows the backend warming up, both without a reload.
     participant.wait_for_selector(f"{BANNER} >> text=/GPU starting · \\d+ s/", timeout=SLOW)
     dashboard.wait_for_selector(f"{BACKEND_ROW} >> text=Warming up", timeout=COLD_START * 1000)

@@ -11,11 +11,12 @@ Screenshots are kept in test-artifacts/.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
-from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, ROOT, launch, wait_for_comfyui
+from tests.launched import ADMIN_PASSWORD, ARTIFACTS, CHROMIUM, ROOT, RUN_BUTTON, launch, wait_for_comfyui
 
 pytestmark = [
     pytest.mark.browser,
@@ -33,6 +34,10 @@ def platform(tmp_path_factory):
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
     yield launched
     launched.stop()
+
+
+# The Workflows sidebar tab: 1.27's class, newer frontends' test id.
+WORKFLOWS_TAB = "button.workflows-tab-button, [data-testid=workflows-tab-button]"
 
 
 def _playing(page, selector: str) -> dict:
@@ -72,14 +77,14 @@ def test_participant_runs_a_video_workflow_and_it_plays_in_the_save_video_node(p
     ):
         assert time.monotonic() < deadline, "the video template never reached the seat's workflow list"
         time.sleep(0.5)
-    page.click("button.workflows-tab-button")
-    page.get_by_text("tiny-video.json", exact=True).first.click()
+    page.click(WORKFLOWS_TAB)
+    page.get_by_text(re.compile(r"^tiny-video(\.json)?$")).first.click()  # newer frontends drop the .json
     page.wait_for_function(
         "() => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveVideo')", timeout=15000
     )
-    page.click("button.workflows-tab-button")  # close the sidebar again
+    page.click(WORKFLOWS_TAB)  # close the sidebar again
 
-    page.click("button[aria-label='Run']")
+    page.click(RUN_BUTTON)
     page.wait_for_function(
         "() => (document.getElementById('comfyume-banner')?.innerText || '').includes('Done')", timeout=60000
     )

@@ -66,3 +66,10 @@ def test_docker_seats_cannot_reach_a_hub_on_localhost(tmp_path):
     result = start(tmp_path, COMFYUME_SEAT_DRIVER="docker", COMFYUME_HUB_INTERNAL_URL="http://127.0.0.1:8000")
     assert result.returncode != 0
     assert "COMFYUME_HUB_INTERNAL_URL points at localhost" in result.stderr
+
+
+def test_a_frontend_version_that_is_not_one_is_refused_naming_it(tmp_path):
+    result = start(tmp_path, COMFYUME_FRONTEND_VERSION="latest")
+    assert result.returncode != 0
+    assert "COMFYUME_FRONTEND_VERSION must be a version of comfyui-frontend-package" in result.stderr
+    assert start(tmp_path, COMFYUME_FRONTEND_VERSION="").returncode == 0  # empty, as .env.example has it: the pin

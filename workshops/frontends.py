@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from comfyume.redis_client import counters
 
 from .models import Seat, SeatFrontend, Workshop, hash_token
 from .provisioning import TOKEN_ENV, FrontendDriver, FrontendStatus, ProvisioningError, SeatSpec, get_driver
+from .seat_frontend import frontend_package
 
 log = logging.getLogger(__name__)
 RESTART_BACKOFF = (1, 2, 5, 10, 30, 60)
@@ -96,6 +97,7 @@ def seat_spec(seat: Seat, token: str | None = None, *, port: int | None = None) 
         "COMFYUME_SEAT_LOGIN_URL": login_url(),
         "COMFYUME_SEAT_AUTH_CACHE_SECONDS": str(conf["AUTH_CACHE_SECONDS"]),
         "COMFYUME_MAX_UPLOAD_MB": str(conf["MAX_UPLOAD_MB"]),
+        "COMFYUME_FRONTEND_VERSION": conf["FRONTEND_VERSION"],
     }
     if token is not None:
         env[TOKEN_ENV] = token
@@ -416,3 +418,16 @@ class Supervisor:
             self._save(
                 frontend, last_error=f"Started over {ANSWER_DEADLINE} s ago but does not answer at {status.address}."
             )
+
+
+def ensure_frontend(version: str, write: Callable[[str], Any] | None = None) -> str:
+    """Where the seats will find ``version`` (installing it into COMFYUME_FRONTENDS_DIR if it is not the
+    installed one and not there yet). Raises FrontendMissing with the reason."""
+    frontends_dir = settings.SEAT_FRONTENDS["FRONTENDS_DIR"]
+    try:
+        return str(frontend_package.web_root(version, frontends_dir))
+    except frontend_package.FrontendMissing:
+        frontend_package.check_version(version)
+        if write:
+            write(f"Installing the ComfyUI frontend {version} into {frontends_dir} (once; pip, about 20 s)")
+        return str(frontend_package.install(version, frontends_dir))

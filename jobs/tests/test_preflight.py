@@ -8,7 +8,7 @@ import random
 import pytest
 
 from jobs.preflight import PromptValidationError, ValidatedOutputs, error_body, validate_prompt
-from tests.recorded import OBJECT_INFO_PATH, TINY_PATH, load, recorded_invalid
+from tests.recorded import NEWER, OBJECT_INFO_PATH, TINY_PATH, load, recorded_invalid
 
 OBJECT_INFO = load(OBJECT_INFO_PATH)
 TINY = load(TINY_PATH)
@@ -658,3 +658,69 @@ def test_random_mutations_only_ever_return_outputs_or_a_json_400_body():
             assert all(isinstance(o, str) for o in result)
             seen.add("accepted")
     assert seen == KNOWN_ERROR_TYPES | {"accepted"}  # the corpus really reaches every kind of answer
+
+
+# -- a newer ComfyUI's catalogue (0.12.1: V3 schema fields, COMBO specs with options, remote combos) -----------
+
+NEWER_INFO = load(NEWER / "object_info.json.gz")
+WIDGET_VALUES = {"INT": 1, "FLOAT": 1.0, "STRING": "x", "BOOLEAN": True}
+
+
+def _filled(spec: list):
+    """A value for a widget input of ``spec``, or None for a link input and for a list of model files that was
+    empty on the recording machine (no model there, so no value can be right)."""
+    kind, config = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    if isinstance(kind, list):
+        return kind[0] if kind else None
+    if kind == "COMBO":
+        if "options" in config:
+            return config["options"][0] if config["options"] else None
+        return "anything"  # a remote combo: its options come from a route, not the catalogue
+    if kind in WIDGET_VALUES:
+        return config.get("default", WIDGET_VALUES[kind])
+    return None
+
+
+def _judged(class_type: str, inputs: dict) -> dict:
+    """The node alone if it is an output node, else read by 0.12.1's PreviewAny (which takes any type)."""
+    prompt = {"1": {"class_type": class_type, "inputs": inputs}}
+    if not NEWER_INFO[class_type].get("output_node"):
+        prompt["2"] = {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}
+    return prompt
+
+
+def test_the_tiny_workflow_passes_against_comfyui_0_12_1s_catalogue():
+    assert validate_prompt(copy.deepcopy(TINY), NEWER_INFO) == ["3"]
+
+
+@pytest.mark.parametrize("class_type", sorted(NEWER_INFO))
+def test_every_node_of_comfyui_0_12_1_is_judged_without_a_crash(class_type):
+    """Each of 0.12.1's 607 nodes, with its widgets filled from its own spec and its links left out: preflight
+    accepts it or refuses it in ComfyUI's shape (naming the missing links), and never fails in another way."""
+    info = NEWER_INFO[class_type]
+    inputs = {}
+    for section in ("required", "optional"):
+        for name, spec in (info.get("input", {}).get(section) or {}).items():
+            if isinstance(spec, list) and spec and (value := _filled(spec)) is not None:
+                inputs[name] = value
+    try:
+        validate_prompt(_judged(class_type, inputs), NEWER_INFO)
+    except PromptValidationError as exc:
+        assert exc.body["error"]["type"] == "prompt_outputs_failed_validation", exc.body
+        errors = [e for node in exc.body["node_errors"].values() for e in node["errors"]]
+        # Only the links left out can be wrong: every widget value came from the node's own spec.
+        assert {e["type"] for e in errors} == {"required_input_missing"}, errors
+
+
+def test_a_v3_combo_of_comfyui_0_12_1_refuses_a_value_outside_its_options():
+    """TextEncodeAceStepAudio1.5's ``timesignature`` is ``["COMBO", {"options": ["2", "3", "4", "6"]}]`` there."""
+    info = NEWER_INFO["TextEncodeAceStepAudio1.5"]
+    spec = info["input"]["required"]["timesignature"]
+    assert spec[0] == "COMBO" and spec[1]["options"] == ["2", "3", "4", "6"]
+    inputs = {n: _filled(s) for n, s in info["input"]["required"].items() if _filled(s) is not None}
+    for value, refused in (("4", False), ("5", True)):
+        prompt = _judged("TextEncodeAceStepAudio1.5", {**inputs, "timesignature": value})
+        with pytest.raises(PromptValidationError) as caught:
+            validate_prompt(prompt, NEWER_INFO)
+        errors = [e["type"] for node in caught.value.body["node_errors"].values() for e in node["errors"]]
+        assert ("value_not_in_list" in errors) is refused, errors

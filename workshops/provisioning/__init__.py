@@ -79,7 +79,8 @@ def get_driver(name: str | None = None) -> FrontendDriver:
     if name == "process":
         from .process import ProcessDriver
 
-        return ProcessDriver(settings.SEAT_FRONTENDS["DATA_DIR"], host=settings.SEAT_FRONTENDS["BIND_HOST"])
+        conf = settings.SEAT_FRONTENDS
+        return ProcessDriver(conf["DATA_DIR"], host=conf["BIND_HOST"], frontends_dir=conf["FRONTENDS_DIR"])
     if name == "docker":
         from .docker import DockerDriver
 

@@ -50,9 +50,10 @@ def _is_seat_frontend(pid: int) -> bool:
 class ProcessDriver:
     name = "process"
 
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", frontends_dir: Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
+        self.frontends_dir = frontends_dir
 
     def seat_dir(self, spec: SeatSpec) -> Path:
         return self.data_dir / spec.workshop / spec.label
@@ -73,6 +74,7 @@ class ProcessDriver:
             "COMFYUME_SEAT_HOST": self.host,
             "COMFYUME_SEAT_PORT": str(spec.port),
             "COMFYUME_SEAT_DATA_DIR": str(self.seat_dir(spec)),
+            **({"COMFYUME_FRONTENDS_DIR": str(self.frontends_dir)} if self.frontends_dir else {}),
         }
 
     def _stale(self, spec: SeatSpec) -> str:

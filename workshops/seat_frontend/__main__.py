@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .app import build_app
 from .config import ConfigError, SeatConfig
+from .frontend_package import FrontendMissing
 
 
 def main() -> int:
@@ -21,7 +22,12 @@ def main() -> int:
     logging.getLogger("comfyume.seat").info(
         "Seat %s on http://%s:%s%s", config.label, config.host, config.port, config.base_path
     )
-    web.run_app(build_app(config), host=config.host, port=config.port, print=None, access_log=None)
+    try:
+        app = build_app(config)
+    except FrontendMissing as exc:
+        print(f"seat frontend: {exc}", file=sys.stderr)
+        return 2
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
     return 0
 
 

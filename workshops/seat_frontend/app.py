@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import platform
+import textwrap
 import uuid
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import frontend_package
 from .config import SeatConfig
 from .files import FileProblem, SeatFiles
 from .hub import AccessGate, EventRelay, HubClient, HubUnavailable
@@ -32,7 +33,6 @@ from .media import HEAD_BYTES, NameProblem, check_name, check_path, serving
 
 log = logging.getLogger("comfyume.seat")
 
-FRONTEND_VERSION = "1.27.10"
 COMFYUI_VERSION = "0.3.64"
 OUR_STATIC = Path(__file__).resolve().parent / "static"
 EXTENSION_URL = "/extensions/comfyume/status.js"
@@ -51,6 +51,7 @@ GATE: web.AppKey[AccessGate] = web.AppKey("gate", AccessGate)
 EVENTS: web.AppKey[EventRelay] = web.AppKey("events", EventRelay)
 WEB_ROOT: web.AppKey[Path] = web.AppKey("web_root", Path)
 INDEX: web.AppKey[str] = web.AppKey("index", str)
+FRONTEND_VERSION: web.AppKey[str] = web.AppKey("frontend_version", str)
 TASKS: web.AppKey[list] = web.AppKey("tasks", list)
 SEAT_INFO: web.AppKey[dict[str, Any]] = web.AppKey("seat_info", dict)
 # The workshop's templates by the name ComfyUI's Templates browser knows them (their file name's stem).
@@ -67,11 +68,6 @@ SECURITY_HEADERS = {
 }
 FRAME_ANCESTORS = "frame-ancestors 'none'"
 DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def frontend_web_root() -> Path:
-    """The pinned ``comfyui-frontend-package``'s static files."""
-    return Path(str(resources.files("comfyui_frontend_package") / "static"))
 
 
 def comfy_error(status: int, type_: str, message: str) -> web.Response:
@@ -253,7 +249,7 @@ async def system_stats(request: web.Request) -> web.Response:
                 "embedded_python": False,
                 "comfyui_version": COMFYUI_VERSION,
                 "pytorch_version": "(runs on the workshop's GPUs)",
-                "required_frontend_version": FRONTEND_VERSION,
+                "required_frontend_version": request.app[FRONTEND_VERSION],
                 "argv": ["comfyume-seat"],
                 "ram_total": 0,
                 "ram_free": 0,
@@ -712,10 +708,14 @@ def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[st
     return changed
 
 
+THUMBNAIL_SUFFIX = "-1.svg"  # the Templates browser asks for "<name>-1.<mediaSubtype>"
+VIDEO_OUTPUTS = {"SaveVideo", "SaveWEBM", "SaveAnimatedWEBP", "SaveAnimatedPNG", "VHS_VideoCombine"}
+
+
 async def templates_index(request: web.Request) -> web.Response:
     """ComfyUI's Templates browser (``/templates/index.json``, as the comfyui-workflow-templates package serves it):
-    the workshop's templates as one module, each by its file name's stem. No thumbnail: the browser draws its own
-    placeholder for one that does not load."""
+    the workshop's templates as one module, each by its file name's stem, with a card drawn from the template
+    (``template_thumbnail``) as its picture."""
     templates = request.app[TEMPLATES]
     if not templates:
         return web.json_response([])
@@ -726,7 +726,7 @@ async def templates_index(request: web.Request) -> web.Response:
             "title": str(template.get("name") or name),
             "description": str(template.get("description") or ""),
             "mediaType": "image",
-            "mediaSubtype": "webp",
+            "mediaSubtype": THUMBNAIL_SUFFIX.rsplit(".", 1)[1],
         }
         for name, template in sorted(templates.items(), key=lambda item: str(item[1].get("name") or item[0]).lower())
     ]
@@ -734,13 +734,63 @@ async def templates_index(request: web.Request) -> web.Response:
     return web.json_response([{"moduleName": "default", "title": title, "type": "image", "templates": entries}])
 
 
+def template_thumbnail(template: dict[str, Any]) -> str:
+    """A card for the Templates browser: the template's name, what it makes and how many nodes it has. Drawn here
+    because a workshop template has no picture of its own; the text is escaped, so the SVG holds no markup but
+    ours (and it is served with a CSP that runs nothing)."""
+    nodes = [n for n in (template.get("workflow") or {}).get("nodes") or [] if isinstance(n, dict)]
+    makes = "video" if any(n.get("type") in VIDEO_OUTPUTS for n in nodes) else "image"
+    title = str(template.get("name") or "Template")
+    lines = textwrap.wrap(title, 16, max_lines=4, placeholder="…") or ["Template"]
+    text = "".join(
+        f'<text x="32" y="{150 + 56 * i}" font-size="44" font-weight="bold" fill="#f0f0f0">{html.escape(line)}</text>'
+        for i, line in enumerate(lines)
+    )
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512" viewBox="0 0 512 512">'
+        '<rect width="512" height="512" fill="#202225"/><rect x="0" y="412" width="512" height="100" fill="#2b6cb0"/>'
+        f'<g font-family="sans-serif">{text}'
+        f'<text x="32" y="476" font-size="36" fill="#ffffff">{makes} · {len(nodes)} nodes</text></g></svg>'
+    )
+
+
 async def template_file(request: web.Request) -> web.Response:
-    """One template's workflow, ``/templates/<name>.json``, as the browser opens it; anything else is not here."""
+    """One template's workflow (``/templates/<name>.json``) or its card (``<name>-1.svg``), as the browser asks for
+    them; ``index_logo.json`` (the model makers' logos of ComfyUI's own templates) is empty; anything else is not
+    here."""
     requested = request.match_info["name"]
-    template = request.app[TEMPLATES].get(requested.removesuffix(".json")) if requested.endswith(".json") else None
+    templates = request.app[TEMPLATES]
+    if requested == "index_logo.json":
+        return web.json_response({})
+    if requested.endswith(THUMBNAIL_SUFFIX) and (template := templates.get(requested.removesuffix(THUMBNAIL_SUFFIX))):
+        return web.Response(
+            text=template_thumbnail(template),
+            content_type="image/svg+xml",
+            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
+        )
+    template = templates.get(requested.removesuffix(".json")) if requested.endswith(".json") else None
     if template is None:
         return web.Response(status=404)
     return web.json_response(template.get("workflow", {}))
+
+
+async def internal_files(request: web.Request) -> web.Response:
+    """``/internal/files/{input,output,temp}`` as ComfyUI's internal routes answer it (the Assets sidebar's
+    "Imported" tab): the visible files at the top of that folder, newest first. Only ``input/`` is the seat's own
+    folder; its outputs live with the hub, one folder per job, so the top of "output" holds no file, as in a
+    ComfyUI whose SaveImage nodes all write into subfolders."""
+    kind = request.match_info["directory_type"]
+    if kind not in ("output", "input", "temp"):
+        return web.json_response({"error": "Invalid directory type"}, status=400)
+    if kind != "input":
+        return web.json_response([])
+    folder = request.app[FILES].input_dir
+
+    def newest_first() -> list[str]:
+        entries = [e for e in os.scandir(folder) if e.is_file(follow_symlinks=False) and not e.name.startswith(".")]
+        return [e.name for e in sorted(entries, key=lambda e: -e.stat().st_mtime)]
+
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, newest_first))
 
 
 async def refresh_seat(app: web.Application) -> None:
@@ -812,7 +862,8 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     app[HUB] = HubClient(config)
     app[GATE] = AccessGate(app[HUB], config.auth_cache_seconds)
     app[EVENTS] = EventRelay(app[HUB])
-    app[WEB_ROOT] = web_root or frontend_web_root()
+    app[WEB_ROOT] = web_root or frontend_package.web_root(config.frontend_version, config.frontends_dir)
+    app[FRONTEND_VERSION] = frontend_package.served_version(app[WEB_ROOT])
     app[INDEX] = index_page(app[WEB_ROOT], config.label)
     app[TASKS] = []
     app[SEAT_INFO] = {}
@@ -880,6 +931,7 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
     r.add_get("/internal/logs/raw", _fixed({"entries": [], "size": {"cols": 80, "rows": 24}}))
     r.add_route("PATCH", "/internal/logs/subscribe", empty_ok)
     r.add_get("/internal/folder_paths", _fixed({}))
+    r.add_get("/internal/files/{directory_type}", internal_files)
     r.add_get("/templates/index.json", templates_index)
     r.add_get("/templates/{name}", template_file)
     r.add_route("*", "/api/{tail:.*}", unknown_api)

@@ -24,6 +24,8 @@ class SeatConfig:
     port: int = 8188
     auth_cache_seconds: float = 5.0
     max_upload_bytes: int = 50 * 1024 * 1024
+    frontend_version: str | None = None  # None: the comfyui-frontend-package installed with this server
+    frontends_dir: Path | None = None  # where other versions are installed (frontend_package.install)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> SeatConfig:
@@ -57,4 +59,8 @@ class SeatConfig:
             port=int(number("COMFYUME_SEAT_PORT", 8188)),
             auth_cache_seconds=number("COMFYUME_SEAT_AUTH_CACHE_SECONDS", 5.0),
             max_upload_bytes=int(number("COMFYUME_MAX_UPLOAD_MB", 50) * 1024 * 1024),
+            frontend_version=environ.get("COMFYUME_FRONTEND_VERSION", "").strip() or None,
+            frontends_dir=Path(frontends_dir).resolve()
+            if (frontends_dir := environ.get("COMFYUME_FRONTENDS_DIR"))
+            else None,
         )

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -403,14 +404,46 @@ def test_the_templates_browser_lists_the_workshops_templates_and_opens_them(seat
     for entry, workflow in zip(module["templates"], ({"v": 1}, {"v": 2}), strict=True):
         opened = call(server, "own", cookies, "GET", f"/templates/{quote(entry['name'])}.json")
         assert (opened.status_code, opened.json()) == (200, workflow)
+    # Each card's picture (the browser asks for "<name>-1.<mediaSubtype>") is drawn from the template, escaped.
+    ltx.name = 'ltx <img src=x onerror=alert(1)> & "video"'
+    ltx.workflow = {"nodes": [{"id": 1, "type": "SaveVideo"}, {"id": 2, "type": "LTXVConditioning"}]}
+    ltx.save()
+    server.run(refresh_seat(server.app))
+    [module] = call(server, "own", cookies, "GET", "/templates/index.json").json()
+    cards = {t["title"]: t for t in module["templates"]}
+    card = cards[ltx.name]
+    picture = call(server, "own", cookies, "GET", f"/templates/{quote(card['name'])}-1.{card['mediaSubtype']}")
+    assert picture.status_code == 200 and picture.headers["Content-Type"].startswith("image/svg+xml")
+    assert "default-src 'none'" in picture.headers["Content-Security-Policy"]
+    assert "<img" not in picture.text and "&lt;img src=x" in picture.text and "video · 2 nodes" in picture.text
+    assert call(server, "own", cookies, "GET", "/templates/index_logo.json").json() == {}
     for missing in (
         "/templates/nothing.json",
         "/templates/index.fr.json",
-        f"/templates/{module['templates'][0]['name']}-1.webp",
+        "/templates/nothing-1.svg",
+        f"/templates/{quote(card['name'])}-2.svg",
     ):
         assert call(server, "own", cookies, "GET", missing).status_code == 404, missing
     # Only the seat's participant (and staff) see them.
     assert call(server, "same_workshop", cookies, "GET", "/templates/index.json").status_code == 403
+
+
+def test_the_assets_sidebar_lists_the_seats_own_uploads_newest_first(seat_server):
+    """``/internal/files/{type}``, as ComfyUI's internal routes answer it (the "Imported" tab of newer frontends)."""
+    server, cookies = seat_server
+    for name in ("first.png", "second.png"):
+        answer = call(
+            server, "own", cookies, "POST", "/api/upload/image", files={"image": (name, png_bytes(), "image/png")}
+        )
+        assert answer.status_code == 200, answer.text
+        time.sleep(0.02)
+    (server.config.data_dir / "input" / ".hidden.png").write_bytes(png_bytes())
+    listed = call(server, "own", cookies, "GET", "/internal/files/input").json()
+    assert listed[:2] == ["second.png", "first.png"] and ".hidden.png" not in listed
+    assert call(server, "own", cookies, "GET", "/internal/files/output").json() == []
+    wrong = call(server, "own", cookies, "GET", "/internal/files/models")
+    assert (wrong.status_code, wrong.json()) == (400, {"error": "Invalid directory type"})
+    assert call(server, "same_workshop", cookies, "GET", "/internal/files/input").status_code == 403
 
 
 def test_seat_ids_come_from_the_token_never_from_the_body(seat_server, personas):

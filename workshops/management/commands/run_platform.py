@@ -34,7 +34,9 @@ from jobs.scheduler import dispatch_queue
 from workshops import frontends
 from workshops.credentials import credential_sheet
 from workshops.credentials_pdf import credential_pdf
+from workshops.frontends import ensure_frontend
 from workshops.models import JoinLink, WorkflowTemplate, Workshop, hash_token
+from workshops.seat_frontend import frontend_package
 from workshops.services import SeatCredentials, create_workshop, credentials_as_dicts, join_url
 
 TEMPLATES_DIR = settings.BASE_DIR / "workshops" / "data" / "templates"
@@ -149,6 +151,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"Starting the embedded Redis ({settings.REDIS_URL})")
                 self.redis_proc = embedded_redis.start(settings.EMBEDDED_REDIS_DIR)
             call_command("migrate", interactive=False, verbosity=0)
+            self._ensure_frontend()
             admin_password = self._ensure_admin()
             sim_port = None if no_simulator else self._simulator_port()
             demo = self._ensure_demo(demo_seats, sim_port)
@@ -178,6 +181,13 @@ class Command(BaseCommand):
             self._shutdown()
 
     # --- setup -----------------------------------------------------------------------------
+    def _ensure_frontend(self) -> None:
+        """The seats' frontend (COMFYUME_FRONTEND_VERSION) is there before the first seat starts."""
+        try:
+            ensure_frontend(settings.SEAT_FRONTENDS["FRONTEND_VERSION"], self.stdout.write)
+        except frontend_package.FrontendMissing as exc:
+            raise CommandError(str(exc)) from None
+
     def _ensure_admin(self) -> str:
         User = get_user_model()
         path = settings.DATA_DIR / "admin_password"
