@@ -229,6 +229,8 @@ COMFYUME = {
     "HEARTBEAT_TIMEOUT": env.int("COMFYUME_HEARTBEAT_TIMEOUT", default=60),
     # How often (seconds) the dispatch loop touches the job row while it waits for events.
     "HEARTBEAT_INTERVAL": env.float("COMFYUME_HEARTBEAT_INTERVAL", default=10.0),
+    # Live previews (ComfyUI's binary preview frames) relayed to the seat per second and job, at most; 0: none.
+    "PREVIEW_FPS": env.float("COMFYUME_PREVIEW_FPS", default=4.0),
     # How often (seconds) the reconciler sweeps timeouts, orphans and backend health. Not the hot path.
     "RECONCILE_INTERVAL": env.float("COMFYUME_RECONCILE_INTERVAL", default=5.0),
     # How long (seconds) a cached object_info is trusted before the reconciler refreshes it.

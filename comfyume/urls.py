@@ -36,6 +36,7 @@ hub_api = [
 gpu_callbacks = [
     path("events", callbacks.events, name="events"),
     path("result", callbacks.result, name="result"),
+    path("preview", callbacks.preview, name="preview"),
     path("uploads", callbacks.uploads, name="uploads"),
     path("uploads/complete", callbacks.uploads_complete, name="uploads-complete"),
     path("files/<path:key>", callbacks.file_put, name="file"),

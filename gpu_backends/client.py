@@ -7,6 +7,7 @@ says whether trying again can help (``permanent``) — a refused connection or a
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import requests
 import websocket
 
-from .worker.prompts import FileRef, decode_message
+from .worker.prompts import PREVIEW_METADATA_FLAGS, FileRef, decode_message
 
 __all__ = ["BackendError", "ComfyUIClient", "FileRef", "decode_message"]
 
@@ -220,6 +221,11 @@ class ComfyUIClient:
                 skip_utf8_validation=True,
             )
         except (OSError, websocket.WebSocketException) as exc:
+            raise BackendError(f"WebSocket to {self.base_url} failed: {exc.__class__.__name__}: {exc}") from exc
+        try:  # previews with the node they belong to, as ComfyUI's web frontend asks for them (first message)
+            ws.send(json.dumps(PREVIEW_METADATA_FLAGS))
+        except (OSError, websocket.WebSocketException) as exc:
+            ws.close()
             raise BackendError(f"WebSocket to {self.base_url} failed: {exc.__class__.__name__}: {exc}") from exc
         ws.settimeout(recv_timeout)
         return ws

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
-from .worker.prompts import file_refs, rewrite_inputs
+from .worker.prompts import Preview, decode_preview, file_refs, rewrite_inputs
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class RunSink(Protocol):
 
     def note_backend_ref(self, ref: str) -> None:
         """The provider's id of the request (Verda's X-Inference-Id), kept on the job for operators."""
+
+    def preview(self, preview: Preview, running_node: str | None) -> None:
+        """A live preview of the running prompt (a binary frame of ComfyUI's) and the node running when it came
+        (where a frontend draws a preview without metadata); the sink may drop it."""
 
 
 @dataclass
@@ -187,6 +191,7 @@ class _RunState:
     stop_reason: str | None = None
     stop_sent_at: float | None = None
     reconnected: bool = False  # the socket dropped once: an `executed` may have been missed meanwhile
+    running_node: str | None = None  # the last `executing` node (where a preview without metadata belongs)
 
     def outcome(self) -> RunOutcome:
         end = self.finished or time.monotonic()
@@ -367,6 +372,13 @@ class ComfyUIProvider(Provider):
                 last_frame = time.monotonic()
                 continue
             last_frame = time.monotonic()
+            if isinstance(raw, bytes):
+                # ComfyUI sends a prompt's previews to its client only, and this socket follows one prompt at
+                # a time: a frame between its start and its end is its own (or names it, with metadata).
+                preview = decode_preview(raw) if state.started is not None and state.finished is None else None
+                if preview is not None and preview.prompt_id in (None, state.prompt_id):
+                    sink.preview(preview, state.running_node)
+                continue
             # Most frames are about other prompts (ComfyUI broadcasts `status` to every socket): skip them
             # before parsing any JSON.
             if not isinstance(raw, str) or state.prompt_id not in raw:
@@ -385,6 +397,9 @@ class ComfyUIProvider(Provider):
     def _handle(self, message: dict[str, Any], sink: RunSink, state: _RunState) -> bool:
         """Apply one message; True when the prompt is done."""
         kind, data = message["type"], message["data"]
+        if kind == "executing":
+            node = data.get("node")
+            state.running_node = str(node) if node is not None else None
         if kind == "execution_start":
             state.started = time.monotonic()
         elif kind == "executed" and isinstance(data.get("output"), dict):

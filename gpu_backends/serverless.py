@@ -60,6 +60,7 @@ class WorkerCallback:
     token: str
     inputs: list[dict[str, Any]] = field(default_factory=list)  # [{name, url, size, sha256, content_type}]
     heartbeat_seconds: float = 5.0
+    preview_fps: float = 0.0  # live previews the worker posts per second, at most
 
 
 @dataclass
@@ -115,6 +116,7 @@ class ServerlessProvider(Provider):
             "inputs": callback.inputs,
             "callback": {"url": callback.url, "token": callback.token},
             "heartbeat_seconds": callback.heartbeat_seconds,
+            "preview_fps": callback.preview_fps,
         }
         follower = _Follower(spec, sink, Mailbox(spec.backend_prompt_id), self.timing)
         if wants_async(spec.prompt, self.mode):

@@ -26,8 +26,10 @@ from pydantic import AfterValidator, Field
 from comfyume import jsonbody
 from gpu_backends.client import FileRef
 from gpu_backends.mailbox import Mailbox
+from gpu_backends.worker.prompts import MAX_PREVIEW_BYTES, decode_preview
 from storage.stores import StorageError, default_store, safe_key
 
+from .events import preview as publish_preview
 from .models import Job
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -199,6 +201,24 @@ def events(request: HttpRequest, job: Job) -> JsonResponse:
     mailbox = Mailbox(job.backend_prompt_id)
     mailbox.post({"kind": "events", "seq": batch.seq, "messages": posted["messages"]})
     return JsonResponse({"cancel": job.cancel_requested_at is not None or mailbox.stop_requested() is not None})
+
+
+@require_POST
+@worker_callback
+def preview(request: HttpRequest, job: Job) -> JsonResponse:
+    """A live preview of the running job (ComfyUI's binary frame as the body): straight to the job's seat, never
+    through the mailbox (nothing waits for it, and a lost one is replaced by the next)."""
+    if len(request.body) > MAX_PREVIEW_BYTES + 64 * 1024:
+        return _error(413, f"A preview is at most {MAX_PREVIEW_BYTES} bytes.")
+    frame = decode_preview(request.body)
+    if frame is None:
+        return _error(400, "The body is not a ComfyUI preview frame (PREVIEW_IMAGE or PREVIEW_IMAGE_WITH_METADATA).")
+    if frame.prompt_id not in (None, job.backend_prompt_id):
+        return _error(400, "The preview names another prompt than this job's.")
+    shown = frame.frame(str(job.prompt_id))  # None: no node named, nowhere to draw it
+    if shown is not None and job.status == Job.Status.RUNNING and job.workshop.preview_method != "none":
+        publish_preview(job.seat_id, str(job.prompt_id), shown)
+    return JsonResponse({"cancel": job.cancel_requested_at is not None})
 
 
 @require_POST

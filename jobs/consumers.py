@@ -37,6 +37,9 @@ class SeatEventsConsumer(AsyncJsonWebsocketConsumer):
     async def comfy_message(self, event: dict[str, Any]) -> None:
         await self.send_json(event["message"])
 
+    async def comfy_preview(self, event: dict[str, Any]) -> None:
+        await self.send(bytes_data=event["frame"])
+
 
 class WorkshopEventsConsumer(AsyncJsonWebsocketConsumer):
     """Every seat's events of one workshop, for the instructor's live view (staff only)."""

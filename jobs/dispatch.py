@@ -32,6 +32,7 @@ from gpu_backends.kinds import kind_of, provider_for
 from gpu_backends.models import GpuBackend
 from gpu_backends.providers import InputFile, RunOutcome, RunSpec
 from gpu_backends.serverless import WorkerCallback
+from gpu_backends.worker.prompts import Preview, PreviewThrottle
 from storage.models import Artifact
 from storage.stores import StorageError, StoredObject, default_store
 
@@ -107,6 +108,7 @@ class JobRun:
         self.started = time.monotonic()
         self.finished_event_at: float | None = None
         self.stop_seen_at: float | None = None
+        self.previews = PreviewThrottle(settings.COMFYUME["PREVIEW_FPS"])
 
     def accepted(self, response: dict[str, Any]) -> bool:
         ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
@@ -129,6 +131,11 @@ class JobRun:
             # is queued before it) before this thread records the outcome and claims the next job, instead of
             # sharing the GIL with them (docs/BENCHMARKS.md). Bounded: a Redis in trouble costs 1 s at most.
             events.flush(1.0)
+
+    def preview(self, preview: Preview, running_node: str | None) -> None:
+        frame = preview.frame(self.prompt_id, running_node)
+        if frame is not None and self.previews.allows(time.monotonic()):
+            events.preview(self.job.seat_id, self.prompt_id, frame)
 
     def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:
         key, subfolder = callbacks.output_location(self.job, ref)
@@ -226,7 +233,8 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
     spec = RunSpec(
         prompt=job.prompt,
         backend_prompt_id=job.backend_prompt_id,
-        extra_data=job.extra_data,
+        # The workshop's preview method, whatever the participant's frontend asked for (ComfyUI applies it per prompt).
+        extra_data={**job.extra_data, "preview_method": job.workshop.preview_method},
         inputs=[_input_file(item) for item in job.inputs],
     )
     if kind_of(job.backend).needs_callback:
@@ -269,6 +277,7 @@ def _worker_callback(job: Job) -> WorkerCallback:
         token=token,
         inputs=callbacks.input_urls(job, token),
         heartbeat_seconds=settings.COMFYUME["WORKER_HEARTBEAT"],
+        preview_fps=0.0 if job.workshop.preview_method == "none" else settings.COMFYUME["PREVIEW_FPS"],
     )
 
 

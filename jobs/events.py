@@ -91,18 +91,24 @@ class _Publisher:
 
 
 def coalesce(items: list[tuple[list[str], dict[str, Any]]]) -> list[tuple[list[str], dict[str, Any]]]:
-    """Drop ``progress_state`` messages that a later one of the same prompt to the same groups supersedes.
+    """Drop ``progress_state`` messages and live previews that a later one of the same prompt to the same groups
+    supersedes.
 
-    Each progress_state is a snapshot of every node's state, so only the newest waiting one matters; when
-    the channel layer falls behind, skipping the stale ones lets the events after them (the final
-    ``executing {node: null}`` above all) through sooner. Every other message is kept, in order.
+    Each progress_state is a snapshot of every node's state, and each preview a picture of the latest step, so
+    only the newest waiting one matters; when the channel layer falls behind, skipping the stale ones lets the
+    events after them (the final ``executing {node: null}`` above all) through sooner. Every other message is
+    kept, in order.
     """
     seen: set[tuple[Any, ...]] = set()
     kept = []
     for groups, message in reversed(items):
         inner = message.get("message") or {}
+        key: tuple[Any, ...] | None = None
         if inner.get("type") == "progress_state":
-            key = (tuple(groups), (inner.get("data") or {}).get("prompt_id"))
+            key = (tuple(groups), "state", (inner.get("data") or {}).get("prompt_id"))
+        elif message.get("type") == "comfy.preview":
+            key = (tuple(groups), "preview", message.get("prompt_id"))
+        if key is not None:
             if key in seen:
                 continue
             seen.add(key)
@@ -170,6 +176,12 @@ def comfy_message(seat_id: int, workshop_id: int, message: dict[str, Any], seat_
         [seat_group(seat_id), workshop_group(workshop_id)],
         {"type": "comfy.message", "message": message, "seat": seat_label},
     )
+
+
+def preview(seat_id: int, prompt_id: str, frame: bytes) -> None:
+    """A live preview of a seat's running job to that seat only, as ComfyUI's PREVIEW_IMAGE_WITH_METADATA frame
+    naming the job's prompt id and node: the seat frontend hands it to the browser that queued the prompt."""
+    publish([seat_group(seat_id)], {"type": "comfy.preview", "prompt_id": prompt_id, "frame": frame})
 
 
 def backend_changed(sender: Any, backend: Any, **kwargs: Any) -> None:

@@ -68,8 +68,9 @@ def simulator(tmp_path_factory) -> Iterator[SimulatorThread]:
 def sim(simulator: SimulatorThread) -> Iterator[SimulatorThread]:
     """The session simulator with its fault injection reset before and after the test."""
     defaults = SimulatorConfig(output_dir=simulator.config.output_dir, node_delay=0.01)
-    for name in ("node_delay", "progress_steps", "fail_on_class", "http_fail_count", "http_fail_status",
-                 "ws_drop_after", "hang_on_class", "history_delay", "models"):  # fmt: skip
+    for name in ("node_delay", "progress_steps", "progress_all", "preview_method", "fail_on_class",
+                 "http_fail_count", "http_fail_status", "ws_drop_after", "hang_on_class", "history_delay",
+                 "models"):  # fmt: skip
         setattr(simulator.config, name, getattr(defaults, name))
     yield simulator
     simulator.config.hang_on_class = set()

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from tests.launched import ARTIFACTS, CHROMIUM, RUN_BUTTON, launch, run_until_image, wait_for_comfyui
 from workshops.seat_frontend.frontend_package import SUPPORTED_VERSIONS
@@ -78,7 +79,22 @@ CONVERT_AND_SAVE = """async () => {
 # The SaveImage node shows an image of a job other than the ones given (after a reload, the banner may still
 # say the previous job's "Done").
 NEW_IMAGE_IN_SAVE_NODE = """(known) => window.comfyAPI.app.app.graph._nodes.some(n => n.type === 'SaveImage'
-    && (n.imgs || []).some(i => i.naturalWidth > 0 && !known.some(p => i.src.includes(p))))"""
+    && (n.imgs || []).some(i => i.naturalWidth > 0 && i.src.includes('view?')
+                               && !known.some(p => i.src.includes(p))))"""
+
+
+# Every distinct picture drawn as a node's live preview (a blob: URL in the app's preview images, or in a node's
+# own images), as the frontend keeps them: 1.27 under the running node, newer ones under the node named.
+WATCH_PREVIEWS = """() => {
+    window.__previewsSeen = [];
+    setInterval(() => {
+        const app = window.comfyAPI.app.app;
+        const urls = Object.values(app.nodePreviewImages || {}).flat();
+        for (const node of app.graph._nodes) urls.push(...(node.imgs || []).map(i => i.src));
+        const seen = window.__previewsSeen;
+        for (const url of urls) if (String(url).startsWith('blob:') && !seen.includes(url)) seen.push(url);
+    }, 30);
+}"""
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
@@ -173,5 +189,21 @@ def _walk(version: str, launched, browser) -> None:
     page.click(RUN_BUTTON)
     page.wait_for_function(NEW_IMAGE_IN_SAVE_NODE, arg=[own_prompt, other_prompt], timeout=60000)
     page.screenshot(path=str(ARTIFACTS / f"{shot}-subgraph-ran.png"))
+
+    # Live previews: every node now ticks 6 steps of 1.5 s and the simulator sends a preview per step, as
+    # ComfyUI's latent previewer does; the participant sees pictures change on the running node before the
+    # saved image arrives.
+    simulator = f"http://127.0.0.1:{launched.env['COMFYUME_SIMULATOR_PORT']}"
+    tuned = requests.post(
+        f"{simulator}/simulator/config", json={"progress_steps": 6, "progress_all": True, "node_delay": 1.5}, timeout=5
+    )
+    assert tuned.status_code == 200, tuned.text
+    page.evaluate(WATCH_PREVIEWS)
+    page.click(RUN_BUTTON)
+    page.wait_for_function("() => window.__previewsSeen.length >= 3", timeout=30000)
+    page.screenshot(path=str(ARTIFACTS / f"{shot}-live-preview.png"))
+    previews_before_image = page.evaluate("() => window.__previewsSeen.length")
+    page.wait_for_function(NEW_IMAGE_IN_SAVE_NODE, arg=[own_prompt, other_prompt], timeout=60000)
+    assert previews_before_image >= 3
     assert failures == [], failures
     page.close()

@@ -54,6 +54,18 @@ class Workshop(models.Model):
         null=True, blank=True, help_text="Stop a job that runs longer than this. Empty: the platform default."
     )
     paused = models.BooleanField(default=False, help_text="While paused, jobs are accepted but none starts.")
+    preview_method = models.CharField(
+        max_length=12,
+        choices=[
+            ("auto", "Auto (the GPU's ComfyUI picks)"),
+            ("latent2rgb", "Fast (latent2rgb)"),
+            ("taesd", "Detailed (TAESD, if the GPU image has its decoders)"),
+            ("none", "None"),
+        ],
+        default="auto",
+        help_text="Live previews while a sampler runs, sent with every job as ComfyUI's preview_method (a ComfyUI "
+        "that does not read it from the prompt uses its --preview-method). None saves the GPU the decoding.",
+    )
     seat_gpu_budget_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="GPU seconds each seat may use in this workshop. Empty: no limit."
     )

@@ -26,7 +26,10 @@ fi
 
 cd "$COMFYUI_DIR" || exit 2
 # shellcheck disable=SC2086  # COMFYUI_ARGS is a list of extra flags, split on purpose
-"$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch $COMFYUI_ARGS &
+# --preview-method: live previews for a ComfyUI that does not read preview_method from the prompt; one that does
+# follows the workshop's setting, which the hub sends with every prompt.
+"$COMFYUI_PYTHON" main.py --listen 127.0.0.1 --port "$COMFYUI_PORT" --disable-auto-launch \
+    --preview-method "${COMFYUI_PREVIEW_METHOD:-auto}" $COMFYUI_ARGS &
 comfyui=$!
 # -P: the worker imports only its own app folder, never a module of the same name in ComfyUI's folder (the
 # working directory, which Python would search first).

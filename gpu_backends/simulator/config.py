@@ -28,6 +28,8 @@ FILE_INPUTS = {
 BATCH_KEYS = ("length", "frames", "num_frames", "video_frames", "batch_size", "amount")
 MAX_IMAGES, MAX_FRAMES, MAX_FRAME_SIDE = 64, 48, 512
 _CLOSE_ALL = "__close_all_sockets__"
+_BINARY = "__binary_frame__"  # a message whose data is a binary frame (a live preview)
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd", "default")
 
 
 @dataclass
@@ -48,6 +50,9 @@ class SimulatorConfig:
     history_delay: float = 0.0
     models: list[str] = field(default_factory=list)
     cache: bool = False
+    # Live previews while a node reports progress, as ComfyUI's --preview-method (whose default is none); a
+    # prompt's extra_data.preview_method overrides it for that prompt ("default": this one).
+    preview_method: str = "none"
 
     READ_ONLY: ClassVar[tuple[str, ...]] = ("object_info_path", "output_dir")
 
@@ -77,6 +82,7 @@ class SimulatorConfig:
             "ws_drop_after": int,
             "progress_all": bool,
             "cache": bool,
+            "preview_method": str,
             "fail_on_class": set,
             "hang_on_class": set,
             "models": list,
@@ -95,6 +101,10 @@ class SimulatorConfig:
             elif want is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"{key} must be true or false")
+                clean[key] = value
+            elif want is str:
+                if value not in PREVIEW_METHODS[:-1]:
+                    raise ValueError(f"{key} must be one of {', '.join(PREVIEW_METHODS[:-1])}")
                 clean[key] = value
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

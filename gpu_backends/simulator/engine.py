@@ -19,10 +19,12 @@ from aiohttp import WSCloseCode, web
 
 from . import media
 from .config import (
+    _BINARY,
     _CLOSE_ALL,
     FILE_INPUTS,
     IMAGE_SUFFIXES,
     MAX_HISTORY,
+    PREVIEW_METHODS,
     SENSITIVE_EXTRA_DATA_KEYS,
     SimulatorConfig,
     log,
@@ -58,6 +60,8 @@ class Simulator(OutputsMixin):
         self.running: dict[int, _Run] = {}
         self.history: dict[str, dict[str, Any]] = {}
         self.sockets: dict[str, list[web.WebSocketResponse]] = {}
+        # Clients that announced supports_preview_metadata (ComfyUI keeps each socket's feature flags).
+        self.metadata_clients: set[str] = set()
         self.caches: dict[int, dict[str, dict[str, Any] | None]] = {}
         self.number = 0
         self.task_counter = 0
@@ -182,6 +186,31 @@ class Simulator(OutputsMixin):
             )
             self.send(_CLOSE_ALL, None)
 
+    def preview(self, run: _Run, node_id: str, step: int, steps: int) -> None:
+        """A live preview of a step, as ComfyUI's latent previewer sends one: to the prompt's client only, with
+        metadata (PREVIEW_IMAGE_WITH_METADATA) if that client announced ``supports_preview_metadata``, else as a
+        plain PREVIEW_IMAGE; none with preview method "none" or without a client."""
+        method = run.extra_data.get("preview_method")
+        if method in (None, "default") or method not in PREVIEW_METHODS:
+            method = self.config.preview_method
+        if run.client_id is None or method == "none":
+            return
+        image = media.preview_jpeg(run.prompt_id, node_id, step, steps)
+        if run.client_id in self.metadata_clients:
+            meta = {
+                "node_id": node_id,
+                "display_node_id": node_id,
+                "parent_node_id": node_id,
+                "real_node_id": node_id,
+                "prompt_id": run.prompt_id,
+                "image_type": "image/jpeg",
+            }
+            header = json.dumps(meta).encode()
+            frame = (4).to_bytes(4, "big") + len(header).to_bytes(4, "big") + header + image
+        else:
+            frame = (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + image
+        self.send(_BINARY, frame, run.client_id)
+
     def add_message(self, run: _Run, event: str, data: dict[str, Any], *, broadcast: bool = False) -> None:
         data = {**data, "timestamp": now_ms()}
         run.messages.append([event, data])
@@ -195,7 +224,7 @@ class Simulator(OutputsMixin):
                     self.spawn(ws.close(code=WSCloseCode.GOING_AWAY, message=b"ComfyuME simulator: ws_drop_after"))
                 self.sockets.clear()
                 continue
-            text = json.dumps({"type": event, "data": data})
+            frame: bytes | str = data if event == _BINARY else json.dumps({"type": event, "data": data})
             targets = (
                 [ws for group in self.sockets.values() for ws in group]
                 if sid is None
@@ -203,7 +232,10 @@ class Simulator(OutputsMixin):
             )
             for ws in targets:
                 try:
-                    await ws.send_str(text)
+                    if isinstance(frame, bytes):
+                        await ws.send_bytes(frame)
+                    else:
+                        await ws.send_str(frame)
                 except Exception as exc:  # a gone client must not stop the others (ComfyUI does the same)
                     log.debug("ComfyUI simulator: could not send %s: %s", event, exc)
 
@@ -438,6 +470,7 @@ class Simulator(OutputsMixin):
                     {"value": value, "max": steps, "prompt_id": run.prompt_id, "node": node_id},
                     anonymous_to_all=True,
                 )
+                self.preview(run, node_id, value, steps)
         else:
             await asyncio.sleep(cfg.node_delay)
         output = await self.node_output(run, node_id) if self.is_output(class_type) else None

@@ -12,6 +12,7 @@ libvpx-vp9 and libsvtav1): a test pattern whose band moves and whose frame count
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from fractions import Fraction
@@ -71,6 +72,17 @@ def render_frame(
         )
         y += size + size // 3
     return image
+
+
+def preview_jpeg(seed: str, node_id: str, step: int, steps: int) -> bytes:
+    """A live preview of one sampler step, as ComfyUI's latent previewer sends it: a small JPEG (at most 512 px
+    on its longer side there; 256 here) that changes with every step."""
+    picture = render_frame(
+        256, 256, [f"preview node {node_id}", f"step {step}/{steps}"], seed=seed, frame=step - 1, frames=steps
+    )
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=70)
+    return out.getvalue()
 
 
 def _json(value: Any) -> str:

@@ -57,6 +57,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 log.warning("ComfyUI simulator: invalid JSON from client %s", sid)
                 continue
             if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                if isinstance(data.get("data"), dict) and data["data"].get("supports_preview_metadata") is True:
+                    sim.metadata_clients.add(sid)
                 await ws.send_str(json.dumps({"type": "feature_flags", "data": SERVER_FEATURES}))
             first = False
     finally:
@@ -65,6 +67,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             group.remove(ws)
         if not group:
             sim.sockets.pop(sid, None)
+            sim.metadata_clients.discard(sid)
     return ws
 
 

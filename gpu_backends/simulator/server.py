@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from .config import SERVER_FEATURES, SimulatorConfig, log
+from .config import PREVIEW_METHODS, SERVER_FEATURES, SimulatorConfig, log
 from .engine import Simulator
 from .routes import SIM_KEY, routes
 
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--model", action="append", default=[], help="a model file name to offer (repeatable)")
     parser.add_argument("--cache", action="store_true", help="serve identical resubmissions from cache")
+    parser.add_argument(
+        "--preview-method", default="none", choices=PREVIEW_METHODS[:-1], help="as ComfyUI's --preview-method"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run(
@@ -162,5 +165,6 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=args.concurrency,
             models=args.model,
             cache=args.cache,
+            preview_method=args.preview_method,
         ),
     )

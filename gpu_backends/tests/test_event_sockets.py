@@ -17,6 +17,7 @@ from gpu_backends import providers
 from gpu_backends.client import ComfyUIClient, FileRef
 from gpu_backends.providers import ComfyUIProvider, EventSockets, RunSpec
 from gpu_backends.simulator import SimulatorConfig, SimulatorThread
+from gpu_backends.worker.prompts import Preview
 from tests.recorded import TINY_PATH, load
 
 TINY = load(TINY_PATH)
@@ -28,6 +29,7 @@ class Sink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.stored: list[tuple[str, int]] = []
+        self.previews: list[Preview] = []
 
     def accepted(self, response: dict[str, Any]) -> bool:
         return True
@@ -41,6 +43,9 @@ class Sink:
 
     def record_file(self, node_id: str, ref: FileRef, stored: dict[str, Any]) -> dict[str, Any]:
         raise AssertionError("a ComfyUI run stores its files itself")
+
+    def preview(self, preview: Preview, running_node: str | None) -> None:
+        self.previews.append(preview)
 
     def note_backend_ref(self, ref: str) -> None:
         pass

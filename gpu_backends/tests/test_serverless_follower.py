@@ -34,6 +34,9 @@ class Sink:
     def store_output(self, *args: Any) -> dict[str, Any]:
         raise AssertionError("a serverless run never fetches files itself")
 
+    def preview(self, preview: Any, running_node: str | None) -> None:
+        raise AssertionError("a GPU worker posts its previews to the hub itself")
+
     def record_file(self, node_id: str, ref: FileRef, stored: dict[str, Any]) -> dict[str, Any]:
         self.files.append(stored["key"])
         return {"filename": ref.filename, "subfolder": f"hub/{ref.subfolder}".rstrip("/"), "type": "output"}

@@ -35,6 +35,7 @@ RETRY_FOR = 60.0
 FIRST_BACKOFF = 0.25
 MAX_BACKOFF = 8.0
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=30)
+PREVIEW_TIMEOUT = aiohttp.ClientTimeout(total=5)  # a late preview is worth nothing: no retries either
 # A transfer may take long; what must not happen is a minute without a byte moving.
 TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 # The hub refuses an events post above 2 MB; stay well below.
@@ -95,6 +96,29 @@ class Callback:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._preview: bytes | None = None
+        self._preview_task: asyncio.Task[None] | None = None
+
+    # --- live previews ---
+    def preview(self, frame: bytes) -> None:
+        """Post a live preview (ComfyUI's PREVIEW_IMAGE frame) to ``{callback}preview``: one post at a time, and
+        of the frames that arrive meanwhile only the newest, so pictures never pile up behind a slow hub."""
+        if self.stopped or self.given_up or self._closing:
+            return
+        self._preview = frame
+        if self._preview_task is None or self._preview_task.done():
+            self._preview_task = asyncio.create_task(self._post_previews(), name=f"previews {self.url}")
+
+    async def _post_previews(self) -> None:
+        headers = {**self.headers, "Content-Type": "application/octet-stream"}
+        while (frame := self._preview) is not None and not self._closing:
+            self._preview = None
+            try:
+                url = presigned(self.url + "preview")
+                async with self.session.post(url, data=frame, headers=headers, timeout=PREVIEW_TIMEOUT) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.debug("Dropped a preview for %s: %s", self.url, exc)
 
     # --- events ---
     def start(self) -> None:
@@ -111,6 +135,8 @@ class Callback:
         """Post what is still queued, then the result (the manifest), unless the hub said stop."""
         self._closing = True
         self._wake.set()
+        if self._preview_task is not None:
+            self._preview_task.cancel()  # the result is what the participant waits for now
         if self._task is not None:
             await self._task
         if result is None or self.stopped or self.given_up == "refused":

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from .prompts import FileRef
+from .prompts import PREVIEW_METADATA_FLAGS, FileRef
 
 CHUNK = 256 * 1024
 # ComfyUI answers quickly on its own loop even while a node runs; a minute of silence means it is stuck.
@@ -173,11 +173,14 @@ class ComfyClient:
     async def connect_ws(self, client_id: str) -> aiohttp.ClientWebSocketResponse:
         """The event socket of ``client_id``: ComfyUI sends a prompt's events only to its client's sockets."""
         try:
-            return await self.session.ws_connect(
+            ws = await self.session.ws_connect(
                 self.ws_url(client_id),
                 heartbeat=WS_HEARTBEAT,
                 max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Previews with the node they belong to, as ComfyUI's web frontend asks for them (first message).
+            await ws.send_json(PREVIEW_METADATA_FLAGS)
+            return ws
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             raise ComfyError(f"WebSocket to {self.base_url} failed: {exc.__class__.__name__}: {exc}") from exc

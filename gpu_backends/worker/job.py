@@ -31,7 +31,7 @@ import aiohttp
 
 from .callback import Callback, HubError, presigned
 from .comfy import ComfyClient, ComfyError, ComfyRejected
-from .prompts import FileRef, decode_message, file_refs, rewrite_inputs
+from .prompts import FileRef, PreviewThrottle, decode_message, decode_preview, file_refs, rewrite_inputs
 from .request import BadRequest, InputSpec, RunRequest
 
 log = logging.getLogger("comfyume.worker")
@@ -127,6 +127,8 @@ class JobRunner:
         self.recovered = False  # the socket dropped once: events may have been missed meanwhile
         self.workdir: Path | None = None
         self.callback: Callback | None = None
+        self.previews = PreviewThrottle(request.preview_fps)
+        self.running_node: str | None = None  # where a preview without metadata belongs
         if request.callback_url:
             self.callback = Callback(
                 http,
@@ -311,6 +313,8 @@ class JobRunner:
                         continue
                     if await self._handle(message):
                         return
+                elif frame.type == aiohttp.WSMsgType.BINARY:
+                    self._preview(frame.data)
                 elif frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                     log.warning("job %s: ComfyUI's socket closed; recovering", self.job)
                     await ws.close()
@@ -327,6 +331,18 @@ class JobRunner:
                     ws = recovered
         finally:
             await ws.close()
+
+    def _preview(self, raw: bytes) -> None:
+        """A live preview: ComfyUI sends the prompt's previews to its client only, and this socket's client is
+        this job's; one between the start and the end (or naming the job) goes to the hub, throttled."""
+        if self.callback is None or self.state.started is None or self.state.finished is not None:
+            return
+        preview = decode_preview(raw)
+        if preview is None or preview.prompt_id not in (None, self.job):
+            return
+        frame = preview.frame(self.job, self.running_node)
+        if frame is not None and self.previews.allows(time.monotonic()):
+            self.callback.preview(frame)
 
     async def _stop_step(self, now: float) -> bool:
         """Act on a stop request; True when the job is over (deleted before it ran, or the interrupt never landed)."""
@@ -367,6 +383,8 @@ class JobRunner:
     async def _handle(self, message: dict[str, Any]) -> bool:
         """Apply and forward one message of the prompt; True when the prompt is done."""
         kind, data, state, now = message["type"], message["data"], self.state, time.monotonic()
+        if kind == "executing":
+            self.running_node = str(data["node"]) if data.get("node") is not None else None
         if kind == "execution_start":
             state.started = now
         elif kind == "executed" and isinstance(data.get("output"), dict):

@@ -64,3 +64,87 @@ def rewrite_inputs(prompt: dict[str, Any], renamed: dict[str, str]) -> dict[str,
             inputs[key] = value
         out[node_id] = {**node, "inputs": inputs}
     return out
+
+
+# --- Binary preview frames (ComfyUI's server.py BinaryEventTypes and send_image) ------------------------------
+
+PREVIEW_IMAGE = 1  # 4-byte event type, 4-byte image type (1 JPEG, 2 PNG), the image
+PREVIEW_IMAGE_WITH_METADATA = 4  # 4-byte event type, 4-byte length, JSON metadata (prompt_id, node_id, image_type)
+PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024  # a preview is a small JPEG; anything larger is not one
+
+
+# What a client sends first to get previews with metadata (ComfyUI's feature flags, as its web frontend sends them).
+PREVIEW_METADATA_FLAGS = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+NODE_KEYS = ("node_id", "display_node_id", "parent_node_id", "real_node_id")
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One live preview of a running prompt, as ComfyUI sent it."""
+
+    content_type: str  # image/jpeg or image/png
+    image: bytes
+    prompt_id: str | None = None  # only the metadata variant names the prompt and nodes
+    nodes: dict[str, str | None] | None = None  # node_id, display_node_id, parent_node_id, real_node_id
+
+    def plain_frame(self) -> bytes:
+        """PREVIEW_IMAGE: what a frontend that did not ask for metadata (1.27) draws on its running node."""
+        image_type = next(number for number, kind in PREVIEW_FORMATS.items() if kind == self.content_type)
+        return PREVIEW_IMAGE.to_bytes(4, "big") + image_type.to_bytes(4, "big") + self.image
+
+    def frame(self, prompt_id: str, running_node: str | None = None) -> bytes | None:
+        """PREVIEW_IMAGE_WITH_METADATA under ``prompt_id``: what newer frontends draw (on the node it names). A
+        preview that came without metadata is the running node's; without one either, there is nowhere to draw
+        it (None)."""
+        nodes = self.nodes
+        if nodes is None and running_node is not None:  # a top-level node: no parent
+            nodes = {"node_id": running_node, "display_node_id": running_node, "parent_node_id": None}
+            nodes["real_node_id"] = running_node
+        if nodes is None:
+            return None
+        metadata = {**nodes, "prompt_id": prompt_id, "image_type": self.content_type}
+        header = json.dumps(metadata, separators=(",", ":")).encode()
+        return PREVIEW_IMAGE_WITH_METADATA.to_bytes(4, "big") + len(header).to_bytes(4, "big") + header + self.image
+
+
+def decode_preview(raw: bytes) -> Preview | None:
+    """A binary frame as a preview; None for any other binary event (text, unknown types) or a malformed one."""
+    if len(raw) < 8 or len(raw) > MAX_PREVIEW_BYTES + 64 * 1024:
+        return None
+    event = int.from_bytes(raw[:4], "big")
+    if event == PREVIEW_IMAGE:
+        content_type = PREVIEW_FORMATS.get(int.from_bytes(raw[4:8], "big"))
+        return Preview(content_type, raw[8:]) if content_type and len(raw) > 8 else None
+    if event == PREVIEW_IMAGE_WITH_METADATA:
+        length = int.from_bytes(raw[4:8], "big")
+        try:
+            metadata = json.loads(raw[8 : 8 + length])
+        except ValueError:
+            return None
+        image = raw[8 + length :]
+        if not isinstance(metadata, dict) or not image or metadata.get("image_type") not in PREVIEW_FORMATS.values():
+            return None
+        node = metadata.get("node_id")
+        if not isinstance(node, str | int) or isinstance(node, bool):
+            return None
+        nodes = {key: None if metadata.get(key) is None else str(metadata[key]) for key in NODE_KEYS}
+        nodes["display_node_id"] = nodes["display_node_id"] or str(node)
+        prompt_id = metadata.get("prompt_id")
+        return Preview(metadata["image_type"], image, prompt_id=str(prompt_id) if prompt_id else None, nodes=nodes)
+    return None
+
+
+class PreviewThrottle:
+    """At most ``per_second`` previews of one run pass; the others are dropped (the next one shows the newer
+    state anyway, and the events that matter never wait behind pictures)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else None
+        self.last = float("-inf")
+
+    def allows(self, now: float) -> bool:
+        if self.interval is None or now - self.last < self.interval:
+            return False
+        self.last = now
+        return True

@@ -45,6 +45,7 @@ class RunRequest:
     callback_url: str | None = None
     callback_token: str = ""
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
+    preview_fps: float = 0.0  # live previews posted to the hub per second, at most (0: none)
 
 
 def _http_url(value: Any) -> bool:
@@ -114,4 +115,8 @@ def parse_run_request(body: Any) -> RunRequest:
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int | float) or not 0.05 <= heartbeat <= 300:
         raise BadRequest("heartbeat_seconds must be a number of seconds between 0.05 and 300")
     request.heartbeat_seconds = float(heartbeat)
+    fps = body.get("preview_fps", 0)
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 <= fps <= 30:
+        raise BadRequest("preview_fps must be a number of previews per second between 0 and 30")
+    request.preview_fps = float(fps)
     return request

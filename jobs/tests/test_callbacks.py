@@ -280,3 +280,81 @@ def test_a_workers_events_are_passed_on_as_posted(client, running):
     message = {"type": "progress", "data": {"value": 1, "max": 2}, "sid": "kept"}
     assert post(client, job, "events", {"seq": 1, "messages": [message]}, token).status_code == 200
     assert Mailbox(job.backend_prompt_id).receive(0.5) == {"kind": "events", "seq": 1, "messages": [message]}
+
+
+JPEG_FRAME = (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\xff\xd8\xff\xe0 a small jpeg"
+
+
+def post_preview(client, job, body: bytes, token):
+    return client.post(
+        url(job, "preview"), data=body, content_type="application/octet-stream", HTTP_AUTHORIZATION=f"Bearer {token}"
+    )
+
+
+def test_a_workers_preview_goes_to_the_jobs_seat_only_while_it_runs(client, running, monkeypatch):
+    job, token = running
+    published: list[tuple] = []
+    monkeypatch.setattr(callbacks, "publish_preview", lambda *args: published.append(args))
+    assert post_preview(client, job, JPEG_FRAME, "not-the-token").status_code == 401
+    # Dispatching, not running yet: accepted, and nothing shown.
+    assert post_preview(client, job, JPEG_FRAME, token).json() == {"cancel": False}
+    assert published == []
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    # A plain frame names no node: there is nowhere to draw it, so nothing is shown.
+    assert post_preview(client, job, JPEG_FRAME, token).status_code == 200 and published == []
+    # With metadata (what the worker posts): passed on under the job's own prompt id, the node kept.
+    metadata = json.dumps({"prompt_id": job.backend_prompt_id, "node_id": "3", "image_type": "image/png"}).encode()
+    with_metadata = (4).to_bytes(4, "big") + len(metadata).to_bytes(4, "big") + metadata + b"\x89PNG..."
+    assert post_preview(client, job, with_metadata, token).status_code == 200
+    [(seat_id, prompt_id, frame)] = published
+    assert (seat_id, prompt_id) == (job.seat_id, str(job.prompt_id))
+    length = int.from_bytes(frame[4:8], "big")
+    assert json.loads(frame[8 : 8 + length]) == {
+        "node_id": "3",
+        "display_node_id": "3",
+        "parent_node_id": None,
+        "real_node_id": None,
+        "prompt_id": str(job.prompt_id),
+        "image_type": "image/png",
+    }
+    assert frame[8 + length :] == b"\x89PNG..."
+    # The workshop's preview method "none": nothing shown, whatever a worker posts.
+    job.workshop.preview_method = "none"
+    job.workshop.save(update_fields=["preview_method"])
+    assert post_preview(client, job, with_metadata, token).status_code == 200 and len(published) == 1
+
+
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        (b"", 400, "not a ComfyUI preview frame"),
+        (b"\x00\x00\x00\x03text frame", 400, "not a ComfyUI preview frame"),
+        ((1).to_bytes(4, "big") + (9).to_bytes(4, "big") + b"?", 400, "not a ComfyUI preview frame"),
+        (
+            (4).to_bytes(4, "big")
+            + (40).to_bytes(4, "big")
+            + b'{"prompt_id": "someone-else", "image_type": "image/png"}',
+            400,
+            "not a ComfyUI preview frame",
+        ),
+        (JPEG_FRAME + b"x" * (2 * 1024 * 1024 + 65 * 1024), 413, "A preview is at most"),
+    ],
+)
+def test_a_bad_preview_is_refused_with_a_reason_and_shows_nothing(client, running, monkeypatch, body, status, says):
+    job, token = running
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    published: list[tuple] = []
+    monkeypatch.setattr(callbacks, "publish_preview", lambda *args: published.append(args))
+    answer = post_preview(client, job, body, token)
+    assert answer.status_code == status and says in answer.json()["error"]
+    assert published == []
+
+
+def test_a_preview_naming_another_prompt_is_refused(client, running, monkeypatch):
+    job, token = running
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING)
+    monkeypatch.setattr(callbacks, "publish_preview", lambda *args: pytest.fail("published"))
+    metadata = json.dumps({"prompt_id": "someone-else", "node_id": "3", "image_type": "image/jpeg"}).encode()
+    frame = (4).to_bytes(4, "big") + len(metadata).to_bytes(4, "big") + metadata + b"\xff\xd8"
+    answer = post_preview(client, job, frame, token)
+    assert answer.status_code == 400 and "another prompt" in answer.json()["error"]

@@ -132,3 +132,102 @@ async def test_bad_token_socket_is_refused(personas):
 
 def test_group_names_are_valid_channels_names():
     assert events.seat_group(12) == "seat.12" and events.workshop_group(3) == "workshop.3"
+
+
+async def _submit_and_run(token: str) -> str:
+    """The tiny workflow submitted by a seat and run to its end by an in-process worker; its prompt id."""
+
+    def submit_and_run():
+        response = Client().post(
+            "/api/hub/prompt",
+            data=json.dumps({"prompt": TINY}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {token}",
+        )
+        run_worker()
+        events.flush()
+        return response.json()["prompt_id"]
+
+    return await sync_to_async(submit_and_run, thread_sensitive=False)()
+
+
+async def _frames_until_done(comm, prompt_id: str, timeout: float = 15.0) -> tuple[list[bytes], list[dict]]:
+    """Binary and JSON messages of a hub seat socket until the prompt's final ``executing``."""
+    binary: list[bytes] = []
+    texts: list[dict] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        assert remaining > 0, f"timed out; saw {[m['type'] for m in texts]} and {len(binary)} previews"
+        output = await comm.receive_output(timeout=remaining)
+        if output.get("bytes") is not None:
+            binary.append(output["bytes"])
+            continue
+        message = json.loads(output["text"])
+        texts.append(message)
+        data = message.get("data") or {}
+        if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return binary, texts
+
+
+async def test_live_previews_reach_the_seat_whose_job_it_is_and_no_other(personas, sim, settings):
+    """The simulator sends a preview per progress step, as ComfyUI's latent previewer does; the hub relays them
+    to the seat's socket only (not the other seat's, not the instructor's), throttled to COMFYUME_PREVIEW_FPS,
+    as ComfyUI's PREVIEW_IMAGE frames behind the prompt id (docs/HUB_API.md)."""
+    settings.COMFYUME = {**settings.COMFYUME, "PREVIEW_FPS": 4.0}
+    sim.config.update({"progress_steps": 10, "progress_all": True, "node_delay": 0.5})  # 30 previews in 1.5 s
+    token_a = await database_sync_to_async(personas.seat_a.issue_token)()
+    token_b = await database_sync_to_async(personas.seat_b.issue_token)()
+    comms = [
+        WebsocketCommunicator(application, "/ws/hub/seat/", headers=[(b"authorization", f"Bearer {t}".encode())])
+        for t in (token_a, token_b)
+    ]
+    instructor = WebsocketCommunicator(
+        application,
+        f"/ws/hub/workshops/{personas.workshop.slug}/",
+        headers=[
+            (b"cookie", await database_sync_to_async(_session_cookie)(personas.instructor)),
+            (b"origin", b"http://127.0.0.1"),
+        ],
+    )
+    for comm in (*comms, instructor):
+        assert (await comm.connect())[0]
+    for comm in comms:
+        await comm.receive_json_from()
+
+    prompt_id = await _submit_and_run(token_a)
+    previews, _ = await _frames_until_done(comms[0], prompt_id)
+    # 30 were made over about 1.5 s; at 4 per second a handful pass, each ComfyUI's PREVIEW_IMAGE_WITH_METADATA
+    # naming the job's own prompt id (not the backend's) and the node that made it.
+    assert 3 <= len(previews) <= 9, len(previews)
+    nodes = set()
+    for frame in previews:
+        assert int.from_bytes(frame[:4], "big") == 4
+        length = int.from_bytes(frame[4:8], "big")
+        metadata = json.loads(frame[8 : 8 + length])
+        assert metadata["prompt_id"] == prompt_id and metadata["image_type"] == "image/jpeg"
+        assert frame[8 + length : 8 + length + 2] == b"\xff\xd8"
+        nodes.add(metadata["display_node_id"])
+    assert nodes <= set(TINY) and len(nodes) >= 2  # every node of the tiny graph ticks here
+    assert len(set(previews)) == len(previews)  # every step looks different
+    assert await comms[1].receive_nothing(timeout=0.3)
+    while not await instructor.receive_nothing(timeout=0.3):
+        assert (await instructor.receive_output()).get("bytes") is None, "a preview reached the instructor's view"
+    for comm in (*comms, instructor):
+        await comm.disconnect()
+
+
+async def test_no_previews_when_the_workshops_preview_method_is_none(personas, sim):
+    await database_sync_to_async(type(personas.workshop).objects.filter(pk=personas.workshop.pk).update)(
+        preview_method="none"
+    )
+    sim.config.update({"progress_steps": 4, "progress_all": True, "node_delay": 0.2})
+    token = await database_sync_to_async(personas.seat_a.issue_token)()
+    comm = WebsocketCommunicator(application, "/ws/hub/seat/", headers=[(b"authorization", f"Bearer {token}".encode())])
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+
+    prompt_id = await _submit_and_run(token)
+    previews, texts = await _frames_until_done(comm, prompt_id)
+    assert previews == [] and any(m["type"] == "progress" for m in texts)  # it ticked, and showed no picture
+    await comm.disconnect()

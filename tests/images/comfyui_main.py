@@ -18,5 +18,8 @@ if __name__ == "__main__":
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--port", default="8188")
     parser.add_argument("--disable-auto-launch", action="store_true")
+    parser.add_argument("--preview-method", default="none", choices=["none", "auto", "latent2rgb", "taesd"])
     args = parser.parse_args()
-    simulator(["--host", args.listen, "--port", args.port, "--output-dir", "output"])
+    simulator(
+        ["--host", args.listen, "--port", args.port, "--output-dir", "output", "--preview-method", args.preview_method]
+    )

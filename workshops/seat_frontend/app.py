@@ -280,10 +280,14 @@ async def empty_ok(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def server_features(app: web.Application) -> dict[str, Any]:
+    """ComfyUI's server feature flags (``/api/features`` and the socket's ``feature_flags``), as a stock server
+    without the manager or other extensions sends them: live previews with metadata, the upload limit."""
+    return {"supports_preview_metadata": True, "max_upload_size": app[CONFIG].max_upload_bytes}
+
+
 async def features(request: web.Request) -> web.Response:
-    return web.json_response(
-        {"supports_preview_metadata": False, "max_upload_size": request.app[CONFIG].max_upload_bytes}
-    )
+    return web.json_response(server_features(request.app))
 
 
 async def unknown_api(request: web.Request) -> web.Response:
@@ -653,19 +657,15 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(msg.data).get("type") == "feature_flags":
-                    await ws.send_json(
-                        {
-                            "type": "feature_flags",
-                            "data": {
-                                "supports_preview_metadata": False,
-                                "max_upload_size": request.app[CONFIG].max_upload_bytes,
-                            },
-                        }
-                    )
+                message = json.loads(msg.data)
+                if message.get("type") == "feature_flags":
+                    if (message.get("data") or {}).get("supports_preview_metadata") is True:
+                        events.metadata_sockets.add(sid)
+                    await ws.send_json({"type": "feature_flags", "data": server_features(request.app)})
     finally:
         if events.sockets.get(sid) is ws:
             del events.sockets[sid]
+            events.metadata_sockets.discard(sid)
     return ws
 
 

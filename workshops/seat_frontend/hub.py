@@ -160,6 +160,26 @@ class AccessGate:
             return Access(502)
 
 
+PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's binary event types
+PREVIEW_TYPES = {"image/jpeg": 1, "image/png": 2}  # PREVIEW_IMAGE's image type numbers
+
+
+def _preview_parts(frame: bytes) -> tuple[str, int, bytes] | None:
+    """(prompt id, PREVIEW_IMAGE image type, image) of a PREVIEW_IMAGE_WITH_METADATA frame, else None."""
+    if len(frame) < 8 or int.from_bytes(frame[:4], "big") != PREVIEW_IMAGE_WITH_METADATA:
+        return None
+    length = int.from_bytes(frame[4:8], "big")
+    try:
+        metadata = json.loads(frame[8 : 8 + length])
+    except ValueError:
+        return None
+    image = frame[8 + length :]
+    if not isinstance(metadata, dict) or not image or not isinstance(metadata.get("prompt_id"), str):
+        return None
+    image_type = PREVIEW_TYPES.get(metadata.get("image_type"))  # type: ignore[arg-type]
+    return (metadata["prompt_id"], image_type, image) if image_type else None
+
+
 class EventRelay:
     """One socket to the hub for the seat; its messages fan out to the browser sockets of this seat."""
 
@@ -170,6 +190,7 @@ class EventRelay:
         self.queue_remaining = 0
         self.connected = asyncio.Event()
         self.listeners: list[Any] = []  # callables(message) for messages the server itself acts on
+        self.metadata_sockets: set[str] = set()  # browser sockets that announced supports_preview_metadata
 
     def remember_prompt(self, prompt_id: str, client_id: str) -> None:
         self.prompt_clients[prompt_id] = client_id
@@ -202,6 +223,24 @@ class EventRelay:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await ws.send_str(text)
 
+    async def deliver_preview(self, frame: bytes) -> None:
+        """A live preview from the hub, ComfyUI's PREVIEW_IMAGE_WITH_METADATA frame (docs/HUB_API.md): to the
+        browser socket that queued the prompt it names, and to no other; as it came to a browser that asked for
+        preview metadata, else as the plain PREVIEW_IMAGE older frontends draw. A frame naming a prompt this
+        seat does not know (queued before a restart) or of another shape is dropped."""
+        parsed = _preview_parts(frame)
+        if parsed is None:
+            return
+        prompt_id, image_type, image = parsed
+        sid = self.prompt_clients.get(prompt_id, "")
+        ws = self.sockets.get(sid)
+        if ws is None or ws.closed:
+            return
+        if sid not in self.metadata_sockets:
+            frame = PREVIEW_IMAGE.to_bytes(4, "big") + image_type.to_bytes(4, "big") + image
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(frame)
+
     async def run(self) -> None:
         """Keep the hub socket open for the life of the server, reconnecting with backoff."""
         url = self.hub.url("/ws/hub/seat/").replace("http", "ws", 1)
@@ -215,6 +254,8 @@ class EventRelay:
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             with contextlib.suppress(ValueError):
                                 await self.deliver(json.loads(msg.data))
+                        elif msg.type == aiohttp.WSMsgType.BINARY:
+                            await self.deliver_preview(msg.data)
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                             break
                     if ws.close_code == 4401:

@@ -942,3 +942,69 @@ def test_simulator_thread_stops_and_frees_its_port(tmp_path):
     assert thread is not None and not thread.is_alive()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/prompt", timeout=2)
+
+
+# ------------------------------------------------------------------------------------------------- live previews
+def _preview_frames(socket: Socket, prompt_id: str, timeout: float = 10) -> tuple[list[bytes], list[str]]:
+    """Binary frames and message types a socket gets until the prompt's final ``executing``."""
+    binary: list[bytes] = []
+    types: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        socket.ws.settimeout(max(0.01, deadline - time.monotonic()))
+        raw = socket.ws.recv()
+        if isinstance(raw, bytes):
+            binary.append(raw)
+            continue
+        message = json.loads(raw)
+        types.append(message["type"])
+        data = message["data"]
+        if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return binary, types
+
+
+def test_a_ticking_node_sends_a_preview_per_step_to_its_client_only(sim, connect):
+    """ComfyUI's latent previewer: a PREVIEW_IMAGE frame (type 1, JPEG) per progress step, to the prompt's client;
+    with ``supports_preview_metadata`` announced, PREVIEW_IMAGE_WITH_METADATA (type 4) naming prompt and node."""
+    sim.config.update({"progress_steps": 3, "progress_all": True, "preview_method": "auto"})
+    plain, flagged, other = connect("plain"), connect("flagged"), connect("other")
+    flagged.ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+    assert flagged.next()["type"] == "feature_flags"
+
+    prompt_id = accepted(submit(sim, TINY_WORKFLOW, "plain"))
+    frames, types = _preview_frames(plain, prompt_id)
+    assert len(frames) == 3 * len(TINY_WORKFLOW) == types.count("progress")  # every node ticks 3 times here
+    for frame in frames:
+        assert frame[:8] == (1).to_bytes(4, "big") + (1).to_bytes(4, "big") and frame[8:10] == b"\xff\xd8"
+    assert len(set(frames)) == len(frames)  # each step is another picture
+    assert [m for m in other.drain() if m["type"] != "status"] == []  # (drain reads text; bytes would fail it)
+
+    prompt_id = accepted(submit(sim, tiny(**{"1": {"color": 0x123456}}), "flagged"))
+    frames, _ = _preview_frames(flagged, prompt_id)
+    assert frames and all(int.from_bytes(f[:4], "big") == 4 for f in frames)
+    length = int.from_bytes(frames[0][4:8], "big")
+    metadata = json.loads(frames[0][8 : 8 + length])
+    assert metadata["prompt_id"] == prompt_id and metadata["image_type"] == "image/jpeg"
+    assert metadata["node_id"] in TINY_WORKFLOW and frames[0][8 + length : 8 + length + 2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("where", ["extra_data", "config"])
+def test_no_previews_with_preview_method_none(sim, connect, where):
+    sim.config.update({"progress_steps": 2, "progress_all": True, "preview_method": "auto"})
+    extra: dict[str, Any] = {}
+    if where == "config":
+        sim.config.update({"preview_method": "none"})
+    else:
+        extra = {"preview_method": "none"}
+    socket = connect("quiet")
+    response = requests.post(
+        f"{sim.url}/prompt", json={"prompt": TINY_WORKFLOW, "client_id": "quiet", "extra_data": extra}, timeout=10
+    )
+    prompt_id = accepted(response)
+    frames, types = _preview_frames(socket, prompt_id)
+    assert frames == [] and "progress" in types
+
+
+def test_an_unknown_preview_method_is_refused_by_the_runtime_config(sim):
+    answer = requests.post(f"{sim.url}/simulator/config", json={"preview_method": "fancy"}, timeout=5)
+    assert answer.status_code == 400 and "preview_method must be one of none, auto, latent2rgb, taesd" in answer.text

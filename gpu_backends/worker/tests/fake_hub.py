@@ -10,6 +10,7 @@ times). ``inputs`` are served by plain GET, as presigned URLs are.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import threading
@@ -47,6 +48,8 @@ class FakeHub:
         self.cancel: set[str] = set()
         self.conflict: set[str] = set()
         self.fail_events = 0
+        self.previews: dict[str, list[bytes]] = {}  # job -> preview frames as posted
+        self.preview_delay = 0.0  # seconds each preview post takes to answer
         self.server = AppServer(self._app())
 
     # --- for tests ---
@@ -97,6 +100,7 @@ class FakeHub:
                 web.post("/jobs/{job}/uploads/complete", self._complete),
                 web.put("/jobs/{job}/files/{key:.+}", self._file_put),
                 web.post("/jobs/{job}/result", self._result),
+                web.post("/jobs/{job}/preview", self._preview),
                 web.put("/parts/{upload_id}/{number}", self._part_put),
                 web.get("/inputs/{name:.+}", self._input),
             ]
@@ -130,6 +134,17 @@ class FakeHub:
                 seqs.append(body["seq"])
                 self.applied.setdefault(job, []).extend(body["messages"])
         return web.json_response({"cancel": job in self.cancel})
+
+    async def _preview(self, request: web.Request) -> web.Response:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        assert request.content_type == "application/octet-stream"
+        body = await request.read()
+        await asyncio.sleep(self.preview_delay)
+        with self.lock:
+            self.previews.setdefault(request.match_info["job"], []).append(body)
+        return web.json_response({"cancel": False})
 
     async def _uploads(self, request: web.Request) -> web.Response:
         refusal = self._refusal(request)

@@ -544,6 +544,8 @@ def test_stopping_the_worker_interrupts_its_running_job_in_comfyui(sim, hub, poo
         ({"job": "j", "prompt": TINY, "callback": {"url": "ftp://hub/", "token": "t"}}, "callback.url"),
         ({"job": "j", "prompt": TINY, "callback": {"url": "http://hub/"}}, "callback.token"),
         ({"job": "j", "prompt": TINY, "heartbeat_seconds": -1}, "heartbeat_seconds"),
+        ({"job": "j", "prompt": TINY, "preview_fps": 99}, "preview_fps"),
+        ({"job": "j", "prompt": TINY, "preview_fps": True}, "preview_fps"),
     ],
 )
 def test_bad_run_bodies_are_refused_naming_the_field(worker, body, field):
@@ -679,3 +681,34 @@ def test_same_job_twice_at_once_is_refused(sim, worker, hub, pool):
     assert requests.get(f"{worker.url}/health", timeout=5).json()["running"] == 1
     worker.cancel("job-twice")
     assert first.result(timeout=30).json()["status"] == "interrupted"
+
+
+def test_live_previews_go_to_the_hub_throttled_and_never_after_the_result(sim, worker, hub):
+    """Each progress step's preview (the simulator sends one, as ComfyUI's latent previewer) is posted to
+    ``{callback}preview`` as ComfyUI's PREVIEW_IMAGE frame, at most ``preview_fps`` a second."""
+    sim.config.update({"progress_steps": 10, "progress_all": True, "node_delay": 0.5})  # 30 previews in 1.5 s
+    live = {"preview_method": "auto"}  # as the hub sends the workshop's setting
+    response = worker.run(run_body(hub, "job-previews", TINY, preview_fps=4, extra_data=live))
+    assert response.status_code == 200 and response.json()["status"] == "succeeded", response.text
+    frames = hub.previews["job-previews"]
+    assert 3 <= len(frames) <= 8, len(frames)
+    for frame in frames:  # PREVIEW_IMAGE_WITH_METADATA naming the job and the node (the worker asked ComfyUI)
+        assert int.from_bytes(frame[:4], "big") == 4
+        length = int.from_bytes(frame[4:8], "big")
+        metadata = json.loads(frame[8 : 8 + length])
+        assert metadata["prompt_id"] == "job-previews" and metadata["node_id"] in TINY
+        assert frame[8 + length : 8 + length + 2] == b"\xff\xd8"
+    # Without preview_fps (a hub that does not ask for them): none.
+    sim.config.update({"node_delay": 0.1})
+    assert worker.run(run_body(hub, "job-no-previews", TINY, extra_data=live)).status_code == 200
+    assert "job-no-previews" not in hub.previews
+
+
+def test_a_slow_hub_gets_only_the_newest_preview_not_a_backlog(sim, worker, hub):
+    """One preview post at a time: while the hub takes 0.6 s to answer, the frames in between are replaced."""
+    sim.config.update({"progress_steps": 10, "progress_all": True, "node_delay": 0.5})
+    hub.preview_delay = 0.6
+    body = run_body(hub, "job-slow-previews", TINY, preview_fps=30, extra_data={"preview_method": "auto"})
+    response = worker.run(body)
+    assert response.status_code == 200, response.text
+    assert 1 <= len(hub.previews["job-slow-previews"]) <= 4  # 30 offered over 1.5 s, 0.6 s per post
