@@ -712,3 +712,29 @@ def test_a_slow_hub_gets_only_the_newest_preview_not_a_backlog(sim, worker, hub)
     response = worker.run(body)
     assert response.status_code == 200, response.text
     assert 1 <= len(hub.previews["job-slow-previews"]) <= 4  # 30 offered over 1.5 s, 0.6 s per post
+
+
+@pytest.mark.parametrize("capture, status", [("ws_capture.json", "succeeded"), ("ws_capture_failed.json", "failed")])
+def test_the_worker_beside_a_recorded_comfyui_0_12_1_forwards_its_messages_and_ends_as_it_did(hub, capture, status):
+    """The worker against a newer ComfyUI's own messages (tests/recorded_comfyui.py replays them), not the
+    simulator's: every message of the prompt reaches the hub in ComfyUI's order, and the run ends as recorded."""
+    from tests.recorded_comfyui import RecordedComfyUI, recorded_outputs
+
+    comfy = RecordedComfyUI(capture).start()
+    worker = start_worker(comfy.url)
+    try:
+        worker.wait_ready()
+        response = worker.run(run_body(hub, "job-recorded", TINY))
+        assert response.status_code == 200, response.text
+        manifest = response.json()
+        assert manifest["status"] == status
+        assert kinds(hub.messages("job-recorded")) == comfy.recorded_types()
+        assert [f["filename"] for f in manifest["files"]] == (
+            recorded_outputs(comfy.capture) if status == "succeeded" else []
+        )
+        if status == "failed":
+            assert manifest["error"]["node_type"] == "ImageToMask"
+        assert comfy.flags_from == [{"supports_preview_metadata": True}]
+    finally:
+        worker.server.stop()
+        comfy.stop()
