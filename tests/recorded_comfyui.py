@@ -1,8 +1,9 @@
 """A ComfyUI that answers as a recorded one did: it replays a WebSocket capture of ComfyUI 0.12.1
 (tests/data/comfyui-0.12.1/ws_capture*.json) for every prompt posted to it, under that prompt's id, to the
 posting client's sockets, with the capture's own pacing (shortened). Only what a run needs: /ws, /prompt, /view,
-/history, /queue, /interrupt, and the recorded /system_stats. It checks the platform against a newer ComfyUI's messages (progress_state,
-execution_success before the final executing, a node error's shape), not against the simulator's."""
+/history, /queue, /interrupt, and the recorded /system_stats. It checks the platform against a newer ComfyUI's
+messages (progress_state, execution_success before the final executing, a node error's shape), not against the
+simulator's."""
 
 from __future__ import annotations
 
