@@ -28,6 +28,7 @@ hub_api = [
     path("comfy/jobs/<str:job_id>", comfy_jobs.job_detail, name="comfy-job"),
     path("comfy/jobs/<str:job_id>/cancel", comfy_jobs.job_cancel, name="comfy-job-cancel"),
     path("seat", seat_api.seat_info, name="seat"),
+    path("templates/<int:template_id>/thumbnail", seat_api.template_thumbnail, name="template-thumbnail"),
     path("status", seat_api.seat_status, name="status"),
     path("inputs", seat_api.upload_input, name="inputs"),
 ]

@@ -135,6 +135,8 @@ def _walk(version: str, launched, browser) -> None:
     assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == version
     stats = page.evaluate("async () => (await (await fetch('api/system_stats')).json()).system")
     assert stats["required_frontend_version"] == version
+    # No comfy.org sign-in (API-node credits) in a seat: ComfyUI's own switch for it is off, as by default.
+    assert page.locator("[data-testid=login-button]").count() == 0
 
     # The queue panel shows the job while it runs, then the image comes back.
     _open_queue_panel(page)

@@ -1,9 +1,11 @@
 from functools import partial
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
+from django.http import Http404, HttpResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -19,8 +21,36 @@ from jobs.services import cancel_job
 from . import audit, frontends
 from .instructor import admin_views
 from .instructor.admin_base import AuditedModelAdmin
-from .models import Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
-from .services import announcement_changed, push_templates
+from .models import MAX_THUMBNAIL_BYTES, Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
+from .services import ThumbnailProblem, announcement_changed, push_templates, set_thumbnail
+
+
+class WorkflowTemplateForm(forms.ModelForm):
+    """The template, and its picture in ComfyUI's Templates browser (checked by content before anything is saved)."""
+
+    picture = forms.FileField(
+        required=False,
+        help_text="PNG, JPEG or WebP, up to 2 MB: the template's card in ComfyUI's Templates browser. "
+        "Without one the seats draw a card with its name.",
+    )
+    remove_picture = forms.BooleanField(required=False, help_text="Back to the drawn card.")
+
+    class Meta:
+        model = WorkflowTemplate
+        fields = ("name", "description", "workflow")
+
+    def clean_picture(self):
+        upload = self.cleaned_data.get("picture")
+        if upload is None:
+            return None
+        if upload.size > MAX_THUMBNAIL_BYTES:
+            raise forms.ValidationError(f"A template picture is at most {MAX_THUMBNAIL_BYTES // 1024 // 1024} MB.")
+        data = upload.read()
+        try:  # checked on a scratch template: the real one changes only when the whole form is valid
+            set_thumbnail(WorkflowTemplate(name="-"), data, save=False)
+        except ThumbnailProblem as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
 
 
 class SeatInline(admin.TabularInline):
@@ -332,9 +362,35 @@ class AnnouncementAdmin(AuditedModelAdmin):
 
 @admin.register(WorkflowTemplate)
 class WorkflowTemplateAdmin(AuditedModelAdmin):
-    list_display = ("name", "description", "models_ready", "updated_at")
+    form = WorkflowTemplateForm
+    list_display = ("name", "description", "models_ready", "has_picture", "updated_at")
     search_fields = ("name", "description")
-    readonly_fields = ("model_inventory",)
+    readonly_fields = ("current_picture", "model_inventory")
+    fields = ("name", "description", "workflow", "current_picture", "picture", "remove_picture", "model_inventory")
+
+    @admin.display(description="Picture", boolean=True)
+    def has_picture(self, obj: WorkflowTemplate) -> bool:
+        return bool(obj.thumbnail_type)
+
+    @admin.display(description="Current picture")
+    def current_picture(self, obj: WorkflowTemplate) -> str:
+        if not obj.pk or not obj.thumbnail_type:
+            return "None: the seats draw a card with the template's name."
+        url = reverse("admin:workshops_workflowtemplate_picture", args=[obj.pk])
+        return format_html('<img src="{}" alt="" style="max-width: 256px; max-height: 256px">', url)
+
+    def get_urls(self):
+        picture = self.admin_site.admin_view(self.picture_view)
+        return [path("<int:pk>/picture/", picture, name="workshops_workflowtemplate_picture"), *super().get_urls()]
+
+    def picture_view(self, request, pk: int):
+        template = WorkflowTemplate.objects.filter(pk=pk).exclude(thumbnail_type="").first()
+        if template is None or not self.has_view_permission(request, template):
+            raise Http404("No such picture.")
+        response = HttpResponse(bytes(template.thumbnail), content_type=template.thumbnail_type)
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
+
     audit_kind = "template"
 
     def _inventory(self, obj: WorkflowTemplate) -> tuple[list, list[tuple[GpuBackend, dict | None]]]:
@@ -391,6 +447,10 @@ class WorkflowTemplateAdmin(AuditedModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        if form.cleaned_data.get("picture"):
+            set_thumbnail(obj, form.cleaned_data["picture"])
+        elif form.cleaned_data.get("remove_picture"):
+            set_thumbnail(obj, None)
         for workshop in obj.workshops.all():
             push_templates(workshop)
 

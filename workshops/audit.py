@@ -180,6 +180,8 @@ def _loggable(value: Any) -> Any:
     if isinstance(value, str):
         value = _without_url_password(value)
         return value if len(value) <= _MAX_VALUE_CHARS else value[:_MAX_VALUE_CHARS] + "…"
+    if isinstance(value, bytes | bytearray | memoryview):  # a file's content (a template's picture): its size
+        return f"({len(value):,} bytes)"
     if isinstance(value, models.Model):
         return str(value)
     if isinstance(value, datetime | date | time):

@@ -208,12 +208,19 @@ class Announcement(models.Model):
         return self.message[:60]
 
 
+THUMBNAIL_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+MAX_THUMBNAIL_BYTES = 2 * 1024 * 1024
+
+
 class WorkflowTemplate(models.Model):
     """A workflow (ComfyUI's UI format, subgraphs included) that workshops put in every seat's workflow list."""
 
     name = models.CharField(max_length=120, unique=True, help_text="Shown in the workflow list as <name>.json.")
     description = models.TextField(blank=True)
     workflow = models.JSONField(help_text="The workflow as ComfyUI saves it (UI format).")
+    # Its picture in ComfyUI's Templates browser (PNG, JPEG or WebP, checked by content); none: a drawn card.
+    thumbnail = models.BinaryField(blank=True, default=b"", editable=False)
+    thumbnail_type = models.CharField(max_length=20, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

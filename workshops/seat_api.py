@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from gpu_backends.models import GpuBackend
@@ -17,7 +17,7 @@ from jobs.models import Job
 from storage.models import SeatInput
 from storage.stores import StorageError, default_store, safe_key
 
-from .models import Announcement, Seat, WorkflowTemplate
+from .models import THUMBNAIL_EXTENSIONS, Announcement, Seat, WorkflowTemplate
 from .seat_frontend.media import ACCEPTED, HEAD_BYTES, NameProblem, check_path, detect, stored_name
 
 MAX_INPUT_NAME = 300
@@ -38,7 +38,7 @@ def seat_info(request: SeatRequest) -> JsonResponse:
     """The seat frontend's view of its workshop: labels, templates for the workflow list, the default one."""
     seat: Seat = request.seat
     workshop = seat.workshop
-    templates = list(workshop.templates.all())
+    templates = list(workshop.templates.defer("thumbnail"))  # the pictures are fetched one by one
     default: WorkflowTemplate | None = workshop.default_template
     return JsonResponse(
         {
@@ -47,7 +47,15 @@ def seat_info(request: SeatRequest) -> JsonResponse:
             "workshop": {"slug": workshop.slug, "title": workshop.title},
             "default_template": default.filename if default else None,
             "templates": [
-                {"name": t.name, "filename": t.filename, "description": t.description, "workflow": t.workflow}
+                {
+                    "id": t.pk,
+                    "name": t.name,
+                    "filename": t.filename,
+                    "description": t.description,
+                    "workflow": t.workflow,
+                    # "png", "jpg", "webp" or None: the picture is at templates/<id>/thumbnail.
+                    "thumbnail": THUMBNAIL_EXTENSIONS.get(t.thumbnail_type),
+                }
                 for t in templates
             ],
         }
@@ -172,3 +180,16 @@ def upload_input(request: SeatRequest) -> JsonResponse:
             },
         )
     return JsonResponse({"name": name, "size": stored.size, "sha256": stored.sha256})
+
+
+@require_GET
+@seat_required
+def template_thumbnail(request: SeatRequest, template_id: int) -> HttpResponse:
+    """A template's picture for the seat's Templates browser: only a template of the seat's own workshop."""
+    template = request.seat.workshop.templates.filter(pk=template_id).exclude(thumbnail_type="").first()
+    if template is None or not template.thumbnail:
+        return api_error(404, "not_found", "This workshop has no such template picture.")
+    response = HttpResponse(bytes(template.thumbnail), content_type=template.thumbnail_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=60"
+    return response

@@ -17,7 +17,17 @@ from django.utils import timezone
 from gpu_backends.models import GpuBackend
 
 from . import audit
-from .models import Announcement, JoinLink, QueuePolicy, Seat, Workshop
+from .models import (
+    MAX_THUMBNAIL_BYTES,
+    THUMBNAIL_EXTENSIONS,
+    Announcement,
+    JoinLink,
+    QueuePolicy,
+    Seat,
+    WorkflowTemplate,
+    Workshop,
+)
+from .seat_frontend.media import HEAD_BYTES, detect
 
 # No 0/o, 1/l/i: passwords are read off a printed card.
 _PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -227,3 +237,24 @@ def announcement_changed(note: Announcement) -> None:
 def push_templates(workshop: Workshop) -> None:
     """Seat frontends fetch the workshop's templates again and put new ones in the workflow list."""
     _tell_seats(workshop, {"type": "comfyume.templates", "data": {}})
+
+
+class ThumbnailProblem(ValueError):
+    """A template picture that is not one; the message says why."""
+
+
+def set_thumbnail(template: WorkflowTemplate, data: bytes | None, *, save: bool = True) -> None:
+    """Give a template its picture for ComfyUI's Templates browser (None or empty: remove it, back to a drawn
+    card). Only PNG, JPEG or WebP, told by the bytes, not a name, up to 2 MB; the template is saved unless
+    ``save`` is False (a check only)."""
+    if data:
+        if len(data) > MAX_THUMBNAIL_BYTES:
+            raise ThumbnailProblem(f"A template picture is at most {MAX_THUMBNAIL_BYTES // 1024 // 1024} MB.")
+        kind = detect(data[:HEAD_BYTES])
+        if kind is None or kind.content_type not in THUMBNAIL_EXTENSIONS:
+            raise ThumbnailProblem("A template picture must be a PNG, JPEG or WebP image.")
+        template.thumbnail, template.thumbnail_type = data, kind.content_type
+    else:
+        template.thumbnail, template.thumbnail_type = b"", ""
+    if save:
+        template.save(update_fields=["thumbnail", "thumbnail_type", "updated_at"])

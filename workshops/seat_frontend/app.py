@@ -276,14 +276,23 @@ def _fixed(value: Any) -> Any:
     return handler
 
 
+async def not_here(request: web.Request) -> web.Response:
+    return web.Response(status=404)
+
+
 async def empty_ok(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
 def server_features(app: web.Application) -> dict[str, Any]:
     """ComfyUI's server feature flags (``/api/features`` and the socket's ``feature_flags``), as a stock server
-    without the manager or other extensions sends them: live previews with metadata, the upload limit."""
-    return {"supports_preview_metadata": True, "max_upload_size": app[CONFIG].max_upload_bytes}
+    without the manager or other extensions sends them: live previews with metadata, the upload limit, and
+    ComfyUI's own switch for the comfy.org sign-in button (API-node credits) at its default, off."""
+    return {
+        "supports_preview_metadata": True,
+        "max_upload_size": app[CONFIG].max_upload_bytes,
+        "show_signin_button": False,
+    }
 
 
 async def features(request: web.Request) -> web.Response:
@@ -708,14 +717,14 @@ def sync_templates(files: SeatFiles, templates: list[dict[str, Any]]) -> list[st
     return changed
 
 
-THUMBNAIL_SUFFIX = "-1.svg"  # the Templates browser asks for "<name>-1.<mediaSubtype>"
+CARD_SUFFIX = "-1.svg"  # the Templates browser asks for "<name>-1.<mediaSubtype>"; "svg": a card drawn here
 VIDEO_OUTPUTS = {"SaveVideo", "SaveWEBM", "SaveAnimatedWEBP", "SaveAnimatedPNG", "VHS_VideoCombine"}
 
 
 async def templates_index(request: web.Request) -> web.Response:
     """ComfyUI's Templates browser (``/templates/index.json``, as the comfyui-workflow-templates package serves it):
-    the workshop's templates as one module, each by its file name's stem, with a card drawn from the template
-    (``template_thumbnail``) as its picture."""
+    the workshop's templates as one module, each by its file name's stem, with the instructor's picture of it
+    (PNG, JPEG or WebP) or else a card drawn from the template (``template_card``)."""
     templates = request.app[TEMPLATES]
     if not templates:
         return web.json_response([])
@@ -726,7 +735,7 @@ async def templates_index(request: web.Request) -> web.Response:
             "title": str(template.get("name") or name),
             "description": str(template.get("description") or ""),
             "mediaType": "image",
-            "mediaSubtype": THUMBNAIL_SUFFIX.rsplit(".", 1)[1],
+            "mediaSubtype": template.get("thumbnail") or CARD_SUFFIX.rsplit(".", 1)[1],
         }
         for name, template in sorted(templates.items(), key=lambda item: str(item[1].get("name") or item[0]).lower())
     ]
@@ -734,7 +743,7 @@ async def templates_index(request: web.Request) -> web.Response:
     return web.json_response([{"moduleName": "default", "title": title, "type": "image", "templates": entries}])
 
 
-def template_thumbnail(template: dict[str, Any]) -> str:
+def template_card(template: dict[str, Any]) -> str:
     """A card for the Templates browser: the template's name, what it makes and how many nodes it has. Drawn here
     because a workshop template has no picture of its own; the text is escaped, so the SVG holds no markup but
     ours (and it is served with a CSP that runs nothing)."""
@@ -755,16 +764,28 @@ def template_thumbnail(template: dict[str, Any]) -> str:
 
 
 async def template_file(request: web.Request) -> web.Response:
-    """One template's workflow (``/templates/<name>.json``) or its card (``<name>-1.svg``), as the browser asks for
-    them; ``index_logo.json`` (the model makers' logos of ComfyUI's own templates) is empty; anything else is not
-    here."""
+    """One template's workflow (``/templates/<name>.json``) or its picture (``<name>-1.<ext>``: the instructor's,
+    from the hub, or the card drawn here), as the browser asks for them; ``index_logo.json`` (the model makers'
+    logos of ComfyUI's own templates) is empty; anything else is not here."""
     requested = request.match_info["name"]
     templates = request.app[TEMPLATES]
     if requested == "index_logo.json":
         return web.json_response({})
-    if requested.endswith(THUMBNAIL_SUFFIX) and (template := templates.get(requested.removesuffix(THUMBNAIL_SUFFIX))):
+    stem, _, extension = requested.rpartition("-1.")
+    template = templates.get(stem) if stem else None
+    if template is not None and extension and extension == template.get("thumbnail"):
+        try:
+            status, content_type, body = await request.app[HUB].call(
+                "GET", f"/api/hub/templates/{int(template['id'])}/thumbnail"
+            )
+        except HubUnavailable:
+            return hub_down()
+        if status != 200:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "private, max-age=60"})
+    if requested.endswith(CARD_SUFFIX) and (template := templates.get(requested.removesuffix(CARD_SUFFIX))):
         return web.Response(
-            text=template_thumbnail(template),
+            text=template_card(template),
             content_type="image/svg+xml",
             headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
         )
@@ -893,6 +914,9 @@ def build_app(config: SeatConfig, *, web_root: Path | None = None) -> web.Applic
         ("GET", "/global_subgraphs", _fixed({})),
         ("GET", "/global_subgraphs/{id}", _fixed(None)),
         ("GET", "/node_replacements", _fixed({})),
+        # A model file's safetensors header: the models are on the GPUs, not here, so this answers as a stock
+        # ComfyUI does for a file it does not have (a bare 404; the model library shows no details).
+        ("GET", "/view_metadata/{folder_name}", not_here),
         ("GET", "/experiment/models", model_folders),
         ("GET", "/experiment/models/{folder}", model_files),
         ("GET", "/settings", get_settings),

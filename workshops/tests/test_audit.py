@@ -438,3 +438,41 @@ def test_the_log_page_costs_the_same_queries_for_5_and_50_entries(instructor, pe
         return len(captured)
 
     assert queries_for(5) == queries_for(50)
+
+
+def test_a_template_picture_is_uploaded_checked_shown_and_removed_in_the_admin(instructor, personas):
+    """The template's card in ComfyUI's Templates browser: uploaded in the admin, refused unless it is a picture,
+    shown on the change page, removed with a tick; each change is logged without the bytes."""
+    from io import BytesIO
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image
+
+    template = WorkflowTemplate.objects.create(name="txt2img", workflow={"nodes": []})
+    url = reverse("admin:workshops_workflowtemplate_change", args=[template.pk])
+    data = {"name": "txt2img", "description": "", "workflow": json.dumps({"nodes": []})}
+    webp = BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(webp, format="WEBP")
+
+    refused = instructor.post(url, {**data, "picture": SimpleUploadedFile("card.webp", b"<svg onload=alert(1)>")})
+    assert refused.status_code == 200 and "must be a PNG, JPEG or WebP image" in refused.content.decode()
+    template.refresh_from_db()
+    assert template.thumbnail_type == ""
+
+    answer = instructor.post(url, {**data, "picture": SimpleUploadedFile("card.png", webp.getvalue())})
+    assert answer.status_code == 302
+    template.refresh_from_db()
+    assert (bytes(template.thumbnail), template.thumbnail_type) == (webp.getvalue(), "image/webp")  # by content
+    page = instructor.get(url).content.decode()
+    picture_url = reverse("admin:workshops_workflowtemplate_picture", args=[template.pk])
+    assert f'<img src="{picture_url}"' in page
+    shown = instructor.get(picture_url)
+    assert (shown["Content-Type"], shown.content) == ("image/webp", webp.getvalue())
+
+    assert instructor.post(url, {**data, "remove_picture": "on"}).status_code == 302
+    template.refresh_from_db()
+    assert template.thumbnail_type == "" and instructor.get(picture_url).status_code == 404
+    uploaded, removed = AuditEntry.objects.filter(action="template.change").order_by("pk")
+    assert uploaded.details["changes"]["picture"] == {"old": None, "new": f"({len(webp.getvalue()):,} bytes)"}
+    assert removed.details["changes"]["remove_picture"]["new"] is True
+    assert "RIFF" not in json.dumps(uploaded.details)  # the bytes never reach the log

@@ -1,5 +1,6 @@
 """Management commands a script drives: create_workshop, add_backend — and their bad input."""
 
+import io
 import json
 from io import StringIO
 
@@ -142,4 +143,46 @@ def test_load_templates_refuses_api_format_and_broken_files_and_saves_nothing(tm
         run("load_templates", str(broken))
     with pytest.raises(CommandError, match="no such file"):
         run("load_templates", str(tmp_path / "missing.json"))
+    assert not WorkflowTemplate.objects.exists()
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (20, 120, 200)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_load_templates_takes_the_picture_beside_a_workflow_as_its_card(tmp_path):
+    from workshops.models import WorkflowTemplate
+
+    (tmp_path / "flux.json").write_text(json.dumps(FLUX_LIKE))
+    (tmp_path / "flux.png").write_bytes(_png())
+    (tmp_path / "plain.json").write_text(json.dumps(FLUX_LIKE))
+    out = run("load_templates", str(tmp_path / "flux.json"), str(tmp_path / "plain.json"))
+    assert "Added template 'flux' with its picture flux.png" in out and "Added template 'plain'\n" in out
+    flux, plain = WorkflowTemplate.objects.get(name="flux"), WorkflowTemplate.objects.get(name="plain")
+    assert (bytes(flux.thumbnail), flux.thumbnail_type) == (_png(), "image/png")
+    assert (bytes(plain.thumbnail), plain.thumbnail_type) == (b"", "")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "name, body, says",
+    [
+        ("flux.png", b"<html><script>alert(1)</script></html>", "must be a PNG, JPEG or WebP image"),
+        ("flux.jpg", b'<svg xmlns="http://www.w3.org/2000/svg"/>', "must be a PNG, JPEG or WebP image"),
+        ("flux.webp", b"GIF89a" + b"\x00" * 40, "must be a PNG, JPEG or WebP image"),
+        ("flux.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * (2 * 1024 * 1024), "at most 2 MB"),
+    ],
+)
+def test_a_picture_that_is_not_one_is_refused_naming_the_file_and_nothing_is_saved(tmp_path, name, body, says):
+    from workshops.models import WorkflowTemplate
+
+    (tmp_path / "flux.json").write_text(json.dumps(FLUX_LIKE))
+    (tmp_path / name).write_bytes(body)
+    with pytest.raises(CommandError, match=f"{tmp_path / name}: .*{says}"):
+        run("load_templates", str(tmp_path / "flux.json"))
     assert not WorkflowTemplate.objects.exists()

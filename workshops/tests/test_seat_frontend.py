@@ -417,6 +417,17 @@ def test_the_templates_browser_lists_the_workshops_templates_and_opens_them(seat
     assert "default-src 'none'" in picture.headers["Content-Security-Policy"]
     assert "<img" not in picture.text and "&lt;img src=x" in picture.text and "video · 2 nodes" in picture.text
     assert call(server, "own", cookies, "GET", "/templates/index_logo.json").json() == {}
+    # The instructor's picture of a template (PNG, JPEG or WebP) is its card instead, fetched from the hub.
+    from workshops.services import set_thumbnail
+
+    set_thumbnail(flux, png_bytes())
+    server.run(refresh_seat(server.app))
+    [module] = call(server, "own", cookies, "GET", "/templates/index.json").json()
+    cards = {t["title"]: t for t in module["templates"]}
+    assert (cards[flux.name]["mediaSubtype"], cards[ltx.name]["mediaSubtype"]) == ("png", "svg")
+    picture = call(server, "own", cookies, "GET", f"/templates/{quote(cards[flux.name]['name'])}-1.png")
+    assert (picture.status_code, picture.headers["Content-Type"], picture.content) == (200, "image/png", png_bytes())
+    assert call(server, "own", cookies, "GET", f"/templates/{quote(cards[flux.name]['name'])}-1.jpg").status_code == 404
     for missing in (
         "/templates/nothing.json",
         "/templates/index.fr.json",
@@ -856,3 +867,64 @@ def test_a_stopping_seat_closes_its_browser_sockets_at_once(transactional_db, li
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert int.from_bytes(frame.data[:2], "big") == 1001  # going away
     ws.close()
+
+
+def test_the_seats_feature_flags_are_a_stock_servers_without_extensions(seat_server):
+    """``/api/features`` and the socket's answer to the frontend's ``feature_flags``: previews with metadata, the
+    upload limit, no manager, and ComfyUI's sign-in switch at its default (off): no comfy.org sign-in in a seat."""
+    server, cookies = seat_server
+    limit = server.config.max_upload_bytes
+    expected = {"supports_preview_metadata": True, "max_upload_size": limit, "show_signin_button": False}
+    assert call(server, "own", cookies, "GET", "/api/features").json() == expected
+    import websocket
+
+    from workshops.seat_frontend.app import EVENTS
+
+    url = f"ws://127.0.0.1:{server.config.port}/ws?clientId=tab-1"
+    socket = websocket.create_connection(url, header=[f"Cookie: {cookies['own']}"], timeout=10)
+    try:
+        assert json.loads(socket.recv())["type"] == "status"
+        socket.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+        assert json.loads(socket.recv()) == {"type": "feature_flags", "data": expected}
+        assert "tab-1" in server.app[EVENTS].metadata_sockets
+    finally:
+        socket.close()
+
+
+def test_a_models_metadata_is_not_here_as_in_a_comfyui_without_the_file(seat_server):
+    """``/api/view_metadata/{folder}``: the models are on the GPUs, so a bare 404, as a stock ComfyUI answers for a
+    file it does not have (the model library then shows no details)."""
+    server, cookies = seat_server
+    missing = call(server, "own", cookies, "GET", "/api/view_metadata/checkpoints?filename=flux.safetensors")
+    assert (missing.status_code, missing.content) == (404, b"")
+
+
+def test_a_template_picture_is_only_for_seats_of_its_workshops(client, personas):
+    """``GET /api/hub/templates/<id>/thumbnail``: a seat's token, and only a template of its own workshop."""
+    from workshops.models import WorkflowTemplate
+    from workshops.services import set_thumbnail
+
+    mine, theirs = (
+        WorkflowTemplate.objects.create(name="mine", workflow={}),
+        WorkflowTemplate.objects.create(name="theirs", workflow={}),
+    )
+    personas.workshop.templates.add(mine)
+    personas.other_workshop.templates.add(theirs)
+    for template in (mine, theirs):
+        set_thumbnail(template, png_bytes())
+    token = personas.seat_a.issue_token()
+
+    def get(template, bearer=token):
+        return client.get(f"/api/hub/templates/{template.pk}/thumbnail", HTTP_AUTHORIZATION=f"Bearer {bearer}")
+
+    answer = get(mine)
+    assert (answer.status_code, answer["Content-Type"], answer["X-Content-Type-Options"]) == (
+        200,
+        "image/png",
+        "nosniff",
+    )
+    assert answer.content == png_bytes()
+    assert get(theirs).status_code == 404
+    assert get(mine, "not-a-token").status_code == 401
+    set_thumbnail(mine, None)
+    assert get(mine).status_code == 404

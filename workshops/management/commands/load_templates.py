@@ -1,5 +1,7 @@
 """``manage.py load_templates FILE… [--workshop SLUG] [--default NAME]``: workflow templates from ComfyUI's
-saved-workflow JSON files (UI format), into the workshop's seats' workflow lists."""
+saved-workflow JSON files (UI format), into the workshop's seats' workflow lists. A picture beside a file, of the
+same name (``flux.png``, ``.jpg``/``.jpeg`` or ``.webp`` beside ``flux.json``), becomes its card in ComfyUI's
+Templates browser."""
 
 from __future__ import annotations
 
@@ -10,7 +12,18 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from workshops.models import WorkflowTemplate, Workshop
-from workshops.services import push_templates
+from workshops.services import ThumbnailProblem, push_templates, set_thumbnail
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def picture_beside(path: Path) -> Path | None:
+    """The template's picture: a file of the same stem beside it (the first of PICTURE_SUFFIXES found)."""
+    for suffix in PICTURE_SUFFIXES:
+        for candidate in (path.with_suffix(suffix), path.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def read_workflow(path: Path) -> dict:
@@ -45,6 +58,7 @@ class Command(BaseCommand):
             if target is None:
                 raise CommandError(f"No workshop called {workshop!r}.")
         workflows = {path.stem: read_workflow(path) for path in files}  # all checked before anything is saved
+        pictures = {path.stem: picture for path in files if (picture := picture_beside(path)) is not None}
         if default and default not in workflows and not WorkflowTemplate.objects.filter(name=default).exists():
             raise CommandError(f"--default {default!r} is neither among the files nor an existing template.")
         with transaction.atomic():
@@ -52,7 +66,16 @@ class Command(BaseCommand):
                 template, created = WorkflowTemplate.objects.update_or_create(
                     name=name, defaults={"workflow": workflow}
                 )
-                self.stdout.write(f"{'Added' if created else 'Updated'} template {name!r}")
+                picture = pictures.get(name)
+                if picture is not None:
+                    try:
+                        set_thumbnail(template, picture.read_bytes())
+                    except ThumbnailProblem as exc:
+                        raise CommandError(f"{picture}: {exc}") from None  # nothing of this run is saved
+                self.stdout.write(
+                    f"{'Added' if created else 'Updated'} template {name!r}"
+                    + (f" with its picture {picture.name}" if picture is not None else "")
+                )
                 if target is not None:
                     target.templates.add(template)
             if target is not None and default:
