@@ -6,6 +6,7 @@ import csv
 import io
 import secrets
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -237,6 +238,18 @@ def announcement_changed(note: Announcement) -> None:
 def push_templates(workshop: Workshop) -> None:
     """Seat frontends fetch the workshop's templates again and put new ones in the workflow list."""
     _tell_seats(workshop, {"type": "comfyume.templates", "data": {}})
+
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def picture_beside(path: Path) -> Path | None:
+    """The template's picture: a file of the same stem beside it (the first of PICTURE_SUFFIXES found)."""
+    for suffix in PICTURE_SUFFIXES:
+        for candidate in (path.with_suffix(suffix), path.with_suffix(suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 class ThumbnailProblem(ValueError):

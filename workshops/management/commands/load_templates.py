@@ -12,18 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from workshops.models import WorkflowTemplate, Workshop
-from workshops.services import ThumbnailProblem, push_templates, set_thumbnail
-
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def picture_beside(path: Path) -> Path | None:
-    """The template's picture: a file of the same stem beside it (the first of PICTURE_SUFFIXES found)."""
-    for suffix in PICTURE_SUFFIXES:
-        for candidate in (path.with_suffix(suffix), path.with_suffix(suffix.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
+from workshops.services import ThumbnailProblem, picture_beside, push_templates, set_thumbnail
 
 
 def read_workflow(path: Path) -> dict:

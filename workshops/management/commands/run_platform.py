@@ -37,7 +37,14 @@ from workshops.credentials_pdf import credential_pdf
 from workshops.frontends import ensure_frontend
 from workshops.models import JoinLink, WorkflowTemplate, Workshop, hash_token
 from workshops.seat_frontend import frontend_package
-from workshops.services import SeatCredentials, create_workshop, credentials_as_dicts, join_url
+from workshops.services import (
+    SeatCredentials,
+    create_workshop,
+    credentials_as_dicts,
+    join_url,
+    picture_beside,
+    set_thumbnail,
+)
 
 TEMPLATES_DIR = settings.BASE_DIR / "workshops" / "data" / "templates"
 DEMO_TEMPLATE = TEMPLATES_DIR / "tiny-invert.json"
@@ -244,10 +251,12 @@ class Command(BaseCommand):
         )
         workshop.templates.add(template)
         for name, filename, description in DEMO_TEMPLATES:
-            extra, _ = WorkflowTemplate.objects.get_or_create(
+            extra, created = WorkflowTemplate.objects.get_or_create(
                 name=name,
                 defaults={"description": description, "workflow": json.loads((TEMPLATES_DIR / filename).read_text())},
             )
+            if created and (picture := picture_beside(TEMPLATES_DIR / filename)) is not None:
+                set_thumbnail(extra, picture.read_bytes())  # its card in the Templates browser
             workshop.templates.add(extra)
         for name, filename in REAL_TEMPLATES:
             WorkflowTemplate.objects.get_or_create(

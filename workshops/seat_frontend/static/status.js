@@ -16,6 +16,9 @@ const STYLE = `
 #comfyume-banner .cm-note{pointer-events:auto;background:#fef3c7;color:#1f2937;border:1px solid #f59e0b;
   border-radius:8px;padding:8px 12px;max-width:min(640px,90vw);box-shadow:0 2px 8px rgba(0,0,0,.3);display:flex;gap:10px}
 #comfyume-banner .cm-note button{background:none;border:0;font-size:16px;cursor:pointer;color:#92400e}
+/* No comfy.org sign-in (API-node credits) in a workshop seat: jobs run on the workshop's GPUs, not on comfy.org's
+   account, and a stock server's show_signin_button flag (off here) does not hide this button in newer frontends. */
+[data-testid=login-button]{display:none !important}
 `;
 
 function elapsed(since) {
