@@ -139,9 +139,9 @@ def browser():
     """Debian's headless Chromium through Playwright (never Playwright's own browser download)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.launched import CHROMIUM, CHROMIUM_ARGS
+    from tests.launched import CHROMIUM, CHROMIUM_ARGS, WatchedBrowser
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
+        yield WatchedBrowser(chromium)
         chromium.close()

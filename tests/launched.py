@@ -11,9 +11,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -136,6 +137,34 @@ def launch(log_dir: Path, seats: int = 3, **extra_env: str) -> Platform:
     pytest.fail(f"run_platform did not start within 90 s:\n{platform.tail()}")
 
 
+class WatchedBrowser:
+    """The session's Chromium, whose pages remember the requests they are still waiting for, so that a page that
+    never loads can say which answer it waits for (``wait_for_comfyui``). Everything else is the browser's own."""
+
+    def __init__(self, browser: Any) -> None:
+        self._browser = browser
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
+
+    def new_page(self, **options: Any) -> Any:
+        page = self._browser.new_page(**options)
+        pending: dict[int, str] = {}
+        started = time.monotonic()
+
+        def sent(request: Any) -> None:
+            pending[id(request)] = f"+{time.monotonic() - started:.1f}s {request.method} {request.url}"
+
+        page.on("request", sent)
+        page.on("requestfinished", lambda request: pending.pop(id(request), None))
+        page.on("requestfailed", lambda request: pending.pop(id(request), None))
+        PENDING[page] = pending
+        return page
+
+
+# Each watched page's unanswered requests (WatchedBrowser).
+PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 # Generous waits: the CI machine has two cores shared by the whole platform and the browser.
 COMFYUI_LOAD_MS = 90_000
 
@@ -143,8 +172,10 @@ COMFYUI_LOAD_MS = 90_000
 def wait_for_comfyui(page) -> None:
     """Until the participant's ComfyUI has loaded and drawn a graph (the workshop's default template).
 
-    If it does not, the failure says what the page had loaded: a first load that never drew its canvas has
-    been seen twice in CI, never locally, and this is what the next one should tell."""
+    If it does not, the failure says what the page had loaded and, on a page of the session's browser, which
+    requests it was still waiting for: a first load that stayed on the splash has been seen twice in CI (1.27) and
+    once locally under load (1.58.1, its scripts loaded but no /api/ answer), and this is what the next one
+    should tell."""
     try:
         page.wait_for_selector("#graph-canvas", timeout=COMFYUI_LOAD_MS)
         page.wait_for_function("() => window.comfyAPI?.app?.app?.graph?._nodes?.length > 0", timeout=COMFYUI_LOAD_MS)
@@ -157,6 +188,7 @@ def wait_for_comfyui(page) -> None:
                        last: performance.getEntriesByType('resource').slice(-25)
                              .map(r => `${Math.round(r.startTime)}+${Math.round(r.duration)}ms ${r.name}`)})"""
         )
+        state["waiting_for"] = sorted(PENDING.get(page, {}).values())[:40]
         raise AssertionError(f"ComfyUI did not load at {page.url}: {exc}\n{json.dumps(state, indent=1)}") from exc
 
 
