@@ -5,7 +5,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, Q
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -22,7 +22,8 @@ from . import audit, frontends
 from .instructor import admin_views
 from .instructor.admin_base import AuditedModelAdmin
 from .models import MAX_THUMBNAIL_BYTES, Announcement, AuditEntry, JoinLink, Seat, WorkflowTemplate, Workshop
-from .services import ThumbnailProblem, announcement_changed, push_templates, set_thumbnail
+from .seat_api import picture_response
+from .services import ThumbnailProblem, announcement_changed, push_templates, set_thumbnail, thumbnail_type
 
 
 class WorkflowTemplateForm(forms.ModelForm):
@@ -43,11 +44,9 @@ class WorkflowTemplateForm(forms.ModelForm):
         upload = self.cleaned_data.get("picture")
         if upload is None:
             return None
-        if upload.size > MAX_THUMBNAIL_BYTES:
-            raise forms.ValidationError(f"A template picture is at most {MAX_THUMBNAIL_BYTES // 1024 // 1024} MB.")
-        data = upload.read()
-        try:  # checked on a scratch template: the real one changes only when the whole form is valid
-            set_thumbnail(WorkflowTemplate(name="-"), data, save=False)
+        data = upload.read(MAX_THUMBNAIL_BYTES + 1)  # one byte past the limit is enough to refuse a larger one
+        try:  # only checked here: the template changes when the whole form is valid (save_model)
+            thumbnail_type(data)
         except ThumbnailProblem as exc:
             raise forms.ValidationError(str(exc)) from None
         return data
@@ -376,7 +375,8 @@ class WorkflowTemplateAdmin(AuditedModelAdmin):
     def current_picture(self, obj: WorkflowTemplate) -> str:
         if not obj.pk or not obj.thumbnail_type:
             return "None: the seats draw a card with the template's name."
-        url = reverse("admin:workshops_workflowtemplate_picture", args=[obj.pk])
+        # The version in the address: a new picture is never shown from the browser's cache of the old one.
+        url = f"{reverse('admin:workshops_workflowtemplate_picture', args=[obj.pk])}?v={obj.updated_at.timestamp():.0f}"
         return format_html('<img src="{}" alt="" style="max-width: 256px; max-height: 256px">', url)
 
     def get_urls(self):
@@ -387,9 +387,7 @@ class WorkflowTemplateAdmin(AuditedModelAdmin):
         template = WorkflowTemplate.objects.filter(pk=pk).exclude(thumbnail_type="").first()
         if template is None or not self.has_view_permission(request, template):
             raise Http404("No such picture.")
-        response = HttpResponse(bytes(template.thumbnail), content_type=template.thumbnail_type)
-        response["X-Content-Type-Options"] = "nosniff"
-        return response
+        return picture_response(template)
 
     audit_kind = "template"
 

@@ -189,6 +189,11 @@ def template_thumbnail(request: SeatRequest, template_id: int) -> HttpResponse:
     template = request.seat.workshop.templates.filter(pk=template_id).exclude(thumbnail_type="").first()
     if template is None or not template.thumbnail:
         return api_error(404, "not_found", "This workshop has no such template picture.")
+    return picture_response(template)
+
+
+def picture_response(template: WorkflowTemplate) -> HttpResponse:
+    """A template's stored picture (its type checked by content when it was set), never sniffed otherwise."""
     response = HttpResponse(bytes(template.thumbnail), content_type=template.thumbnail_type)
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=60"

@@ -256,18 +256,19 @@ class ThumbnailProblem(ValueError):
     """A template picture that is not one; the message says why."""
 
 
-def set_thumbnail(template: WorkflowTemplate, data: bytes | None, *, save: bool = True) -> None:
+def thumbnail_type(data: bytes) -> str:
+    """The content type of a template picture: PNG, JPEG or WebP, told by the bytes, not a name, up to 2 MB;
+    anything else raises ThumbnailProblem saying why."""
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        raise ThumbnailProblem(f"A template picture is at most {MAX_THUMBNAIL_BYTES // 1024 // 1024} MB.")
+    kind = detect(data[:HEAD_BYTES])
+    if kind is None or kind.content_type not in THUMBNAIL_EXTENSIONS:
+        raise ThumbnailProblem("A template picture must be a PNG, JPEG or WebP image.")
+    return kind.content_type
+
+
+def set_thumbnail(template: WorkflowTemplate, data: bytes | None) -> None:
     """Give a template its picture for ComfyUI's Templates browser (None or empty: remove it, back to a drawn
-    card). Only PNG, JPEG or WebP, told by the bytes, not a name, up to 2 MB; the template is saved unless
-    ``save`` is False (a check only)."""
-    if data:
-        if len(data) > MAX_THUMBNAIL_BYTES:
-            raise ThumbnailProblem(f"A template picture is at most {MAX_THUMBNAIL_BYTES // 1024 // 1024} MB.")
-        kind = detect(data[:HEAD_BYTES])
-        if kind is None or kind.content_type not in THUMBNAIL_EXTENSIONS:
-            raise ThumbnailProblem("A template picture must be a PNG, JPEG or WebP image.")
-        template.thumbnail, template.thumbnail_type = data, kind.content_type
-    else:
-        template.thumbnail, template.thumbnail_type = b"", ""
-    if save:
-        template.save(update_fields=["thumbnail", "thumbnail_type", "updated_at"])
+    card), checked by ``thumbnail_type``; the template is saved."""
+    template.thumbnail, template.thumbnail_type = (data, thumbnail_type(data)) if data else (b"", "")
+    template.save(update_fields=["thumbnail", "thumbnail_type", "updated_at"])

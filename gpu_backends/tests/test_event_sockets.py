@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import requests
 
 from gpu_backends import providers
@@ -85,16 +84,6 @@ def client_of(url: str, prompt_id: str) -> str:
     """The clientId a prompt was queued under, from the backend's history (ComfyUI keeps it in extra_data)."""
     entry = requests.get(f"{url}/history/{prompt_id}", timeout=5).json()[prompt_id]
     return entry["prompt"][3]["client_id"]
-
-
-@pytest.fixture
-def pool(monkeypatch) -> Iterator[EventSockets]:
-    """A pool of this test's own, so sockets left by other tests (and their simulators) play no part."""
-    fresh = EventSockets()
-    monkeypatch.setattr(providers, "EVENT_SOCKETS", fresh)
-    yield fresh
-    for sock in fresh._idle:
-        sock.ws.close()
 
 
 def test_the_next_job_reuses_the_socket_and_sees_only_its_own_events(sim, pool):

@@ -8,23 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpu_backends import providers
-from gpu_backends.providers import ComfyUIProvider, EventSockets, RunSpec
+from gpu_backends.providers import ComfyUIProvider, RunSpec
 from gpu_backends.tests.test_event_sockets import Sink
 from gpu_backends.worker.prompts import PREVIEW_METADATA_FLAGS
 from tests.recorded import TINY_PATH, load
 from tests.recorded_comfyui import PNG, RecordedComfyUI, recorded_outputs
 
 TINY = load(TINY_PATH)
-
-
-@pytest.fixture
-def pool(monkeypatch) -> Iterator[EventSockets]:
-    fresh = EventSockets()
-    monkeypatch.setattr(providers, "EVENT_SOCKETS", fresh)
-    yield fresh
-    for sock in fresh._idle:
-        sock.ws.close()
 
 
 @pytest.fixture

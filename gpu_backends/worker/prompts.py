@@ -88,11 +88,6 @@ class Preview:
     prompt_id: str | None = None  # only the metadata variant names the prompt and nodes
     nodes: dict[str, str | None] | None = None  # node_id, display_node_id, parent_node_id, real_node_id
 
-    def plain_frame(self) -> bytes:
-        """PREVIEW_IMAGE: what a frontend that did not ask for metadata (1.27) draws on its running node."""
-        image_type = next(number for number, kind in PREVIEW_FORMATS.items() if kind == self.content_type)
-        return PREVIEW_IMAGE.to_bytes(4, "big") + image_type.to_bytes(4, "big") + self.image
-
     def frame(self, prompt_id: str, running_node: str | None = None) -> bytes | None:
         """PREVIEW_IMAGE_WITH_METADATA under ``prompt_id``: what newer frontends draw (on the node it names). A
         preview that came without metadata is the running node's; without one either, there is nowhere to draw

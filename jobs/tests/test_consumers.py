@@ -53,19 +53,7 @@ async def test_seat_socket_gets_comfyui_events_of_its_own_job_only(personas):
     assert first == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}
     await comm_b.receive_json_from()
 
-    def submit_and_run():
-        client = Client()
-        response = client.post(
-            "/api/hub/prompt",
-            data=json.dumps({"prompt": TINY}),
-            content_type="application/json",
-            HTTP_AUTHORIZATION=f"Bearer {token_a}",
-        )
-        run_worker()
-        events.flush()
-        return response.json()["prompt_id"]
-
-    prompt_id = await sync_to_async(submit_and_run, thread_sensitive=False)()
+    prompt_id = await _submit_and_run(token_a)
     seen = await _receive_until(
         comm_a,
         lambda m: (
