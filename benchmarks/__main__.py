@@ -2,7 +2,9 @@
 
 Runs on a private data dir with SQLite and an embedded Redis unless BENCH_DATABASE_URL / BENCH_REDIS_URL
 name others (it never touches DATABASE_URL/REDIS_URL, which may be a real installation).
-Usage: python -m benchmarks [fairness] [claims] [overhead] [seat] [serverless] [bodies]
+Usage: python -m benchmarks [fairness] [claims] [overhead] [seat] [serverless] [bodies] [crowd]
+       python -m benchmarks realcomfy --comfyui-url URL [options]   (a real ComfyUI; see benchmarks/realcomfy.py)
+With COMFYUI_URL set, ``make bench`` runs ``realcomfy`` against it as well.
 """
 
 from __future__ import annotations
@@ -55,7 +57,13 @@ def main(argv: list[str]) -> None:
             f"# ComfyuME benchmarks — database: {engine}, redis: {'embedded' if redis_proc else 'external'}, "
             f"cpus: {os.cpu_count()}, {time.strftime('%Y-%m-%d %H:%M')}"
         )
-        selected = argv or ["fairness", "claims", "overhead", "seat", "serverless", "bodies"]
+        options = []
+        if argv[:1] == ["realcomfy"]:
+            selected, options = ["realcomfy"], argv[1:]
+        else:
+            selected = argv or ["fairness", "claims", "overhead", "seat", "serverless", "bodies", "crowd"]
+            if not argv and os.environ.get("COMFYUI_URL"):
+                selected.append("realcomfy")
         if "fairness" in selected:
             from benchmarks import fairness
 
@@ -80,6 +88,14 @@ def main(argv: list[str]) -> None:
             from benchmarks import bodies
 
             bodies.run(report)
+        if "crowd" in selected:
+            from benchmarks import crowd
+
+            crowd.run(report)
+        if "realcomfy" in selected:
+            from benchmarks import realcomfy
+
+            realcomfy.run(report, options)
     finally:
         embedded_redis.stop(redis_proc)
         if not os.environ.get("BENCH_KEEP"):

@@ -21,36 +21,19 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import requests
 import websocket
 
+from benchmarks.hub import Hub, pct
+
 SEATS = int(os.environ.get("BENCH_SEATS", "20"))
 JOBS_PER_SEAT = int(os.environ.get("BENCH_JOBS_PER_SEAT", "6"))  # the first of each is a warm-up, not counted
 THINK = tuple(float(x) for x in os.environ.get("BENCH_THINK_S", "1,5").split(","))
 POLL_INTERVAL = 2.0
-BASE = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def _prompt(seat: int, n: int) -> dict:
@@ -82,26 +65,6 @@ class Clock:
             return original_send(event, data, sid)
 
         simulator.put, simulator.send = put, send
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, cwd=BASE, env=os.environ.copy(), stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _wait_for_workers(count: int, deadline: float) -> None:
-    """Until every RQ worker has registered (it has imported Django and listens): 20 processes importing at
-    once saturate both cores for several seconds, and jobs measured meanwhile would measure that."""
-    from rq import Worker
-
-    from jobs.scheduler import dispatch_queue
-
-    queue = dispatch_queue()
-    while Worker.count(queue=queue) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {Worker.count(queue=queue)} of {count} RQ workers started; see the logs")
-        time.sleep(0.2)
 
 
 def _seat_loop(base: str, ws_base: str, token: str, seat: int, results: list, errors: list) -> None:
@@ -181,31 +144,8 @@ def run(report) -> None:
     workshop.save()
     tokens = [seat.issue_token() for seat in workshop.seats.order_by("label")]
 
-    port = _free_port()
-    manage = [sys.executable, str(BASE / "manage.py")]
-    procs = [
-        _spawn(
-            [sys.executable, "-m", "comfyume.server", "-b", "127.0.0.1", "-p", str(port), "comfyume.asgi:application"],
-            logs / "web.log",
-        )
-    ]
-    procs += [
-        _spawn(
-            [*manage, "rqworker", settings.RQ_QUEUE_NAME, "--worker-class", "rq.worker.SimpleWorker"],
-            logs / f"worker{i}.log",
-        )
-        for i in range(SEATS)
-    ]
-    base, ws_base = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{base}/health", timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.2)
-        _wait_for_workers(SEATS, time.monotonic() + 120)
+    with Hub(logs, workers=SEATS) as hub:
+        base, ws_base = hub.base, hub.ws_base
         results: list = []
         errors: list[str] = []
         threads = [
@@ -226,12 +166,12 @@ def run(report) -> None:
             f"think time {THINK[0]:g}–{THINK[1]:g} s, simulator at zero node delay:"
         )
         report.line(
-            f"  submit → backend receives prompt: p50 {_pct(submit, 0.5):.1f} ms, p90 {_pct(submit, 0.9):.1f} ms, "
-            f"p99 {_pct(submit, 0.99):.1f} ms (n={len(submit)})"
+            f"  submit → backend receives prompt: p50 {pct(submit, 0.5):.1f} ms, p90 {pct(submit, 0.9):.1f} ms, "
+            f"p99 {pct(submit, 0.99):.1f} ms (n={len(submit)})"
         )
         report.line(
-            f"  backend final event → participant socket: p50 {_pct(finish, 0.5):.1f} ms, "
-            f"p90 {_pct(finish, 0.9):.1f} ms, p99 {_pct(finish, 0.99):.1f} ms (n={len(finish)})"
+            f"  backend final event → participant socket: p50 {pct(finish, 0.5):.1f} ms, "
+            f"p90 {pct(finish, 0.9):.1f} ms, p99 {pct(finish, 0.99):.1f} ms (n={len(finish)})"
         )
         # Both directions of the same job added up: what the hub adds to one job's round trip.
         per_job = [
@@ -240,36 +180,25 @@ def run(report) -> None:
             if pid in clock.received and pid in clock.finished
         ]
         report.line(
-            f"  both directions of a job added up: p50 {_pct(per_job, 0.5):.1f} ms, p90 {_pct(per_job, 0.9):.1f} ms, "
-            f"p99 {_pct(per_job, 0.99):.1f} ms (n={len(per_job)})"
+            f"  both directions of a job added up: p50 {pct(per_job, 0.5):.1f} ms, p90 {pct(per_job, 0.9):.1f} ms, "
+            f"p99 {pct(per_job, 0.99):.1f} ms (n={len(per_job)})"
         )
         both = submit + finish
-        report.bench("hub_overhead_p50_ms", _pct(both, 0.5), "ms")
-        report.bench("hub_overhead_p99_ms", _pct(both, 0.99), "ms")
-        report.bench("hub_submit_to_backend_p50_ms", _pct(submit, 0.5), "ms")
-        report.bench("hub_submit_to_backend_p99_ms", _pct(submit, 0.99), "ms")
-        report.bench("hub_finish_to_socket_p50_ms", _pct(finish, 0.5), "ms")
-        report.bench("hub_finish_to_socket_p99_ms", _pct(finish, 0.99), "ms")
-        report.bench("hub_per_job_total_p50_ms", _pct(per_job, 0.5), "ms")
-        report.bench("hub_per_job_total_p99_ms", _pct(per_job, 0.99), "ms")
+        report.bench("hub_overhead_p50_ms", pct(both, 0.5), "ms")
+        report.bench("hub_overhead_p99_ms", pct(both, 0.99), "ms")
+        report.bench("hub_submit_to_backend_p50_ms", pct(submit, 0.5), "ms")
+        report.bench("hub_submit_to_backend_p99_ms", pct(submit, 0.99), "ms")
+        report.bench("hub_finish_to_socket_p50_ms", pct(finish, 0.5), "ms")
+        report.bench("hub_finish_to_socket_p99_ms", pct(finish, 0.99), "ms")
+        report.bench("hub_per_job_total_p50_ms", pct(per_job, 0.5), "ms")
+        report.bench("hub_per_job_total_p99_ms", pct(per_job, 0.99), "ms")
         report.bench("hub_jobs_failed", len(errors), "jobs")
-    finally:
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
     polled = _polling_baseline(sim.url, clock)
     report.line(
         f"polling baseline (GET /history every {POLL_INTERVAL:.0f} s): finish → noticed "
-        f"p50 {_pct(polled, 0.5):.0f} ms, p99 {_pct(polled, 0.99):.0f} ms (n={len(polled)})"
+        f"p50 {pct(polled, 0.5):.0f} ms, p99 {pct(polled, 0.99):.0f} ms (n={len(polled)})"
     )
-    report.bench("polling_baseline_p50_ms", _pct(polled, 0.5), "ms")
-    report.bench("polling_baseline_p99_ms", _pct(polled, 0.99), "ms")
+    report.bench("polling_baseline_p50_ms", pct(polled, 0.5), "ms")
+    report.bench("polling_baseline_p99_ms", pct(polled, 0.99), "ms")
     sim.stop()

@@ -3,10 +3,13 @@ bodies bounded before Django reads them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 from comfyume import bodylimits
@@ -33,10 +36,46 @@ class SyncChainASGIHandler(ASGIHandler):
     same in the web server itself; this check covers any other ASGI server in front.
     """
 
+    _lasting: list[ThreadPoolExecutor] | None = None
+
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         chain: Any = self._middleware_chain  # type: ignore[has-type]  # set by load_middleware, untyped there
-        self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
+        run = sync_to_async(chain, thread_sensitive=True)
+        # At most WEB_CONCURRENCY requests run their middleware and view at once; the others wait their turn on
+        # the event loop. Each request has a thread of its own, and a class pressing Run at once put a hundred
+        # threads on the GIL beside the event loop that relays the participants' live events: the loop then got
+        # one turn in a hundred (docs/BENCHMARKS.md, "One hub, many seats"). A response streamed after its view
+        # returned (a download) no longer holds a turn.
+        turns = asyncio.Semaphore(settings.WEB_CONCURRENCY)
+
+        async def limited(request: Any) -> Any:
+            async with turns:
+                return await run(request)
+
+        self._middleware_chain = limited
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """As Django's, but a request's synchronous work goes to a thread kept from one request to the next.
+
+        Django gives every request a thread of its own (``ThreadSensitiveContext``): a thread started for it, and
+        another to join it when it ends, while the event loop waits for the GIL to let them start. Here a request
+        borrows one of ``2 × WEB_CONCURRENCY`` lasting threads instead (asgiref's context with an executor);
+        when all are out (a long download holds one to its end), it gets a new one as before.
+        """
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if self._lasting is None:
+            self._lasting = [
+                ThreadPoolExecutor(1, thread_name_prefix="hub-request") for _ in range(2 * settings.WEB_CONCURRENCY)
+            ]
+        executor = self._lasting.pop() if self._lasting else None
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            if executor is not None:
+                self._lasting.append(executor)
 
     async def handle(
         self,

@@ -136,6 +136,14 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # authenticated, and a connection storm when a class of participants is busy). Each process
 # keeps a pool of them instead (Django's, on psycopg_pool), checked as they are handed out.
 DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=10)
+# Requests one web process runs at once (middleware and view, each in a thread); the rest wait on its event loop,
+# which also relays the live events (comfyume.handlers). Not above the database pool's size.
+_web_concurrency = env.str("COMFYUME_WEB_CONCURRENCY", default="4").strip()
+if not _web_concurrency.isdigit() or int(_web_concurrency) < 1:
+    raise ImproperlyConfigured(
+        f"COMFYUME_WEB_CONCURRENCY must be a whole number of at least 1, not {_web_concurrency!r}."
+    )
+WEB_CONCURRENCY = int(_web_concurrency)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -231,6 +239,8 @@ COMFYUME = {
     "HEARTBEAT_INTERVAL": env.float("COMFYUME_HEARTBEAT_INTERVAL", default=10.0),
     # Live previews (ComfyUI's binary preview frames) relayed to the seat per second and job, at most; 0: none.
     "PREVIEW_FPS": env.float("COMFYUME_PREVIEW_FPS", default=4.0),
+    # Note each job's steps with their times (jobs.trace; `manage.py trace_job`, `python -m benchmarks realcomfy`).
+    "TRACE_JOBS": env.bool("COMFYUME_TRACE_JOBS", default=False),
     # How often (seconds) the reconciler sweeps timeouts, orphans and backend health. Not the hot path.
     "RECONCILE_INTERVAL": env.float("COMFYUME_RECONCILE_INTERVAL", default=5.0),
     # How long (seconds) a cached object_info is trusted before the reconciler refreshes it.

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
-from .worker.prompts import Preview, decode_preview, file_refs, rewrite_inputs
+from .worker.prompts import Preview, decode_preview, file_refs, history_failure, history_messages, rewrite_inputs
 
 log = logging.getLogger(__name__)
 
@@ -491,11 +491,12 @@ class ComfyUIProvider(Provider):
         self._replay_outputs(entry, sink, state)
         status = entry.get("status") or {}
         stamps: dict[str, float] = {}
-        for kind, data in status.get("messages") or []:
-            if isinstance(data, dict) and isinstance(data.get("timestamp"), int | float):
+        for kind, data in history_messages(entry):
+            if isinstance(data.get("timestamp"), int | float):
                 stamps[kind] = float(data["timestamp"])
-            if kind in ("execution_error", "execution_interrupted") and isinstance(data, dict):
-                self._handle({"type": kind, "data": data}, sink, state)
+        failure = history_failure(entry, state.prompt_id)
+        if failure is not None and state.error is None and state.interrupted is None:
+            self._handle({"type": failure[0], "data": failure[1]}, sink, state)
         if state.started is None and "execution_start" in stamps:
             # The socket missed the whole run: take its duration from ComfyUI's own timestamps (ms).
             state.started, state.finished = 0.0, (max(stamps.values()) - stamps["execution_start"]) / 1000

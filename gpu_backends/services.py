@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .client import BackendError
@@ -57,7 +59,13 @@ def refresh_object_info(backend: GpuBackend) -> dict[str, Any]:
 
 def store_object_info(backend: GpuBackend, info: dict[str, Any]) -> None:
     now = timezone.now()
-    NodeCatalogue.objects.update_or_create(backend=backend, defaults={"object_info": info, "fetched_at": now})
+    # Not update_or_create: it reads the old catalogue (half a megabyte of JSON, parsed) only to overwrite it.
+    if not NodeCatalogue.objects.filter(backend=backend).update(object_info=info, fetched_at=now):
+        try:
+            with transaction.atomic():
+                NodeCatalogue.objects.create(backend=backend, object_info=info, fetched_at=now)
+        except IntegrityError:  # another process stored it first: this one is as fresh
+            NodeCatalogue.objects.filter(backend=backend).update(object_info=info, fetched_at=now)
     GpuBackend.objects.filter(pk=backend.pk).update(object_info_fetched_at=now)
     backend.object_info_fetched_at = now
     _catalogues[backend.pk] = (now, info)
@@ -92,12 +100,26 @@ def object_info_for(backend: GpuBackend) -> dict[str, Any] | None:
         # Never asked in the submit path: that could wait out a cold start.
         return None
     # Never read: asked even when marked failing (a server that just came up answers before the next health
-    # check; one that is down refuses the connection at once).
-    try:
-        return refresh_object_info(backend)
-    except BackendError as exc:
-        log.warning("Could not read object_info of %s: %s", backend.name, exc, extra={"backend": backend.name})
-        return None
+    # check; one that is down refuses the connection at once). One request of this process asks; the others
+    # submitted meanwhile (a class pressing Run at once) wait for its answer instead of asking too.
+    with _first_read_lock(backend.pk):
+        cached = _catalogues.get(backend.pk)
+        if cached is not None:
+            return cached[1]
+        try:
+            return refresh_object_info(backend)
+        except BackendError as exc:
+            log.warning("Could not read object_info of %s: %s", backend.name, exc, extra={"backend": backend.name})
+            return None
+
+
+_first_reads: dict[int, threading.Lock] = {}
+_first_reads_guard = threading.Lock()
+
+
+def _first_read_lock(backend_id: int) -> threading.Lock:
+    with _first_reads_guard:
+        return _first_reads.setdefault(backend_id, threading.Lock())
 
 
 def object_info_is_stale(backend: GpuBackend) -> bool:

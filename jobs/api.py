@@ -6,6 +6,7 @@ Answers where ComfyUI has an equivalent use ComfyUI's shapes (``/prompt``, ``/qu
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse
@@ -18,6 +19,7 @@ from storage.models import Artifact
 from storage.views import artifact_response
 from workshops.seat_frontend.media import NameProblem, check_name, check_path
 
+from . import trace
 from .auth import SeatRequest, api_error, seat_required
 from .models import Job
 from .services import SubmissionRejected, cancel_job, parse_prompt_request, submit_prompt
@@ -37,12 +39,15 @@ def job_for_seat(request: SeatRequest, prompt_id: str) -> Job | None:
 @seat_required
 def prompt(request: SeatRequest) -> JsonResponse:
     """``POST /prompt`` as ComfyUI answers it: ``{prompt_id, number, node_errors}`` or a 4xx error body."""
+    arrived = time.time()
     declared = request.META.get("CONTENT_LENGTH") or ""
     try:
         body = parse_prompt_request(request.read, int(declared) if declared.isdigit() else None)
         job = submit_prompt(request.seat, body)
     except SubmissionRejected as exc:
         return JsonResponse(exc.body, status=exc.status)
+    trace.mark(job.pk, "submit", at=arrived)
+    trace.save(job.pk)
     return JsonResponse({"prompt_id": str(job.prompt_id), "number": job.number, "node_errors": {}})
 
 

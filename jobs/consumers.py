@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -16,7 +17,28 @@ from .models import Job
 UNAUTHORIZED, FORBIDDEN, NOT_FOUND = 4401, 4403, 4404
 
 
-class SeatEventsConsumer(AsyncJsonWebsocketConsumer):
+class RelayConsumer(AsyncJsonWebsocketConsumer):
+    """A socket that relays the hub's events: each one is sent as it comes, with no thread hand-over.
+
+    Channels runs Django's ``close_old_connections`` in a worker thread before every message it dispatches to a
+    consumer (``AsyncConsumer.dispatch``), for handlers that use the ORM. Every consumer of the process shares
+    that one thread, so each relayed event waited for two hand-overs of the GIL between it and the event loop,
+    in line behind every other socket's events: at 100 seats and 10 jobs a second an event took 0.4 s from Redis
+    to its socket (docs/BENCHMARKS.md, "One hub, many seats"). The relay handlers touch no database; the rest
+    (connect, disconnect, what a client sends) is dispatched as Channels does, and ``database_sync_to_async``
+    closes old connections around its own calls anyway.
+    """
+
+    RELAYED = frozenset({"comfy.message", "comfy.preview"})
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] in self.RELAYED:
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
+
+
+class SeatEventsConsumer(RelayConsumer):
     """A seat's live events in ComfyUI's message format (its frontend relays them to the browser)."""
 
     async def connect(self) -> None:
@@ -41,7 +63,7 @@ class SeatEventsConsumer(AsyncJsonWebsocketConsumer):
         await self.send(bytes_data=event["frame"])
 
 
-class WorkshopEventsConsumer(AsyncJsonWebsocketConsumer):
+class WorkshopEventsConsumer(RelayConsumer):
     """Every seat's events of one workshop, for the instructor's live view (staff only)."""
 
     async def connect(self) -> None:

@@ -36,7 +36,7 @@ from gpu_backends.worker.prompts import Preview, PreviewThrottle
 from storage.models import Artifact
 from storage.stores import StorageError, StoredObject, default_store
 
-from . import callbacks, events, metrics
+from . import callbacks, events, metrics, trace
 from .models import Job
 from .services import finish_job, requeue_job
 
@@ -91,6 +91,10 @@ def rewrite_prompt_id(value: Any, old: str, new: str) -> Any:
     return new if value == old else value
 
 
+# ComfyUI messages whose arrival a job's trace notes (jobs.trace); the final one is noted as ``done``.
+TRACED_MESSAGES = frozenset({"execution_start", "executed", "execution_success"})
+
+
 class OutputRejected(Exception):
     """A GPU worker reported an output that is not where this job's outputs go, or not what it announced."""
 
@@ -111,6 +115,7 @@ class JobRun:
         self.previews = PreviewThrottle(settings.COMFYUME["PREVIEW_FPS"])
 
     def accepted(self, response: dict[str, Any]) -> bool:
+        trace.mark(self.job.pk, "accepted")
         ok = self.job.transition(Job.Status.RUNNING, backend_prompt_id=self.job.backend_prompt_id)
         backend = self.job.backend
         if backend is not None and kind_of(backend).cold_starts and backend.state != GpuBackend.State.READY:
@@ -123,14 +128,19 @@ class JobRun:
 
     def event(self, message: dict[str, Any]) -> None:
         message = rewrite_prompt_id(message, self.job.backend_prompt_id, self.prompt_id)
-        if message["type"] == "executing" and message["data"].get("node") is None:
+        kind = message["type"]
+        if kind == "executing" and message["data"].get("node") is None:
             self.finished_event_at = time.monotonic()
+            trace.mark(self.job.pk, "done")
+        elif kind in TRACED_MESSAGES:
+            trace.mark(self.job.pk, kind)
         events.comfy_message(self.job.seat_id, self.job.workshop_id, message, self.job.seat.label)
         if self.finished_event_at is not None:
             # The participant is waiting for exactly this message: let the publisher thread send it (and what
             # is queued before it) before this thread records the outcome and claims the next job, instead of
             # sharing the GIL with them (docs/BENCHMARKS.md). Bounded: a Redis in trouble costs 1 s at most.
             events.flush(1.0)
+            trace.mark(self.job.pk, "relayed")
 
     def preview(self, preview: Preview, running_node: str | None) -> None:
         frame = preview.frame(self.prompt_id, running_node)
@@ -138,9 +148,12 @@ class JobRun:
             events.preview(self.job.seat_id, self.prompt_id, frame)
 
     def store_output(self, node_id: str, ref: FileRef, content_type: str, chunks: Iterator[bytes]) -> dict[str, Any]:
+        trace.mark(self.job.pk, "output_fetch")
         key, subfolder = callbacks.output_location(self.job, ref)
         stored = self.store.put(key, chunks, content_type=content_type)
-        return self._record(node_id, ref, subfolder, stored, content_type)
+        recorded = self._record(node_id, ref, subfolder, stored, content_type)
+        trace.mark(self.job.pk, "output_stored")
+        return recorded
 
     def record_file(self, node_id: str, ref: FileRef, stored: dict[str, Any]) -> dict[str, Any]:
         key, subfolder = callbacks.output_location(self.job, ref)
@@ -148,12 +161,15 @@ class JobRun:
             raise OutputRejected(
                 f"The GPU worker put {ref.filename} at {stored.get('key')!r}, not at this job's {key!r}."
             )
+        trace.mark(self.job.pk, "output_fetch")
         try:
             checked = self.store.verify(key, size=int(stored.get("size") or 0), sha256_hex=str(stored.get("sha256")))
         except (StorageError, ValueError) as exc:
             raise OutputRejected(f"The output {ref.filename} did not arrive intact: {exc}") from exc
         content_type = str(stored.get("content_type") or "application/octet-stream")
-        return self._record(node_id, ref, subfolder, checked, content_type)
+        recorded = self._record(node_id, ref, subfolder, checked, content_type)
+        trace.mark(self.job.pk, "output_stored")
+        return recorded
 
     def _record(
         self, node_id: str, ref: FileRef, subfolder: str, stored: StoredObject, content_type: str
@@ -217,6 +233,14 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
     heartbeat is taken with a conditional UPDATE, so exactly one task runs each claim.
     """
     close_old_connections()
+    trace.mark(job_id, "dispatch")
+    try:
+        return _dispatch(job_id, attempt)
+    finally:
+        trace.save(job_id)
+
+
+def _dispatch(job_id: int, attempt: int | None) -> str:
     job = Job.objects.select_related("seat", "workshop", "backend").filter(pk=job_id).first()
     if job is None or job.status != Job.Status.DISPATCHING or job.backend is None:
         return job.status if job else "missing"
@@ -240,6 +264,7 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
     if kind_of(job.backend).needs_callback:
         spec.callback = _worker_callback(job)
     run = JobRun(job)
+    trace.mark(job.pk, "run")
     try:
         with _hand_back_on_stop():
             outcome = provider_for(job.backend).run(spec, run)
@@ -261,6 +286,7 @@ def dispatch_job(job_id: int, attempt: int | None = None) -> str:
             finish_job(job, Job.Status.FAILED, reason=f"Internal error while running the job: {exc.__class__.__name__}")
         return job.status
     _record(job, outcome, run)
+    trace.mark(job.pk, "recorded")
     events.flush()
     return job.status
 

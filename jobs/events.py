@@ -39,8 +39,9 @@ class _Publisher:
 
     def __init__(self) -> None:
         # The publisher thread must get the GIL promptly while the dispatch loop stores a file: at Python's
-        # default switch interval (5 ms) every forwarded event waited for it.
-        sys.setswitchinterval(0.0005)
+        # default switch interval (5 ms) every forwarded event waited for it. Never raised: the web server
+        # sets a shorter one (comfyume.server).
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue[tuple[list[str], dict[str, Any]] | None] = asyncio.Queue()

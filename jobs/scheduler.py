@@ -22,7 +22,7 @@ from django.db.models import Case, Value, When
 from gpu_backends.models import GpuBackend
 from workshops.models import Workshop
 
-from . import events, sql
+from . import events, sql, trace
 from .models import Job
 from .policy import Candidate, pick_next, seat_head
 
@@ -171,6 +171,8 @@ def enqueue_dispatch(job_id: int, attempt: int, timeout: int) -> None:
     """
     try:
         send_dispatch(job_id, attempt, timeout)
+        trace.mark(job_id, "claimed")
+        trace.save(job_id)
     except Exception as exc:  # any Redis trouble: the row keeps the claim, the reconciler delivers it
         log.warning(
             "Could not enqueue dispatch of job %s (%s); the reconciler will enqueue it again",

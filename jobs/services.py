@@ -23,7 +23,7 @@ from gpu_backends.models import GpuBackend
 from gpu_backends.services import object_info_for
 from workshops.models import Seat, Workshop
 
-from . import events, sql
+from . import events, sql, trace
 from .models import Job
 from .preflight import PromptValidationError, error_body, validate_prompt
 from .scheduler import schedule
@@ -187,6 +187,7 @@ def _field_value(model: type[Any], name: str, value: Any) -> Any:
 def _schedule_or_announce(job: Job) -> None:
     """After a submit: try to start it at once. A job that got a slot was announced by its claim; the seat's
     queue counter still has to hear of the new job."""
+    trace.mark(job.pk, "queued")
     if job.pk in schedule(until=job.pk):
         events.announce_queue(job)
     else:

@@ -96,3 +96,73 @@ def test_request_threads_take_pooled_postgresql_connections_instead_of_opening_t
     stats = pool.get_stats()
     assert stats["connections_num"] == opened  # not one more server connection for five more requests
     assert stats["requests_num"] >= 6
+
+
+async def test_requests_borrow_lasting_threads_instead_of_starting_one_each(personas):
+    """Django starts a thread for every request (and one more to join it); ours lends one of a few that last."""
+    token = await sync_to_async(personas.seat_a.issue_token)()
+    auth = [(b"authorization", f"Bearer {token}".encode())]
+    seen: list[str] = []
+    original = SyncChainASGIHandler._get_response
+
+    def noting(self, request):
+        seen.append(threading.current_thread().name)
+        return original(self, request)
+
+    with mock.patch.object(SyncChainASGIHandler, "_get_response", noting):
+        handler = SyncChainASGIHandler()  # the chain takes the view's caller when it is built
+        started = threading.active_count()
+        for _ in range(6):
+            response, _ = await _request(handler, "GET", "/api/hub/queue", headers=auth)
+            assert response["status"] == 200
+    assert len(seen) == 6 and all(name.startswith("hub-request") for name in seen), seen
+    assert len(set(seen)) == 1  # one request after another: the same thread, its database connection kept
+    assert threading.active_count() <= started + 1
+
+
+async def test_at_most_web_concurrency_requests_run_their_view_at_once(personas, settings):
+    """A class pressing Run at once: the views run WEB_CONCURRENCY at a time, the rest wait on the event loop
+    (not as a hundred threads fighting the event loop for the GIL)."""
+    import asyncio
+    import time
+
+    settings.WEB_CONCURRENCY = 2
+    token = await sync_to_async(personas.seat_a.issue_token)()
+    auth = [(b"authorization", f"Bearer {token}".encode())]
+    running, most = 0, 0
+    guard = threading.Lock()
+    original = SyncChainASGIHandler._get_response
+
+    def slow(self, request):
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.1)
+            return original(self, request)
+        finally:
+            with guard:
+                running -= 1
+
+    with mock.patch.object(SyncChainASGIHandler, "_get_response", slow):
+        handler = SyncChainASGIHandler()  # its limit is read when it is built
+        answers = await asyncio.gather(*(_request(handler, "GET", "/api/hub/queue", headers=auth) for _ in range(6)))
+    assert [response["status"] for response, _ in answers] == [200] * 6
+    assert most == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "four"])
+def test_a_web_concurrency_that_is_not_a_positive_number_stops_the_start(value):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; settings.WEB_CONCURRENCY"],
+        env={**os.environ, "COMFYUME_WEB_CONCURRENCY": value, "DJANGO_SETTINGS_MODULE": "comfyume.settings"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0, result.stderr[-500:]
+    assert f"COMFYUME_WEB_CONCURRENCY must be a whole number of at least 1, not {value!r}." in result.stderr

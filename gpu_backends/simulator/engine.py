@@ -195,7 +195,7 @@ class Simulator(OutputsMixin):
             method = self.config.preview_method
         if run.client_id is None or method == "none":
             return
-        image = media.preview_jpeg(run.prompt_id, node_id, step, steps)
+        image = media.preview_jpeg(run.prompt[node_id]["class_type"], node_id, step, steps)
         if run.client_id in self.metadata_clients:
             meta = {
                 "node_id": node_id,

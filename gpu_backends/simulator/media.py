@@ -11,6 +11,7 @@ libvpx-vp9 and libsvtav1): a test pattern whose band moves and whose frame count
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -74,9 +75,15 @@ def render_frame(
     return image
 
 
+@functools.lru_cache(maxsize=256)
 def preview_jpeg(seed: str, node_id: str, step: int, steps: int) -> bytes:
     """A live preview of one sampler step, as ComfyUI's latent previewer sends it: a small JPEG (at most 512 px
-    on its longer side there; 256 here) that changes with every step."""
+    on its longer side there; 256 here) that changes with every step.
+
+    ComfyUI draws its previews in the execution thread; the simulator draws them in its event loop, where a
+    crowd's previews (16 jobs at once, a frame per step) held up every other message by a second. The picture
+    depends on the seed, node and step only, so the caller passes a seed that repeats (the node's class) and
+    each frame is drawn once."""
     picture = render_frame(
         256, 256, [f"preview node {node_id}", f"step {step}/{steps}"], seed=seed, frame=step - 1, frames=steps
     )

@@ -31,7 +31,16 @@ import aiohttp
 
 from .callback import Callback, HubError, presigned
 from .comfy import ComfyClient, ComfyError, ComfyRejected
-from .prompts import FileRef, PreviewThrottle, decode_message, decode_preview, file_refs, rewrite_inputs
+from .prompts import (
+    FileRef,
+    PreviewThrottle,
+    decode_message,
+    decode_preview,
+    file_refs,
+    history_failure,
+    history_messages,
+    rewrite_inputs,
+)
 from .request import BadRequest, InputSpec, RunRequest
 
 log = logging.getLogger("comfyume.worker")
@@ -507,17 +516,12 @@ class JobRunner:
                 data = {"node": str(node_id), "display_node": str(node_id), "output": output, "prompt_id": self.job}
                 await self._handle({"type": "executed", "data": data})
         stamps: dict[str, float] = {}
-        for item in (entry.get("status") or {}).get("messages") or []:
-            if not isinstance(item, list) or len(item) != 2 or not isinstance(item[1], dict):
-                continue
-            kind, data = item
-            if isinstance(data.get("timestamp"), int | float):
-                stamps[kind] = float(data["timestamp"])
-            missed = (kind == "execution_error" and self.state.error is None) or (
-                kind == "execution_interrupted" and self.state.interrupted is None
-            )
-            if missed:
-                await self._handle({"type": kind, "data": data})
+        for kind, message in history_messages(entry):
+            if isinstance(message.get("timestamp"), int | float):
+                stamps[kind] = float(message["timestamp"])
+        failure = history_failure(entry, self.job)
+        if failure is not None and self.state.error is None and self.state.interrupted is None:
+            await self._handle({"type": failure[0], "data": failure[1]})
         return stamps
 
     async def _finish_from_history(self, entry: dict[str, Any]) -> None:

@@ -45,6 +45,55 @@ def decode_message(raw: str | bytes) -> dict[str, Any] | None:
     return message
 
 
+def history_messages(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A ``/history`` entry's status messages as ``(type, data)``.
+
+    ComfyUI 0.3 keeps ``[type, data]`` pairs, the data with its ``timestamp`` (ms); newer ones (0.12) keep only the
+    types' names, and they come with empty data here. Anything else is skipped.
+    """
+    found: list[tuple[str, dict[str, Any]]] = []
+    for item in (entry.get("status") or {}).get("messages") or []:
+        if isinstance(item, str):
+            found.append((item, {}))
+        elif isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str):
+            found.append((item[0], item[1] if isinstance(item[1], dict) else {}))
+    return found
+
+
+def history_failure(entry: dict[str, Any], prompt_id: str) -> tuple[str, dict[str, Any]] | None:
+    """How a history entry's prompt failed: ``("execution_interrupted" | "execution_error", data)``, or None.
+
+    Where the entry keeps the message's data (0.3) that is it; where it keeps only the messages' names (0.12), an
+    interrupt or an error is still one, with what little is known: without this a failed prompt recovered from
+    history was taken for a success.
+    """
+    messages = history_messages(entry)
+    for wanted in ("execution_interrupted", "execution_error"):
+        data = next((data for kind, data in messages if kind == wanted), None)
+        if data:
+            return wanted, data
+        if data is not None:  # the name only
+            return wanted, {**_UNKNOWN_FAILURE[wanted], "prompt_id": prompt_id}
+    if (entry.get("status") or {}).get("status_str") == "error":
+        return "execution_error", {**_UNKNOWN_FAILURE["execution_error"], "prompt_id": prompt_id}
+    return None
+
+
+_UNKNOWN_FAILURE: dict[str, dict[str, Any]] = {
+    "execution_interrupted": {"node_id": None, "node_type": "", "executed": []},
+    "execution_error": {
+        "node_id": None,
+        "node_type": "",
+        "executed": [],
+        "exception_message": "The workflow failed on the GPU; its ComfyUI kept no detail of the error.",
+        "exception_type": "unknown",
+        "traceback": [],
+        "current_inputs": {},
+        "current_outputs": [],
+    },
+}
+
+
 def rewrite_inputs(prompt: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
     """The prompt with every input value naming an uploaded file replaced by its name on the backend
     (ComfyUI also accepts the ``name [input]`` annotation, which is kept)."""

@@ -206,7 +206,7 @@ def test_inputs_are_served_to_the_workers_token_only(client, running):
     assert item["name"] == "photo.png" and item["sha256"] == stored.sha256
     path = "/" + item["url"].split("/", 3)[3]
     answer = client.get(path)
-    assert answer.status_code == 200 and b"".join(answer.streaming_content) == b"photo bytes"
+    assert answer.status_code == 200 and answer.getvalue() == b"photo bytes"
     assert client.get(path.replace(token, "wrong")).status_code == 401
     assert client.get(url(job, f"inputs/5?token={token}")).status_code == 404
 

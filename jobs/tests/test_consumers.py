@@ -219,3 +219,28 @@ async def test_no_previews_when_the_workshops_preview_method_is_none(personas, s
     previews, texts = await _frames_until_done(comm, prompt_id)
     assert previews == [] and any(m["type"] == "progress" for m in texts)  # it ticked, and showed no picture
     await comm.disconnect()
+
+
+async def test_relayed_events_go_out_without_a_trip_to_a_thread(personas, monkeypatch):
+    """Channels closes old database connections in its shared thread before every message it dispatches; the
+    relay handlers touch no database, so an event goes from the channel layer to the socket directly."""
+    import channels.consumer
+
+    token = await database_sync_to_async(personas.seat_a.issue_token)()
+    comm = WebsocketCommunicator(application, "/ws/hub/seat/", headers=[(b"authorization", f"Bearer {token}".encode())])
+    assert (await comm.connect())[0]
+    await comm.receive_json_from()
+    trips = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted() -> None:
+        trips.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    message = {"type": "progress", "data": {"value": 1, "max": 2, "prompt_id": "p", "node": "3"}}
+    events.comfy_message(personas.seat_a.pk, personas.workshop.pk, message, "user001")
+    assert await comm.receive_json_from(timeout=5) == message
+    assert trips == []
+    await comm.disconnect()
+    assert trips == [1]  # what is not a relayed event (the disconnect) is dispatched as Channels does

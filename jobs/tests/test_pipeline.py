@@ -74,7 +74,7 @@ def test_view_serves_own_output_and_hides_it_from_another_seat(client, personas,
     artifact = Artifact.objects.get(job__prompt_id=prompt_id)
     params = {"filename": artifact.filename, "subfolder": artifact.subfolder, "type": "output"}
     own = client.get("/api/hub/view", params, HTTP_AUTHORIZATION=f"Bearer {personas.seat_a._raw_token}")
-    assert own.status_code == 200 and b"".join(own.streaming_content)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert own.status_code == 200 and own.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
     other_token = personas.seat_b.issue_token()
     other = client.get("/api/hub/view", params, HTTP_AUTHORIZATION=f"Bearer {other_token}")
     assert other.status_code == 404

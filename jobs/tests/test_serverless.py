@@ -103,7 +103,7 @@ def test_a_job_is_one_request_and_its_outputs_land_in_storage(client, personas, 
         {"filename": image["filename"], "subfolder": image["subfolder"], "type": "output"},
         HTTP_AUTHORIZATION=f"Bearer {personas.seat_a._raw_token}",
     )
-    assert view.status_code == 200 and b"".join(view.streaming_content) == data
+    assert view.status_code == 200 and view.getvalue() == data
     verda.refresh_from_db()
     assert verda.state == GpuBackend.State.READY
 

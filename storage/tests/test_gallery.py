@@ -68,7 +68,7 @@ def file_url(artifact: Artifact) -> str:
 
 
 def body(response) -> bytes:
-    return b"".join(response.streaming_content)
+    return response.getvalue()
 
 
 def tile_ids(html: str) -> list[int]:
@@ -332,8 +332,31 @@ def test_artifact_missing_from_storage_or_unknown_is_404(staff_client, outputs):
     assert staff_client.get(reverse("storage:artifact-file", args=[image.pk + 1000])).status_code == 404
 
 
-def test_range_over_asgi_streams_asynchronously(personas, outputs):
-    """Under daphne a synchronous body would be read whole into memory by Django before sending."""
+def test_an_image_is_sent_whole_and_a_video_over_the_limit_streamed(personas, outputs, monkeypatch):
+    """Outputs up to ``WHOLE_UP_TO`` go out in one piece from the view's thread (no trip per chunk through the
+    event loop), ranges included; bigger ones stream."""
+    request = AsyncRequestFactory().get(file_url(outputs["video"]), headers={"Range": "bytes=3-40"})
+    request.user = personas.instructor
+
+    small = views.artifact_file(request, outputs["video"].pk)
+
+    assert not small.streaming and small.status_code == 206
+    assert small.content == MP4[3:41] and small["Content-Range"] == f"bytes 3-40/{len(MP4)}"
+
+    monkeypatch.setattr(views, "WHOLE_UP_TO", len(MP4) - 1)
+    request = AsyncRequestFactory().get(file_url(outputs["video"]))
+    request.user = personas.instructor
+
+    big = views.artifact_file(request, outputs["video"].pk)
+
+    assert big.streaming and big["Content-Length"] == str(len(MP4))
+    assert collect(big.streaming_content) == MP4
+
+
+def test_range_over_asgi_streams_asynchronously(personas, outputs, monkeypatch):
+    """Under daphne a synchronous body would be read whole into memory by Django before sending. (The test's
+    video is small: it is streamed as one larger than ``WHOLE_UP_TO`` is.)"""
+    monkeypatch.setattr(views, "WHOLE_UP_TO", 0)
     request = AsyncRequestFactory().get(file_url(outputs["video"]), headers={"Range": "bytes=3-40"})
     request.user = personas.instructor
 
