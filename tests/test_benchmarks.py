@@ -44,7 +44,7 @@ def test_realcomfy_measures_every_path_step_by_step(simulator):
     assert result.returncode == 0, result.stderr[-3000:]
     found = figures(result.stdout)
     for path in ("comfyui", "worker"):
-        for name in ("added_p50", "added_p99", "final_event_added_p50"):
+        for name in ("added_p50", "hub_own_p50", "hub_own_p99", "final_event_added_p50"):
             assert math.isfinite(found[f"realcomfy.{path}.{name}"]), result.stdout
     # The split of a platform job names every step the trace noted.
     for label in ("request → row queued", "RQ → a worker runs it", "provider → backend accepted the prompt",

@@ -17,23 +17,8 @@ TINY = load(TINY_PATH)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# A job that runs to its end passes these, in this order (an output node's three come once per output file).
-ORDER = [
-    "submit",
-    "queued",
-    "claimed",
-    "dispatch",
-    "run",
-    "accepted",
-    "execution_start",
-    "output_fetch",
-    "output_stored",
-    "executed",
-    "execution_success",
-    "done",
-    "relayed",
-    "recorded",
-]
+# A job that runs to its end passes every step, in the order trace.STEPS documents (one output file here).
+ORDER = list(trace.STEPS)
 
 
 def submit(client, seat) -> Job:
