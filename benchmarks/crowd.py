@@ -102,8 +102,9 @@ async def _seat(
                     if key is not None:
                         out.seen.setdefault(key, now)
                     if message.get("type") == "executing" and data.get("node") is None:
-                        out.finished.setdefault(data.get("prompt_id"), now)
-                        future = waiting.pop(data.get("prompt_id"), None)
+                        prompt_id = str(data.get("prompt_id"))
+                        out.finished.setdefault(prompt_id, now)
+                        future = waiting.pop(prompt_id, None)
                         if future is not None and not future.done():
                             future.set_result(None)
 

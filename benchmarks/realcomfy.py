@@ -212,7 +212,7 @@ class Direct:
     def run(self, prompt: dict[str, Any]) -> Run:
         prompt_id = str(uuid.uuid4())
         run = Run("direct", time.time(), comfy_prompt_id=prompt_id)
-        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         answer = self.session.post(f"{self.base}/prompt", json=body, timeout=60)
         if answer.status_code != 200:
             raise RuntimeError(f"ComfyUI refused the prompt: {answer.status_code} {answer.text[:300]}")

@@ -95,6 +95,6 @@ def read(job_id: Any) -> list[tuple[str, float]]:
     raw = counters().lrange(_key(str(job_id)), 0, -1)
     steps = []
     for item in raw:
-        step, _, at = item.decode().partition(" ")
+        step, _, at = (item.decode() if isinstance(item, bytes) else str(item)).partition(" ")
         steps.append((step, float(at)))
     return sorted(steps, key=lambda pair: pair[1])

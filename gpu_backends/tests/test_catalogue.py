@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from gpu_backends import services
 from gpu_backends.models import GpuBackend, NodeCatalogue
@@ -41,8 +43,8 @@ def test_a_class_submitting_at_once_reads_a_new_backend_once(backend, monkeypatc
     def refresh(target: GpuBackend) -> dict:
         asked.append(target.pk)
         time.sleep(0.2)  # the backend takes its time to answer
-        info = {"KSampler": {"input": {}}}
-        services._catalogues[target.pk] = (None, info)
+        info: dict[str, Any] = {"KSampler": {"input": {}}}
+        services._catalogues[target.pk] = (timezone.now(), info)
         return info
 
     monkeypatch.setattr(services, "refresh_object_info", refresh)

@@ -17,7 +17,7 @@ from gpu_backends.worker.prompts import history_failure, history_messages
 OUTPUT = {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
 
 
-def entry(status_str: str, messages: list[Any]) -> dict[str, Any]:
+def entry(status_str: str, messages: list[Any] | None) -> dict[str, Any]:
     return {
         "outputs": {},
         "status": {"status_str": status_str, "completed": status_str == "success", "messages": messages},
