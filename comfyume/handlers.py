@@ -61,7 +61,9 @@ class SyncChainASGIHandler(ASGIHandler):
         Django gives every request a thread of its own (``ThreadSensitiveContext``): a thread started for it, and
         another to join it when it ends, while the event loop waits for the GIL to let them start. Here a request
         borrows one of ``2 × WEB_CONCURRENCY`` lasting threads instead (asgiref's context with an executor);
-        when all are out (a long download holds one to its end), it gets a new one as before.
+        when all are out (a long download holds one to its end), it gets a new one as before. A view still running
+        after its client went away keeps its thread busy: the next request lent that thread waits for it, as
+        Django's shared thread outside a request would make it.
         """
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")

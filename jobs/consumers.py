@@ -23,10 +23,10 @@ class RelayConsumer(AsyncJsonWebsocketConsumer):
     Channels runs Django's ``close_old_connections`` in a worker thread before every message it dispatches to a
     consumer (``AsyncConsumer.dispatch``), for handlers that use the ORM. Every consumer of the process shares
     that one thread, so each relayed event waited for two hand-overs of the GIL between it and the event loop,
-    in line behind every other socket's events: at 100 seats and 10 jobs a second an event took 0.4 s from Redis
-    to its socket (docs/BENCHMARKS.md, "One hub, many seats"). The relay handlers touch no database; the rest
-    (connect, disconnect, what a client sends) is dispatched as Channels does, and ``database_sync_to_async``
-    closes old connections around its own calls anyway.
+    in line behind every other socket's events. (What made events late at 100 seats was the GIL's switch
+    interval: docs/BENCHMARKS.md, "One hub, many seats"; this trip is the part of it that every event paid.)
+    The relay handlers touch no database; the rest (connect, disconnect, what a client sends) is dispatched as
+    Channels does, and ``database_sync_to_async`` closes old connections around its own calls anyway.
     """
 
     RELAYED = frozenset({"comfy.message", "comfy.preview"})
