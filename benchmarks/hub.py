@@ -81,7 +81,7 @@ def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=pin_to_hub_cpus,
+        preexec_fn=pin_to_hub_cpus if hub_cpus() else None,
     )
 
 
@@ -100,7 +100,8 @@ def wait_for_workers(count: int, deadline: float) -> None:
 
 
 class Hub:
-    """``workers`` RQ workers and one web server; ``env`` is added to theirs. Use as a context manager."""
+    """``workers`` RQ workers and web servers; ``env`` is added to theirs. Use as a context manager. Entering it
+    also pins the benchmark's own process (its clients, and what it starts afterwards) to ``BENCH_HUB_CPUS``."""
 
     def __init__(self, logs: Path, *, workers: int, env: dict[str, str] | None = None, web: int = 1) -> None:
         self.logs, self.workers, self.env = logs, workers, env or {}
@@ -114,6 +115,7 @@ class Hub:
         from django.conf import settings
 
         self.logs.mkdir(parents=True, exist_ok=True)
+        pin_to_hub_cpus()
         manage = [sys.executable, str(BASE / "manage.py")]
         try:
             for n, port in enumerate(self.ports):

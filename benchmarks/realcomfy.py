@@ -49,7 +49,7 @@ from typing import Any
 import requests
 import websocket
 
-from benchmarks.hub import Hub, pct, print_split, step_times
+from benchmarks.hub import Hub, pct, pin_to_hub_cpus, print_split, step_times
 
 PATHS = ("direct", "comfyui", "worker")
 DEPLOYMENT = "bench-realcomfy"
@@ -356,6 +356,7 @@ def _run(
     from workshops.services import create_workshop
 
     settings.COMFYUME["TRACE_JOBS"] = True
+    pin_to_hub_cpus()  # before the gateway and the GPU worker start: they stand for the hub's side too
     version = (stats.get("system") or {}).get("comfyui_version", "?")
     nodes = " → ".join(node["class_type"] for node in workflow.values())
     report.line(f"\n## A real ComfyUI ({version} at {comfyui}): {nodes}; {jobs} rounds after {warmup} warm-up")

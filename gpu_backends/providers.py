@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, ClassVar, Protocol
 import websocket
 
 from .client import BackendError, ComfyUIClient, FileRef, decode_message
-from .worker.prompts import Preview, decode_preview, file_refs, history_failure, history_messages, rewrite_inputs
+from .worker.prompts import Preview, decode_preview, file_refs, history_failure, history_stamps, rewrite_inputs
 
 log = logging.getLogger(__name__)
 
@@ -490,10 +490,7 @@ class ComfyUIProvider(Provider):
         """Replay what the socket missed from the history entry, so the participant's UI completes."""
         self._replay_outputs(entry, sink, state)
         status = entry.get("status") or {}
-        stamps: dict[str, float] = {}
-        for kind, data in history_messages(entry):
-            if isinstance(data.get("timestamp"), int | float):
-                stamps[kind] = float(data["timestamp"])
+        stamps = history_stamps(entry)
         failure = history_failure(entry, state.prompt_id)
         if failure is not None and state.error is None and state.interrupted is None:
             self._handle({"type": failure[0], "data": failure[1]}, sink, state)

@@ -14,8 +14,6 @@ import pytest
 from gpu_backends.providers import ComfyUIProvider, _RunState
 from gpu_backends.worker.prompts import history_failure, history_messages
 
-OUTPUT = {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}
-
 
 def entry(status_str: str, messages: list[Any] | None) -> dict[str, Any]:
     return {

@@ -38,7 +38,7 @@ from .prompts import (
     decode_preview,
     file_refs,
     history_failure,
-    history_messages,
+    history_stamps,
     rewrite_inputs,
 )
 from .request import BadRequest, InputSpec, RunRequest
@@ -515,10 +515,7 @@ class JobRunner:
             if str(node_id) not in self.state.outputs and isinstance(output, dict):
                 data = {"node": str(node_id), "display_node": str(node_id), "output": output, "prompt_id": self.job}
                 await self._handle({"type": "executed", "data": data})
-        stamps: dict[str, float] = {}
-        for kind, message in history_messages(entry):
-            if isinstance(message.get("timestamp"), int | float):
-                stamps[kind] = float(message["timestamp"])
+        stamps = history_stamps(entry)
         failure = history_failure(entry, self.job)
         if failure is not None and self.state.error is None and self.state.interrupted is None:
             await self._handle({"type": failure[0], "data": failure[1]})

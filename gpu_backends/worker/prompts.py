@@ -60,6 +60,15 @@ def history_messages(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def history_stamps(entry: dict[str, Any]) -> dict[str, float]:
+    """ComfyUI's own timestamps (ms) of a history entry's messages, by type; none from a names-only entry."""
+    return {
+        kind: float(data["timestamp"])
+        for kind, data in history_messages(entry)
+        if isinstance(data.get("timestamp"), int | float)
+    }
+
+
 def history_failure(entry: dict[str, Any], prompt_id: str) -> tuple[str, dict[str, Any]] | None:
     """How a history entry's prompt failed: ``("execution_interrupted" | "execution_error", data)``, or None.
 
