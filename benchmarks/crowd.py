@@ -143,14 +143,14 @@ async def _seat(
         out.errors.append(f"seat {seat}: {exc.__class__.__name__}: {exc}")
 
 
-async def _crowd(bases: list[str], tokens: list[str], out: Outcome) -> None:
+async def _crowd(base: str, tokens: list[str], out: Outcome) -> None:
     start = asyncio.Event()
     end_at = [float("inf")]
     connected = [0]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         tasks = [
-            asyncio.create_task(_seat(session, bases[i % len(bases)], token, i, start, end_at, out, connected))
+            asyncio.create_task(_seat(session, base, token, i, start, end_at, out, connected))
             for i, token in enumerate(tokens)
         ]
         deadline = time.monotonic() + 60
@@ -235,7 +235,7 @@ def run(report: Any) -> None:
             )
             with hub:
                 pids = {
-                    "web": [hub.procs[0].pid],
+                    "web": hub.web_pids(),
                     "workers": [p.pid for p in hub.procs[1:]],
                     "simulator": [simulator.pid],
                 }
@@ -245,7 +245,7 @@ def run(report: Any) -> None:
                 before = {kind: sum(_proc_stat(pid)[0] for pid in group) for kind, group in pids.items()}
                 started = time.monotonic()
                 out = Outcome()
-                asyncio.run(_crowd(hub.bases, tokens, out))
+                asyncio.run(_crowd(hub.base, tokens, out))
                 elapsed = time.monotonic() - started
                 after = {kind: [_proc_stat(pid) for pid in group] for kind, group in pids.items()}
         finally:

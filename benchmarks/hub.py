@@ -100,14 +100,13 @@ def wait_for_workers(count: int, deadline: float) -> None:
 
 
 class Hub:
-    """``workers`` RQ workers and web servers; ``env`` is added to theirs. Use as a context manager. Entering it
-    also pins the benchmark's own process (its clients, and what it starts afterwards) to ``BENCH_HUB_CPUS``."""
+    """``workers`` RQ workers and a web server of ``web`` processes on one port (``comfyume.server --processes``,
+    as a deployment runs it); ``env`` is added to theirs. Use as a context manager. Entering it also pins the
+    benchmark's own process (its clients, and what it starts afterwards) to ``BENCH_HUB_CPUS``."""
 
     def __init__(self, logs: Path, *, workers: int, env: dict[str, str] | None = None, web: int = 1) -> None:
-        self.logs, self.workers, self.env = logs, workers, env or {}
-        self.ports = [free_port() for _ in range(web)]
-        self.port = self.ports[0]
-        self.bases = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.logs, self.workers, self.env, self.web = logs, workers, env or {}, web
+        self.port = free_port()
         self.base, self.ws_base = f"http://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
 
@@ -118,9 +117,9 @@ class Hub:
         pin_to_hub_cpus()
         manage = [sys.executable, str(BASE / "manage.py")]
         try:
-            for n, port in enumerate(self.ports):
-                web = [sys.executable, "-m", "comfyume.server", "-b", "127.0.0.1", "-p", str(port)]
-                self.procs.append(spawn([*web, "comfyume.asgi:application"], self.logs / f"web{n}.log", self.env))
+            web = [sys.executable, "-m", "comfyume.server", "--processes", str(self.web)]
+            web += ["-b", "127.0.0.1", "-p", str(self.port), "comfyume.asgi:application"]
+            self.procs.append(spawn(web, self.logs / "web.log", self.env))
             self.procs += [
                 spawn(
                     [*manage, "rqworker", settings.RQ_QUEUE_NAME, "--worker-class", "rq.worker.SimpleWorker"],
@@ -146,6 +145,20 @@ class Hub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def web_pids(self) -> list[int]:
+        """The processes that serve requests: the web server's own, or its children when it runs several."""
+        parent = self.procs[0].pid
+        if self.web == 1:
+            return [parent]
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                if f"\nPPid:\t{parent}\n" in status.read_text():
+                    found.append(int(status.parent.name))
+            except OSError:  # ended while we looked
+                continue
+        return found
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -15,16 +15,31 @@ three changes to how a request body travels (docs/OPERATIONS.md, "Request bodies
 
 Daphne offers ``CommandLineInterface.server_class`` for this; its ``Server`` builds its HTTP factory inside
 ``run()``, so :class:`HubServer` exchanges that one attribute for ours.
+
+One daphne process relays every live event on one event loop, so it uses one core at most. ``--processes N``
+(default ``COMFYUME_WEB_PROCESSES``, 1) runs N of them on the same address: each child binds its own socket with
+``SO_REUSEPORT`` and the kernel spreads new connections over them, WebSockets included (docs/OPERATIONS.md,
+"Sizing the hub"). The parent only watches: SIGTERM or SIGINT is passed on to every child, and when one child
+ends on its own the others are stopped too and the parent exits with its code, so the container's or
+``make run``'s restart policy brings the whole server back. Everything the web processes share lives in
+PostgreSQL and Redis (sign-in limits, metrics, the channel layer), so nothing is lost between them.
 """
 
 from __future__ import annotations
 
 import daphne.server  # isort: skip  # installs Twisted's asyncio reactor: must come before any other Twisted import
 
+import argparse
 import io
+import ipaddress
 import logging
+import os
+import signal
+import socket
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
 
 from daphne.cli import CommandLineInterface
@@ -189,6 +204,153 @@ class HubCommandLineInterface(CommandLineInterface):
 # (docs/BENCHMARKS.md, "One hub, many seats").
 SWITCH_INTERVAL = 0.0001
 
-if __name__ == "__main__":
+
+# --- several processes on one address ------------------------------------------------------------------------
+
+PROCESSES_VARIABLE = "COMFYUME_WEB_PROCESSES"
+MAX_PROCESSES = 64
+# A child still running this long after SIGTERM is killed (daphne closes its connections within a few seconds).
+STOP_GRACE = 30.0
+# Daphne's own defaults when neither -b nor -p is given.
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+
+class UsageError(Exception):
+    """A command line or setting the server cannot run with; the message says what to change."""
+
+
+def _process_count(value: str, source: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise UsageError(f"{source} must be a whole number from 1 to {MAX_PROCESSES}, not {value!r}.")
+    return int(text)
+
+
+def split_command_line(argv: Sequence[str]) -> tuple[int, bool, str | None, int | None, list[str]]:
+    """(processes, child, host, port, the rest of daphne's arguments) from ``argv``; host and port are None when
+    not given.
+
+    ``-b``/``--bind`` and ``-p``/``--port`` are taken out in every spelling argparse accepts, because with several
+    processes each child binds the address itself and hands daphne the socket (``--fd``).
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--processes", default=None)
+    parser.add_argument("--reuse-port-child", action="store_true")  # set by the parent on its children
+    parser.add_argument("-b", "--bind", dest="host", default=None)
+    parser.add_argument("-p", "--port", default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    if known.processes is not None:
+        processes = _process_count(known.processes, "--processes")
+    else:
+        processes = _process_count(os.environ.get(PROCESSES_VARIABLE, "1"), PROCESSES_VARIABLE)
+    try:
+        port = int(known.port) if known.port is not None else None
+    except ValueError:
+        raise UsageError(f"--port must be a number, not {known.port!r}.") from None
+    return processes, known.reuse_port_child, known.host, port, rest
+
+
+def _with_address(host: str | None, port: int | None, rest: list[str]) -> list[str]:
+    return [*(["-b", host] if host else []), *(["-p", str(port)] if port is not None else []), *rest]
+
+
+def _check_for_processes(host: str, port: int, rest: list[str]) -> None:
+    """Refuse what several processes cannot share, before any of them starts."""
+    options = HubCommandLineInterface().parser.parse_args(rest)  # exits with daphne's own message when wrong
+    if options.unix_socket or options.file_descriptor is not None or options.socket_strings:
+        raise UsageError("Several web processes listen on -b/-p only: leave out -u, --fd and -e, or run one process.")
+    try:
+        if ipaddress.ip_address(host.strip("[]")).version != 4:
+            raise UsageError(f"Several web processes need an IPv4 address to bind (-b), not {host!r}.")
+    except ValueError:
+        raise UsageError(f"Several web processes need an IPv4 address to bind (-b), not {host!r}.") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be from 1 to 65535, not {port}.")
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that other processes of this user may bind too (``SO_REUSEPORT``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(socket.SOMAXCONN)
+    sock.set_inheritable(False)
+    return sock
+
+
+def run_child(host: str, port: int, rest: list[str]) -> None:
+    """One of several web processes: its own socket on the shared address, handed to daphne."""
+    sock = reuse_port_socket(host, port)
+    # Twisted adopts a duplicate of the descriptor and closes the one it was given.
+    HubCommandLineInterface().run([*rest, "--fd", str(sock.fileno())])
+
+
+def run_processes(processes: int, host: str, port: int, rest: list[str]) -> int:
+    """Start ``processes`` children on ``host:port`` and watch them; the exit code is the first to end's."""
+    _check_for_processes(host, port, rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)-15s %(levelname)-8s %(message)s")  # daphne's format
+    command = [sys.executable, "-m", "comfyume.server", "--processes", "1", "--reuse-port-child"]
+    command += _with_address(host, port, rest)
+    children = [subprocess.Popen(command) for _ in range(processes)]
+    log.info("Started %d web processes on %s:%d (pids %s)", processes, host, port, [c.pid for c in children])
+    stopping: list[float] = []  # when the stop began (empty: running)
+    asked: list[int] = []  # the signal that asked for the stop, if one did
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        asked.append(signum)
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while any(child.poll() is None for child in children):
+        if not stopping:
+            ended = next((child for child in children if child.returncode is not None), None)
+            if ended is not None:
+                log.error("Web process %d ended (exit code %s): stopping the others", ended.pid, ended.returncode)
+                stop()
+        elif time.monotonic() - stopping[0] > STOP_GRACE:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(0.2)
+    if asked:
+        return 0
+    # Nothing asked them to stop: a child ended on its own (all of them, if they failed at once).
+    first = next((child for child in children if child.returncode), None)
+    if first is not None and not stopping:
+        log.error("Web process %d ended (exit code %s)", first.pid, first.returncode)
+    return first.returncode if first is not None and first.returncode > 0 else 1
+
+
+def main(argv: Sequence[str]) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
-    HubCommandLineInterface().run(sys.argv[1:])
+    try:
+        processes, child, host, port, rest = split_command_line(argv)
+        if processes == 1 and not child:
+            HubCommandLineInterface().run(_with_address(host, port, rest))
+            return 0
+        host, port = host or DEFAULT_HOST, DEFAULT_PORT if port is None else port
+        if child:
+            run_child(host, port, rest)
+        else:
+            return run_processes(processes, host, port, rest)
+    except UsageError as exc:
+        print(f"comfyume.server: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
