@@ -278,3 +278,73 @@ def test_the_instructor_creates_a_workshop_from_names_and_a_card_signs_a_partici
     participant.wait_for_selector("#graph-canvas", timeout=SLOW)
     assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user002"
     participant.close()
+
+
+def _seat_action(page, platform: Platform, username: str, action: str) -> None:
+    """In admin → Seats, tick the seat of ``username`` and run ``action`` on it."""
+    page.goto(f"{platform.base}/admin/workshops/seat/?q={username}")
+    page.check("input.action-select")
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+
+
+def test_the_instructor_handles_one_participant_at_a_time(dashboard, platform, browser):
+    """During a session: one lost card replaced (the other seats' cards and sessions untouched), a late
+    participant added to the running workshop and signed in with their new card, one seat given more time."""
+    import re
+    import time
+
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    sign_in_as_instructor(page, platform, "/admin/workshops/seat/")
+    _seat_action(page, platform, "demo-user002", "new_cards")
+    page.wait_for_selector("text=whoever signed in with them is signed out", timeout=SLOW)
+    page.screenshot(path=str(ARTIFACTS / "instructor-new-card-confirm.png"), full_page=True)
+    page.click("button[name=confirm]")
+    page.wait_for_selector(".card svg", timeout=SLOW)
+    cards = re.findall(r"<dt>Username</dt><dd>([^<]+)</dd>\s*<dt>Password</dt><dd>([^<]+)</dd>", page.content())
+    assert [u for u, _ in cards] == ["demo-user002"]  # only the lost card is reprinted
+
+    demo = platform.manage(
+        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
+    )
+    page.goto(f"{platform.base}/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")  # after shell's own notes
+    page.click(".object-tools a:text-is('Add seats')")
+    page.fill("#id_names", "Late Larry\n")
+    page.screenshot(path=str(ARTIFACTS / "instructor-add-seats.png"), full_page=True)
+    page.click("input[type=submit]")
+    page.wait_for_selector("text=Late Larry · seat user003", timeout=SLOW)
+    late = re.findall(r"<dt>Username</dt><dd>([^<]+)</dd>\s*<dt>Password</dt><dd>([^<]+)</dd>", page.content())
+    assert [u for u, _ in late] == ["demo-user003"]
+    page.screenshot(path=str(ARTIFACTS / "instructor-late-participant-card.png"), full_page=True)
+
+    platform.manage(
+        "shell",
+        "-c",
+        "from workshops.models import Workshop as W; W.objects.filter(slug='demo').update(seat_gpu_budget_seconds=600)",
+    )
+    _seat_action(page, platform, "demo-user003", "more_budget")
+    page.fill("#id_gpu_minutes", "15")
+    page.click("input[name=apply]")
+    page.wait_for_selector("text=Raised the budget of user003 of demo", timeout=SLOW)
+    assert "0 s of 1500 s (raised)" in page.inner_text("#result_list")
+    page.screenshot(path=str(ARTIFACTS / "instructor-more-budget.png"), full_page=True)
+    page.close()
+
+    deadline = time.monotonic() + 60
+    while (
+        "running"
+        not in platform.manage("seat_frontends", "status", "--workshop", "demo", "--seat", "user003").stdout.split(
+            "wanted"
+        )[0]
+    ):
+        assert time.monotonic() < deadline, "the late participant's ComfyUI did not start"
+        time.sleep(0.5)
+    participant = browser.new_page(viewport={"width": 1300, "height": 850})
+    participant.goto(f"{platform.base}/login/")
+    participant.fill("#id_username", late[0][0])
+    participant.fill("#id_password", late[0][1])
+    participant.click("button[type=submit]")
+    participant.wait_for_selector("#graph-canvas", timeout=SLOW)
+    assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user003"
+    participant.screenshot(path=str(ARTIFACTS / "participant-late-seat.png"))
+    participant.close()

@@ -101,6 +101,11 @@ class WorkshopAdmin(AuditedModelAdmin):
                 self.admin_site.admin_view(partial(admin_views.new_credentials, self)),
                 name="workshops_workshop_new_credentials",
             ),
+            path(
+                "<path:object_id>/add-seats/",
+                self.admin_site.admin_view(partial(admin_views.add_seats, self)),
+                name="workshops_workshop_add_seats",
+            ),
         ]
         return extra + super().get_urls()
 
@@ -268,16 +273,29 @@ class SeatAdmin(AuditedModelAdmin):
             code="seat.reset",
             summary="Reset the ComfyUI of {seat} (saved workflows, settings and uploads set aside)",
         ),
+        "new_cards",
+        "more_budget",
     ]
+
+    @admin.action(description="Issue new cards for the selected seats (a lost card; the other seats keep theirs)")
+    def new_cards(self, request, queryset):
+        return admin_views.new_cards(self, request, queryset)
+
+    @admin.action(description="Give the selected seats more GPU time or money than the workshop's per-seat budget")
+    def more_budget(self, request, queryset):
+        return admin_views.more_budget(self, request, queryset)
 
     @admin.display(description="GPU time used", ordering="gpu_seconds_used")
     def budget(self, obj):
-        """Usage against the workshop's per-seat budget; seats at 80 % or more stand out."""
+        """Usage against the seat's budget (the workshop's per-seat one plus the seat's extra); seats at 80 % or
+        more stand out."""
         text = f"{obj.gpu_seconds_used:.0f} s"
-        if obj.workshop.seat_gpu_budget_seconds is not None:
-            text += f" of {obj.workshop.seat_gpu_budget_seconds} s"
-        if obj.workshop.seat_cost_budget is not None:
-            text += f" · {obj.cost_used:.2f} of {obj.workshop.seat_cost_budget:.2f}"
+        if obj.gpu_seconds_limit is not None:
+            text += f" of {obj.gpu_seconds_limit} s"
+        if obj.cost_limit is not None:
+            text += f" · {obj.cost_used:.2f} of {obj.cost_limit:.2f}"
+        if obj.extra_gpu_seconds or obj.extra_cost:
+            text += " (raised)"
         used = obj.budget_used()
         if used is None:
             return text

@@ -12,7 +12,9 @@ below the instructor's side can record what they did.
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +32,26 @@ from django.db.models.query import QuerySet
 
 from .models import AuditEntry, Workshop
 
-Actor = AbstractBaseUser | AnonymousUser | None
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The actor of a management command: no account, so an entry names the command and the system user."""
+
+    command: str
+
+    @property
+    def name(self) -> str:
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):  # a container's uid without a passwd entry or USER
+            user = f"uid {os.getuid()}"
+        return f"manage.py {self.command} ({user})"
+
+    def get_username(self) -> str:  # named like a user's, for what names whoever acted
+        return self.name
+
+
+Actor = AbstractBaseUser | AnonymousUser | CommandLine | None
 
 HIDDEN = "(hidden)"
 # Field names whose values must not reach the log (password hashes, seat and join tokens, API keys).
@@ -66,10 +87,14 @@ def build(
     """An unsaved entry; :func:`record` saves one, :func:`record_all` saves many in one query."""
     if isinstance(target, models.Model):
         target = Target.of(target)
-    actor_pk = getattr(actor, "pk", None)
+    if isinstance(actor, CommandLine):
+        actor_pk, actor_name = None, actor.name[:150]
+    else:
+        actor_pk = getattr(actor, "pk", None)
+        actor_name = actor.get_username()[:150] if actor is not None and actor_pk is not None else ""
     return AuditEntry(
         actor_id=actor_pk,
-        actor_name=actor.get_username()[:150] if actor is not None and actor_pk is not None else "",
+        actor_name=actor_name,
         action=action,
         summary=clip(summary, 500),
         # By id: a workshop deleted a moment ago must not be linked (the entry keeps its name in the text).

@@ -127,6 +127,19 @@ class Seat(models.Model):
     gpu_seconds_used = models.FloatField(default=0.0)
     # What those seconds cost at the price of the backend each job ran on (same F() update, same reason).
     cost_used = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
+    # One participant's budget raised without raising everyone's: added to the workshop's per-seat budgets.
+    extra_gpu_seconds = models.PositiveIntegerField(
+        default=0,
+        verbose_name="extra GPU seconds",
+        help_text="GPU seconds this seat may use on top of the workshop's per-seat budget.",
+    )
+    extra_cost = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Money this seat may spend on top of the workshop's per-seat budget.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -136,29 +149,40 @@ class Seat(models.Model):
     def __str__(self) -> str:
         return f"{self.workshop.slug}/{self.label}"
 
+    @property
+    def gpu_seconds_limit(self) -> int | None:
+        """GPU seconds this seat may use: the workshop's per-seat budget plus the seat's extra; None: no limit."""
+        budget = self.workshop.seat_gpu_budget_seconds
+        return None if budget is None else budget + self.extra_gpu_seconds
+
+    @property
+    def cost_limit(self) -> Decimal | None:
+        """Money this seat may spend: the workshop's per-seat budget plus the seat's extra; None: no limit."""
+        budget = self.workshop.seat_cost_budget
+        return None if budget is None else budget + self.extra_cost
+
     def budget_used(self) -> float | None:
         """The larger share of the seat's GPU-time and money budgets used so far (1.0 = all), or None."""
-        workshop = self.workshop
+        gpu_limit, cost_limit = self.gpu_seconds_limit, self.cost_limit
         shares = []
-        if workshop.seat_gpu_budget_seconds is not None:
-            shares.append(self.gpu_seconds_used / max(workshop.seat_gpu_budget_seconds, 1))
-        if workshop.seat_cost_budget is not None:
-            shares.append(float(self.cost_used) / max(float(workshop.seat_cost_budget), 0.01))
+        if gpu_limit is not None:
+            shares.append(self.gpu_seconds_used / max(gpu_limit, 1))
+        if cost_limit is not None:
+            shares.append(float(self.cost_used) / max(float(cost_limit), 0.01))
         return max(shares) if shares else None
 
     def budget_exhausted(self) -> str | None:
         """Why this seat may not queue more work, in words a participant understands; None while it may."""
-        workshop = self.workshop
-        limit = workshop.seat_gpu_budget_seconds
+        limit, cost_limit = self.gpu_seconds_limit, self.cost_limit
         if limit is not None and self.gpu_seconds_used >= limit:
             return (
                 f"You have used your GPU time for this workshop ({_duration(self.gpu_seconds_used)} of "
                 f"{_duration(limit)}). Ask the instructor if you need more."
             )
-        if workshop.seat_cost_budget is not None and self.cost_used >= workshop.seat_cost_budget:
+        if cost_limit is not None and self.cost_used >= cost_limit:
             return (
                 f"You have used your GPU budget for this workshop ({self.cost_used:.2f} of "
-                f"{workshop.seat_cost_budget:.2f}). Ask the instructor if you need more."
+                f"{cost_limit:.2f}). Ask the instructor if you need more."
             )
         return None
 

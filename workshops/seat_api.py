@@ -120,7 +120,7 @@ def _budget(seat: Seat) -> dict[str, Any] | None:
     return {
         "used": round(used, 3),
         "gpu_seconds_used": round(seat.gpu_seconds_used, 1),
-        "gpu_seconds_limit": seat.workshop.seat_gpu_budget_seconds,
+        "gpu_seconds_limit": seat.gpu_seconds_limit,
         "exhausted": seat.budget_exhausted(),
     }
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import secrets
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from gpu_backends.models import GpuBackend
 
-from . import audit
+from . import audit, frontends
 from .models import (
     MAX_THUMBNAIL_BYTES,
     THUMBNAIL_EXTENSIONS,
@@ -106,20 +109,60 @@ def sole_backend() -> GpuBackend | None:
     return enabled[0] if len(enabled) == 1 else None
 
 
+def _next_index(workshop: Workshop) -> int:
+    """The number after the highest ``userNNN`` label of the workshop (a deleted seat's label is not reused)."""
+    numbers = [int(label[4:]) for label in workshop.seats.values_list("label", flat=True) if label[4:].isdigit()]
+    return max(numbers, default=0) + 1
+
+
 def add_seats(workshop: Workshop, count: int, *, names: list[str] | None = None) -> list[SeatCredentials]:
+    """``count`` more seats (with ``names``, one per seat) after the workshop's last, each with its participant
+    account; their credentials, returned once."""
+    if names is not None and len(names) != count:
+        raise WorkshopError(f"{len(names)} names for {count} seats: give one name per seat.")
+    existing = workshop.seats.count()
+    if count < 1 or existing + count > MAX_SEATS:
+        raise WorkshopError(
+            f"A workshop has at most {MAX_SEATS} seats; {workshop.slug} has {existing}, so add 1 to "
+            f"{MAX_SEATS - existing}, not {count}."
+        )
     User = get_user_model()
-    start = Seat.objects.filter(workshop=workshop).count() + 1
+    index = _next_index(workshop)
     credentials = []
-    for index in range(start, start + count):
-        label = seat_label(index)
-        password = new_password()
+    for number in range(count):
+        # A label whose account outlived its seat (a seat deleted in the admin) is skipped, never taken over.
+        while User.objects.filter(username=username_for(workshop, seat_label(index))).exists():
+            index += 1
+        label, password = seat_label(index), new_password()
         username = username_for(workshop, label)
-        if User.objects.filter(username=username).exists():
-            raise WorkshopError(f"A user called {username!r} exists already.")
-        name = names[index - start] if names else ""
+        index += 1
+        name = names[number] if names else ""
         user = User.objects.create_user(username=username, password=password)
         seat = Seat.objects.create(workshop=workshop, label=label, participant=user, display_name=name)
         credentials.append(SeatCredentials(label, username, password, join_url(JoinLink.issue(seat)), name))
+    return credentials
+
+
+@transaction.atomic
+def add_seats_to_running(
+    workshop: Workshop, count: int, *, names: list[str] | None = None, actor: audit.Actor
+) -> list[SeatCredentials]:
+    """Seats for late participants of a workshop already under way: created, their ComfyUI asked for (the seat
+    supervisor starts them) and the change audited. The other seats and their cards are untouched."""
+    if workshop.archived_at is not None:
+        raise WorkshopError(f"{workshop.slug} is archived: seats cannot be added to it.")
+    credentials = add_seats(workshop, count, names=names)
+    new = list(workshop.seats.filter(label__in=[c.seat for c in credentials]))
+    transaction.on_commit(lambda: frontends.start_seats(new))
+    labels = ", ".join(c.seat for c in credentials)
+    audit.record(
+        actor,
+        "workshop.add_seats",
+        f"Added {len(credentials)} seat{pluralize(len(credentials))} to {workshop.slug}: {labels}",
+        workshop=workshop,
+        target=workshop,
+        details={"seats": [c.seat for c in credentials], "named": bool(names)},
+    )
     return credentials
 
 
@@ -146,12 +189,17 @@ def parse_names(text: str) -> list[str]:
 
 
 @transaction.atomic
-def reissue_credentials(workshop: Workshop) -> list[SeatCredentials]:
-    """New passwords and one-time join links for every seat (the old ones stop working at once), for a new
-    credential sheet. Participants already signed in stay signed in until their session ends."""
+def reissue_credentials(workshop: Workshop, seats: Iterable[Seat] | None = None) -> list[SeatCredentials]:
+    """New passwords and one-time join links for ``seats`` (default: every seat of the workshop), for new cards.
+    Their old passwords and unused links stop working at once, and so do the sessions signed in with them
+    (Django ties a session to the password it was opened with): a lost card's finder is signed out too. The
+    other seats are untouched."""
+    chosen = workshop.seats.select_related("participant").order_by("label")
+    if seats is not None:
+        chosen = chosen.filter(pk__in=[seat.pk for seat in seats])
     credentials = []
     now = timezone.now()
-    for seat in workshop.seats.select_related("participant").order_by("label"):
+    for seat in chosen:
         if seat.participant is None:
             continue
         password = new_password()
@@ -163,6 +211,98 @@ def reissue_credentials(workshop: Workshop) -> list[SeatCredentials]:
             SeatCredentials(seat.label, seat.participant.get_username(), password, link, seat.display_name)
         )
     return credentials
+
+
+def reissue_seat_cards(workshop: Workshop, seats: Iterable[Seat], *, actor: audit.Actor) -> list[SeatCredentials]:
+    """New cards for some seats of a workshop (a lost card, a participant who swapped places), audited."""
+    seats = list(seats)
+    if not seats:
+        raise WorkshopError("Choose at least one seat to issue a new card for.")
+    others = [str(seat) for seat in seats if seat.workshop_id != workshop.pk]
+    if others:
+        raise WorkshopError(f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a seat of {workshop.slug}.")
+    credentials = reissue_credentials(workshop, seats)
+    labels = [c.seat for c in credentials]
+    without = sorted({seat.label for seat in seats} - set(labels))
+    if not credentials:
+        raise WorkshopError(f"{', '.join(without)} {'has' if len(without) == 1 else 'have'} no participant account.")
+    audit.record(
+        actor,
+        "seat.new_card",
+        f"Issued a new password and join link for {', '.join(labels)} of {workshop.slug}",
+        workshop=workshop,
+        target=seats[0] if len(seats) == 1 else workshop,
+        details={"seats": labels, **({"without_account": without} if without else {})},
+    )
+    return credentials
+
+
+# What a seat's extra budget can hold (the fields' sizes): more is refused with a message, not a database error.
+MAX_EXTRA_GPU_SECONDS = 10_000_000
+MAX_EXTRA_COST = Decimal("999999.99")
+
+
+@transaction.atomic
+def raise_seat_budget(
+    seats: Iterable[Seat],
+    *,
+    gpu_seconds: int = 0,
+    cost: Decimal = Decimal("0"),
+    actor: audit.Actor,
+) -> list[Seat]:
+    """Give each seat ``gpu_seconds`` more GPU time and/or ``cost`` more money than the workshop's per-seat
+    budget, on top of any extra it has: one participant gets more without raising everyone's. Audited per seat;
+    the seats, as they are now, are returned."""
+    seats = list(seats)
+    if not seats:
+        raise WorkshopError("Choose at least one seat to give more budget to.")
+    if gpu_seconds < 0 or cost < 0:
+        raise WorkshopError("A budget can be raised here, not lowered: give a positive amount.")
+    if not gpu_seconds and not cost:
+        raise WorkshopError("Give more GPU time, more money, or both.")
+    if cost != cost.quantize(Decimal("0.01")):
+        raise WorkshopError(f"Money is given in whole cents, not {cost}.")
+    rows = list(Seat.objects.select_for_update().select_related("workshop").filter(pk__in=[s.pk for s in seats]))
+    entries = []
+    for seat in rows:
+        workshop = seat.workshop
+        if gpu_seconds and workshop.seat_gpu_budget_seconds is None:
+            raise WorkshopError(
+                f"{workshop.slug} sets no GPU time per seat, so {seat.label} has no limit to raise: set the "
+                "workshop's per-seat GPU seconds first, or give money instead."
+            )
+        if cost and workshop.seat_cost_budget is None:
+            raise WorkshopError(
+                f"{workshop.slug} sets no money per seat, so {seat.label} has no limit to raise: set the "
+                "workshop's per-seat cost budget first, or give GPU time instead."
+            )
+        old = (seat.extra_gpu_seconds, seat.extra_cost)
+        seat.extra_gpu_seconds += gpu_seconds
+        seat.extra_cost += cost
+        if seat.extra_gpu_seconds > MAX_EXTRA_GPU_SECONDS or seat.extra_cost > MAX_EXTRA_COST:
+            raise WorkshopError(
+                f"{seat.label}'s extra budget would be {seat.extra_gpu_seconds} s and {seat.extra_cost}; the most "
+                f"a seat can have is {MAX_EXTRA_GPU_SECONDS} s and {MAX_EXTRA_COST}."
+            )
+        seat.save(update_fields=["extra_gpu_seconds", "extra_cost"])
+        given = " and ".join(
+            part for part in (f"{gpu_seconds} GPU seconds" if gpu_seconds else "", f"{cost}" if cost else "") if part
+        )
+        entries.append(
+            audit.build(
+                actor,
+                "seat.budget",
+                f"Gave {seat} {given} more (extra now {seat.extra_gpu_seconds} s, {seat.extra_cost})",
+                workshop=workshop,
+                target=seat,
+                details={
+                    "extra_gpu_seconds": [old[0], seat.extra_gpu_seconds],
+                    "extra_cost": [str(old[1]), str(seat.extra_cost)],
+                },
+            )
+        )
+    audit.record_all(entries)
+    return rows
 
 
 def credentials_as_dicts(credentials: list[SeatCredentials]) -> list[dict[str, str]]:

@@ -1,13 +1,19 @@
-"""Admin pages for the instructor's "before the workshop" work: create a workshop with its seats in one form
-(a number of seats, or a list of names pasted or uploaded as CSV) and issue new credentials — both end on the
+"""Admin pages for the instructor's seats and cards: create a workshop with its seats in one form (a number of
+seats, or a list of names pasted or uploaded as CSV), issue new credentials for every seat or for some (a lost
+card), add seats to a running workshop, give some seats more budget. Whatever issues passwords ends on the
 printable credential sheet, the only place the new passwords ever appear."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -17,15 +23,25 @@ from gpu_backends.models import GpuBackend
 from workshops import audit, frontends
 from workshops.credentials import credential_sheet
 from workshops.credentials_pdf import credential_pdf
-from workshops.models import QueuePolicy, WorkflowTemplate, Workshop
-from workshops.services import MAX_SEATS, WorkshopError, create_workshop, parse_names, reissue_credentials
+from workshops.models import QueuePolicy, Seat, WorkflowTemplate, Workshop
+from workshops.services import (
+    MAX_EXTRA_COST,
+    MAX_SEATS,
+    WorkshopError,
+    add_seats_to_running,
+    create_workshop,
+    parse_names,
+    raise_seat_budget,
+    reissue_credentials,
+    reissue_seat_cards,
+)
 
 MAX_CSV_BYTES = 512 * 1024
 
 
-class NewWorkshopForm(forms.Form):
-    slug = forms.SlugField(help_text="Short name used in usernames and addresses, e.g. may-masterclass.")
-    title = forms.CharField(max_length=200, required=False)
+class NamesFields(forms.Form):
+    """A number of seats, or the participants' names pasted or uploaded as CSV (one seat each)."""
+
     seats = forms.IntegerField(
         min_value=1, max_value=MAX_SEATS, required=False, help_text="How many seats — or give names below."
     )
@@ -35,18 +51,6 @@ class NewWorkshopForm(forms.Form):
         help_text="One participant per line (their name goes on their card and seat).",
     )
     names_file = forms.FileField(required=False, help_text="…or a CSV file with a 'name' column.")
-    queue_policy = forms.ChoiceField(choices=QueuePolicy.choices, initial=QueuePolicy.ROUND_ROBIN)
-    backends = forms.ModelMultipleChoiceField(GpuBackend.objects.order_by("order", "name"), required=False)
-    templates = forms.ModelMultipleChoiceField(WorkflowTemplate.objects.all(), required=False)
-    default_template = forms.ModelChoiceField(WorkflowTemplate.objects.all(), required=False)
-    starts_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM")
-    ends_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM")
-
-    def clean_slug(self) -> str:
-        slug = self.cleaned_data["slug"]
-        if Workshop.objects.filter(slug=slug).exists():
-            raise forms.ValidationError(f"A workshop called {slug!r} exists already.")
-        return slug
 
     def clean(self) -> dict:
         data = super().clean() or {}
@@ -72,6 +76,29 @@ class NewWorkshopForm(forms.Form):
         elif not names and not seats:
             self.add_error("seats", "Give the number of seats, or the participants' names.")
         data["name_list"] = names
+        return data
+
+
+class NewWorkshopForm(NamesFields):
+    slug = forms.SlugField(help_text="Short name used in usernames and addresses, e.g. may-masterclass.")
+    title = forms.CharField(max_length=200, required=False)
+    queue_policy = forms.ChoiceField(choices=QueuePolicy.choices, initial=QueuePolicy.ROUND_ROBIN)
+    backends = forms.ModelMultipleChoiceField(GpuBackend.objects.order_by("order", "name"), required=False)
+    templates = forms.ModelMultipleChoiceField(WorkflowTemplate.objects.all(), required=False)
+    default_template = forms.ModelChoiceField(WorkflowTemplate.objects.all(), required=False)
+    starts_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM")
+    ends_at = forms.DateTimeField(required=False, help_text="YYYY-MM-DD HH:MM")
+
+    field_order = ["slug", "title", "seats", "names", "names_file"]
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data["slug"]
+        if Workshop.objects.filter(slug=slug).exists():
+            raise forms.ValidationError(f"A workshop called {slug!r} exists already.")
+        return slug
+
+    def clean(self) -> dict:
+        data = super().clean()
         default = data.get("default_template")
         if default is not None and default not in (data.get("templates") or []):
             data["templates"] = [*(data.get("templates") or []), default]
@@ -113,12 +140,7 @@ def new_workshop(model_admin: admin.ModelAdmin, request: HttpRequest) -> HttpRes
             form.add_error(None, str(exc))
         else:
             return _sheet_response(workshop, credentials)
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.model._meta,
-        "title": "New workshop with seats",
-        "form": form,
-    }
+    context = _page_context(model_admin, request, title="New workshop with seats", form=form)
     return TemplateResponse(request, "admin/workshops/workshop/new_with_seats.html", context)
 
 
@@ -140,14 +162,144 @@ def new_credentials(model_admin: admin.ModelAdmin, request: HttpRequest, object_
     if request.method == "POST":
         messages.warning(request, "Nothing was changed.")
         return redirect(reverse("admin:workshops_workshop_change", args=[workshop.pk]))
-    context = {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.model._meta,
-        "title": f"New credentials for {workshop}",
-        "workshop": workshop,
-        "seat_count": workshop.seats.exclude(participant=None).count(),
-    }
+    context = _page_context(
+        model_admin,
+        request,
+        title=f"New credentials for {workshop}",
+        workshop=workshop,
+        seat_count=workshop.seats.exclude(participant=None).count(),
+    )
     return TemplateResponse(request, "admin/workshops/workshop/new_credentials.html", context)
+
+
+class AddSeatsForm(NamesFields):
+    pass
+
+
+def add_seats(model_admin: admin.ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+    """Seats for late participants of a workshop, running or not: their ComfyUI starts and only their cards are
+    printed; every other seat and card stays as it was."""
+    workshop = get_object_or_404(Workshop, pk=object_id)
+    if not model_admin.has_change_permission(request, workshop):
+        raise PermissionDenied
+    if workshop.archived_at is not None:
+        messages.error(request, f"{workshop.slug} is archived: seats cannot be added to it.")
+        return redirect(reverse("admin:workshops_workshop_change", args=[workshop.pk]))
+    form = AddSeatsForm(request.POST if request.method == "POST" else None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        names = form.cleaned_data["name_list"] or None
+        count = len(names) if names else form.cleaned_data["seats"]
+        try:
+            credentials = add_seats_to_running(workshop, count, names=names, actor=request.user)
+        except WorkshopError as exc:
+            form.add_error(None, str(exc))
+        else:
+            return _sheet_response(workshop, credentials)
+    context = _page_context(
+        model_admin,
+        request,
+        title=f"Add seats to {workshop}",
+        workshop=workshop,
+        seat_count=workshop.seats.count(),
+        form=form,
+    )
+    return TemplateResponse(request, "admin/workshops/workshop/add_seats.html", context)
+
+
+def _one_workshop(model_admin: admin.ModelAdmin, request: HttpRequest, seats: list[Seat]) -> Workshop | None:
+    workshops = {seat.workshop_id for seat in seats}
+    if len(workshops) != 1:
+        model_admin.message_user(
+            request, "Choose seats of one workshop at a time (filter the list by workshop).", messages.ERROR
+        )
+        return None
+    return seats[0].workshop
+
+
+def new_cards(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Seat]) -> HttpResponse | None:
+    """The seat list's action: confirm, then a new password and join link for the chosen seats only (a lost
+    card) and their cards to print. Whoever signed in with the old password is signed out."""
+    seats = list(queryset.select_related("workshop", "participant").order_by("label"))
+    workshop = _one_workshop(model_admin, request, seats)
+    if workshop is None:
+        return None
+    if request.POST.get("confirm") == "yes":
+        try:
+            credentials = reissue_seat_cards(workshop, seats, actor=request.user)
+        except WorkshopError as exc:
+            model_admin.message_user(request, str(exc), messages.ERROR)
+            return None
+        return _sheet_response(workshop, credentials)
+    context = _page_context(
+        model_admin,
+        request,
+        title="Issue new cards",
+        workshop=workshop,
+        seats=seats,
+        action="new_cards",
+        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+    )
+    return TemplateResponse(request, "admin/workshops/seat/new_cards.html", context)
+
+
+class MoreBudgetForm(forms.Form):
+    gpu_minutes = forms.DecimalField(
+        label="More GPU time (minutes)", min_value=0, max_digits=9, decimal_places=2, required=False, initial=0
+    )
+    cost = forms.DecimalField(
+        label="More money", min_value=0, max_value=MAX_EXTRA_COST, max_digits=8, decimal_places=2, required=False,
+        initial=0,
+    )  # fmt: skip
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if not self.errors and not (data.get("gpu_minutes") or data.get("cost")):
+            raise forms.ValidationError("Give more GPU time, more money, or both.")
+        return data
+
+
+def more_budget(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Seat]) -> HttpResponse | None:
+    """The seat list's action: more GPU time and/or money for the chosen seats, on top of the workshop's
+    per-seat budget (everyone else's stays)."""
+    seats = list(queryset.select_related("workshop", "participant").order_by("label"))
+    workshop = _one_workshop(model_admin, request, seats)
+    if workshop is None:
+        return None
+    form = MoreBudgetForm(request.POST if "apply" in request.POST else None)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            raised = raise_seat_budget(
+                seats,
+                gpu_seconds=round((data.get("gpu_minutes") or 0) * 60),
+                cost=data.get("cost") or Decimal("0"),
+                actor=request.user,
+            )
+        except WorkshopError as exc:
+            form.add_error(None, str(exc))
+        else:
+            model_admin.message_user(
+                request,
+                f"Raised the budget of {', '.join(seat.label for seat in raised)} of {workshop.slug}: their "
+                "participants may queue jobs up to the new limit at once. The other seats keep the workshop's budget.",
+            )
+            return None
+    context = _page_context(
+        model_admin,
+        request,
+        title="Give more budget",
+        workshop=workshop,
+        seats=seats,
+        form=form,
+        action="more_budget",
+        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+    )
+    return TemplateResponse(request, "admin/workshops/seat/more_budget.html", context)
+
+
+def _page_context(model_admin: admin.ModelAdmin, request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    """What an admin page of ours needs besides its own: the site's context and the model's options."""
+    return {**model_admin.admin_site.each_context(request), "opts": model_admin.model._meta, **extra}
 
 
 def _sheet_response(workshop: Workshop, credentials: list) -> HttpResponse:

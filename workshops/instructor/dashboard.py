@@ -389,18 +389,19 @@ def _backend_row(backend: GpuBackend, pinned_waiting: int) -> dict[str, Any]:
 
 
 def _totals(workshop: Workshop, seats: list[Seat], by_status: dict[str, int]) -> dict[str, Any]:
-    """Jobs by status and what the seats used, against the per-seat budgets times the number of seats."""
+    """Jobs by status and what the seats used, against the seats' budgets added up (each one's extra included)."""
     gpu_seconds = sum(seat.gpu_seconds_used for seat in seats)
     cost = sum((seat.cost_used for seat in seats), Decimal("0"))
-    gpu_budget = workshop.seat_gpu_budget_seconds
-    cost_budget = workshop.seat_cost_budget
+    gpu_limits = [seat.gpu_seconds_limit for seat in seats]
+    cost_limits = [seat.cost_limit for seat in seats]
     return {
         "jobs": {status: by_status.get(status, 0) for status in Job.Status.values},
         "jobs_total": sum(by_status.values()),
         "gpu_seconds": round(gpu_seconds, 1),
         "cost": float(round(cost, 2)),
-        "gpu_budget_seconds": gpu_budget * len(seats) if gpu_budget is not None else None,
-        "cost_budget": float(cost_budget * len(seats)) if cost_budget is not None else None,
+        # The seats' budgets added up, each seat's extra included.
+        "gpu_budget_seconds": sum(gpu_limits) if seats and None not in gpu_limits else None,
+        "cost_budget": float(sum(cost_limits)) if seats and None not in cost_limits else None,  # type: ignore[arg-type]
         "seats_near_budget": sum(1 for seat in seats if (seat.budget_used() or 0) >= BUDGET_WARNING),
     }
 

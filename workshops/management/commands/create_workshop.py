@@ -1,15 +1,13 @@
-import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from gpu_backends.models import GpuBackend
 from workshops import frontends
-from workshops.credentials import credential_sheet
-from workshops.credentials_pdf import credential_pdf
+from workshops.credentials import CredentialFiles, print_credentials
 from workshops.models import QueuePolicy, Workshop
 from workshops.provisioning import ProvisioningError
-from workshops.services import WorkshopError, create_workshop, credentials_as_dicts, sole_backend
+from workshops.services import WorkshopError, create_workshop, sole_backend
 
 
 class Command(BaseCommand):
@@ -38,35 +36,20 @@ class Command(BaseCommand):
         self, *args, slug, seats, title, policy, backend, credentials_json, credentials_html, credentials_pdf, **options
     ):
         backends = self._backends(backend)
-        for target in (credentials_json, credentials_html, credentials_pdf):
-            if target and target.exists():
-                raise CommandError(f"{target} exists already; refusing to overwrite credentials.")
+        files = CredentialFiles(json_path=credentials_json, html_path=credentials_html, pdf_path=credentials_pdf)
+        if refusal := files.refuse_existing():
+            raise CommandError(refusal)
         try:
             workshop, credentials = create_workshop(slug, seats=seats, title=title, policy=policy, backends=backends)
         except WorkshopError as exc:
             raise CommandError(str(exc)) from exc
-        rows = credentials_as_dicts(credentials)
-        if credentials_html:
-            credentials_html.parent.mkdir(parents=True, exist_ok=True)
-            credentials_html.write_text(credential_sheet(workshop, credentials))
-            credentials_html.chmod(0o600)
-            self.stdout.write(f"Printable credential cards: {credentials_html}")
-        if credentials_pdf:
-            credentials_pdf.parent.mkdir(parents=True, exist_ok=True)
-            credentials_pdf.write_bytes(credential_pdf(workshop, credentials))
-            credentials_pdf.chmod(0o600)
-            self.stdout.write(f"Credential cards as PDF: {credentials_pdf}")
-        if credentials_json:
-            credentials_json.parent.mkdir(parents=True, exist_ok=True)
-            credentials_json.write_text(json.dumps({"workshop": workshop.slug, "seats": rows}, indent=2))
-            credentials_json.chmod(0o600)
-            self.stdout.write(
-                self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats; credentials in {credentials_json}")
-            )
+        for line in files.write(workshop, credentials):
+            self.stdout.write(line)
+        if files.any():
+            self.stdout.write(self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats"))
         else:
             self.stdout.write(self.style.SUCCESS(f"Created {workshop.slug} with {seats} seats:"))
-            for row in rows:
-                self.stdout.write(f"  {row['username']}  {row['password']}  {row['join_url']}")
+            print_credentials(self.stdout, credentials)
         if backends and not backend:
             self.stdout.write(f"GPU backend: {backends[0].name} (the only one; --backend NAME picks another)")
         if not backends:
