@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from comfyume import favicon, health
 from jobs import api, callbacks, comfy_jobs, status
+from storage import participant_views
 from workshops import ratelimit, seat_api
 from workshops import views as workshop_views
 
@@ -51,6 +52,13 @@ urlpatterns = [
     path("join/<str:token>/", workshop_views.join, name="join"),
     path("seat/comfyui", workshop_views.seat_comfyui, name="seat-comfyui"),
     path("auth/seat", workshop_views.seat_access, name="seat-access"),
+    path("outputs/", participant_views.my_outputs, name="my-outputs"),
+    path("outputs/all.zip", participant_views.my_outputs_zip, name="my-outputs-zip"),
+    path("outputs/file/<int:artifact_id>", participant_views.my_output_file, name="my-output-file"),
+    path("outputs/link", participant_views.my_take_home_link, name="my-take-home-link"),
+    path("take-home/<str:token>/", participant_views.take_home, name="take-home"),
+    path("take-home/<str:token>/all.zip", participant_views.take_home_zip, name="take-home-zip"),
+    path("take-home/<str:token>/file/<int:artifact_id>", participant_views.take_home_file, name="take-home-file"),
     path("api/hub/", include((hub_api, "hub"))),
     path("api/gpu/jobs/<uuid:prompt_id>/<str:attempt>/", include((gpu_callbacks, "gpu"))),
     path("favicon.ico", favicon.favicon, name="favicon"),

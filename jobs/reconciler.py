@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -199,12 +200,31 @@ def sweep_backups() -> None:
         log.exception("Scheduling a backup failed")
 
 
+# How often a reconciler deletes the outputs whose workshop's retention ran out (storage/take_home.py).
+EXPIRE_OUTPUTS_EVERY = 3600.0
+_outputs_checked = [0.0]  # monotonic time of this process's last check
+
+
+def sweep_outputs() -> None:
+    """Once an hour: delete the outputs that their workshop's retention no longer keeps."""
+    from storage import take_home
+
+    if time.monotonic() - _outputs_checked[0] < EXPIRE_OUTPUTS_EVERY and _outputs_checked[0]:
+        return
+    _outputs_checked[0] = time.monotonic()
+    try:
+        take_home.expire_outputs()
+    except Exception:
+        log.exception("Deleting expired outputs failed")
+
+
 def sweep(*, check_backends: bool = True) -> SweepReport:
     """One pass of every repair; safe to run from several processes at once."""
     report = SweepReport()
     if check_backends:
         sweep_backends()
         sweep_backups()
+        sweep_outputs()
     sweep_undelivered(report)
     sweep_orphans(report)
     sweep_timeouts(report)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from datetime import datetime
+
 from django.db import models
 from django.utils import timezone
+
+from workshops.models import hash_token
 
 
 class Artifact(models.Model):
@@ -114,3 +119,39 @@ class BackupRun(models.Model):
             for key, value in fields.items():
                 setattr(self, key, value)
         return updated == 1
+
+
+class OutputLink(models.Model):
+    """A participant's personal link to their own outputs, without signing in: for after the workshop.
+
+    Only the token's hash is kept. A link works until it expires (at the latest when the workshop's outputs are
+    deleted, see ``Workshop.outputs_kept_days``) or is revoked.
+    """
+
+    seat = models.ForeignKey("workshops.Seat", on_delete=models.CASCADE, related_name="output_links")
+    token_hash = models.CharField(max_length=64, unique=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(
+        max_length=150, blank=True, help_text="Who issued it (an instructor, or the participant)."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"take-home link of {self.seat}"
+
+    @classmethod
+    def issue(cls, seat, expires_at: datetime, *, created_by: str = "") -> str:  # seat: workshops.Seat
+        """A new link for ``seat``; returns the raw token once (its URL is ``/take-home/<token>/``)."""
+        raw = secrets.token_urlsafe(24)
+        cls.objects.create(seat=seat, token_hash=hash_token(raw), expires_at=expires_at, created_by=created_by[:150])
+        return raw
+
+    def is_usable(self) -> bool:
+        """Not revoked, not expired, and the workshop's outputs still kept."""
+        now = timezone.now()
+        kept_until = self.seat.workshop.outputs_expire_at
+        return self.revoked_at is None and self.expires_at > now and (kept_until is None or kept_until > now)

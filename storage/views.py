@@ -194,9 +194,10 @@ def artifact_file(request: HttpRequest, artifact_id: int) -> HttpResponseBase:
     return artifact_response(request, _get_artifact_for_staff(request, artifact_id))
 
 
-def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseBase:
+def artifact_response(request: HttpRequest, artifact: Artifact, *, download: bool = False) -> HttpResponseBase:
     """Stream one artifact (range, ETag, safe content types) to whoever the caller has already let see it:
-    the instructor's gallery here, a participant's own outputs in the hub API."""
+    the instructor's gallery here, a participant's own outputs in the hub API and on their outputs page.
+    ``download`` sends it as an attachment under its file name, whatever its type."""
     etag = f'"{artifact.sha256}"'
     not_modified = get_conditional_response(request, etag=etag)
     if not_modified is not None:
@@ -224,7 +225,9 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
     store = default_store()
     try:
         presigned = store.presigned_get(
-            artifact.key, filename=None if rule.inline else artifact.filename, content_type=rule.content_type
+            artifact.key,
+            filename=None if rule.inline and not download else artifact.filename,
+            content_type=rule.content_type,
         )
     except StorageError as exc:
         log.warning("No presigned URL for %s: %s", artifact.key, exc)
@@ -264,6 +267,8 @@ def artifact_response(request: HttpRequest, artifact: Artifact) -> HttpResponseB
     # not run script or reach the admin's cookies.
     for name, value in rule.headers.items():
         response[name] = value
+    if download:
+        response["Content-Disposition"] = content_disposition_header(True, artifact.filename or "output") or ""
     return response
 
 

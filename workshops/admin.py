@@ -275,7 +275,22 @@ class SeatAdmin(AuditedModelAdmin):
         ),
         "new_cards",
         "more_budget",
+        "take_home_links",
+        "revoke_take_home_links",
+        "delete_participant_data",
     ]
+
+    @admin.action(description="Issue take-home links to the selected seats' outputs (for after the workshop)")
+    def take_home_links(self, request, queryset):
+        return admin_views.take_home_links(self, request, queryset)
+
+    @admin.action(description="Revoke the selected seats' take-home links")
+    def revoke_take_home_links(self, request, queryset):
+        return admin_views.revoke_take_home_links(self, request, queryset)
+
+    @admin.action(description="Delete the selected participants' outputs, uploads and saved workflows (on request)")
+    def delete_participant_data(self, request, queryset):
+        return admin_views.delete_participant_data(self, request, queryset)
 
     @admin.action(description="Issue new cards for the selected seats (a lost card; the other seats keep theirs)")
     def new_cards(self, request, queryset):

@@ -210,6 +210,14 @@ def reset_seats(target: Workshop | Iterable[Seat]) -> int:
     )
 
 
+def wipe_seats(target: Workshop | Iterable[Seat]) -> int:
+    """Remove the seats' saved workflows, settings and uploads (a participant's data deleted on request), and
+    leave them running or stopped as they are: a running one restarts empty, a stopped one stays stopped. A seat
+    whose ComfyUI never ran has no files and no row, and gets none."""
+    seats = [seat.pk for seat in _seats(target)]
+    return SeatFrontend.objects.filter(seat__in=seats).update(reset_requested=F("reset_requested") + 1)
+
+
 # --- What the participant's page says ----------------------------------------------------------------
 
 

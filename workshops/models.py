@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -88,6 +88,14 @@ class Workshop(models.Model):
         related_name="+",
         help_text="Opened for a participant whose canvas is empty.",
     )
+    outputs_kept_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="keep outputs for (days)",
+        help_text="Days after the workshop ends (its end time, or when it is archived) that participants' outputs "
+        "are kept and their take-home links work; then the outputs are deleted. Empty: kept until you delete them.",
+    )
     archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -105,6 +113,15 @@ class Workshop(models.Model):
     def timeout_for(job_timeout_seconds: int | None) -> int:
         """A job's time limit from the workshop's setting (empty: the platform default)."""
         return job_timeout_seconds or settings.COMFYUME["JOB_TIMEOUT"]
+
+    @property
+    def outputs_expire_at(self) -> datetime | None:
+        """When the outputs are deleted: ``outputs_kept_days`` after the workshop's end (its end time, or its
+        archiving, whichever is earlier). None: kept for good, or not ended yet."""
+        ends = [moment for moment in (self.ends_at, self.archived_at) if moment is not None]
+        if self.outputs_kept_days is None or not ends:
+            return None
+        return min(ends) + timedelta(days=self.outputs_kept_days)
 
     def primary_backend(self):  # -> GpuBackend | None
         """The backend whose node catalogue preflight checks against: the first enabled one by order

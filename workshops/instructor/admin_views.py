@@ -18,10 +18,13 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.safestring import mark_safe
 
 from gpu_backends.models import GpuBackend
+from storage import take_home
+from storage.models import Artifact, SeatInput
 from workshops import audit, frontends
-from workshops.credentials import credential_sheet
+from workshops.credentials import credential_sheet, qr_svg
 from workshops.credentials_pdf import credential_pdf
 from workshops.models import QueuePolicy, Seat, WorkflowTemplate, Workshop
 from workshops.services import (
@@ -295,6 +298,75 @@ def more_budget(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Q
         action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
     )
     return TemplateResponse(request, "admin/workshops/seat/more_budget.html", context)
+
+
+def take_home_links(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Seat]
+) -> HttpResponse | None:
+    """The seat list's action: a personal link to their outputs for each chosen seat, on a page to print or
+    send (the only time the links are shown)."""
+    seats = list(queryset.select_related("workshop").order_by("label"))
+    workshop = _one_workshop(model_admin, request, seats)
+    if workshop is None:
+        return None
+    try:
+        issued = take_home.issue_links(workshop, seats, actor=request.user)
+    except WorkshopError as exc:
+        model_admin.message_user(request, str(exc), messages.ERROR)
+        return None
+    links = [{"link": link, "qr": mark_safe(qr_svg(link.url))} for link in issued]  # segno's SVG of our URL
+    context = _page_context(model_admin, request, title=f"Take-home links · {workshop}", workshop=workshop, links=links)
+    response = TemplateResponse(request, "admin/workshops/seat/take_home_links.html", context)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def revoke_take_home_links(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Seat]) -> None:
+    seats = list(queryset.select_related("workshop"))
+    ended = take_home.revoke_links(seats, actor=request.user)
+    model_admin.message_user(
+        request, f"Revoked {ended} take-home link(s) of {len(seats)} seat(s): they no longer open."
+    )
+
+
+def delete_participant_data(
+    model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Seat]
+) -> HttpResponse | None:
+    """The seat list's action, on a participant's request: confirm, then delete their outputs, uploads,
+    take-home links and their ComfyUI's saved workflows."""
+    seats = list(queryset.select_related("workshop", "participant").order_by("label"))
+    if request.POST.get("confirm") == "yes":
+        for seat in seats:
+            deleted = take_home.delete_participant_data(seat, actor=request.user)
+            level = messages.WARNING if deleted.failed else messages.SUCCESS
+            later = (
+                f" {len(deleted.failed)} file(s) could not be deleted now: run it again later."
+                if deleted.failed
+                else ""
+            )
+            model_admin.message_user(
+                request,
+                f"{seat}: deleted {deleted.outputs} outputs, {deleted.uploads} uploads and {deleted.links} take-home "
+                f"link(s); its ComfyUI's saved workflows are removed within seconds.{later}",
+                level,
+            )
+        return None
+    counts = {
+        seat.pk: (Artifact.objects.filter(job__seat=seat).count(), SeatInput.objects.filter(seat=seat).count())
+        for seat in seats
+    }
+    rows = [(seat, *counts[seat.pk]) for seat in seats]
+    context = _page_context(
+        model_admin,
+        request,
+        title="Delete participants' data",
+        workshop=seats[0].workshop if len({s.workshop_id for s in seats}) == 1 else None,
+        seats=seats,
+        rows=rows,
+        action="delete_participant_data",
+        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+    )
+    return TemplateResponse(request, "admin/workshops/seat/delete_data.html", context)
 
 
 def _page_context(model_admin: admin.ModelAdmin, request: HttpRequest, **extra: Any) -> dict[str, Any]:

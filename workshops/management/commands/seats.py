@@ -1,15 +1,18 @@
 """One participant at a time, from the command line: a new card for a lost one, seats for late arrivals, more
-budget for one seat. The admin does the same (docs/INSTRUCTOR_GUIDE.md, "One participant at a time"); every
-change is in the audit log, named by the command and the system user who ran it."""
+budget for one seat, take-home links to their outputs, their data deleted on request. The admin does the same
+(docs/INSTRUCTOR_GUIDE.md, "One participant at a time"); every change is in the audit log, named by the command
+and the system user who ran it."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from storage import take_home
 from workshops import audit, frontends
 from workshops.credentials import CredentialFiles, print_credentials
 from workshops.models import Seat, Workshop
@@ -37,7 +40,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("workshop", help="The workshop's slug")
-        actions = parser.add_subparsers(dest="action", required=True, metavar="{new-card,add,budget}")
+        actions = parser.add_subparsers(
+            dest="action", required=True, metavar="{new-card,add,budget,take-home,revoke-links,delete-data}"
+        )
 
         card = actions.add_parser(
             "new-card",
@@ -58,6 +63,19 @@ class Command(BaseCommand):
         budget.add_argument("--gpu-minutes", type=float, default=0, help="More GPU time, in minutes")
         budget.add_argument("--gpu-seconds", type=int, default=0, help="More GPU time, in seconds")
         budget.add_argument("--cost", type=_money, default=Decimal("0"), help="More money, e.g. 5 or 2.50")
+
+        links = actions.add_parser("take-home", help="A personal link to their outputs for these seats (or all)")
+        links.add_argument("seats", nargs="*", help="Seat labels or usernames; none: every seat")
+        links.add_argument("--json", type=Path, help="Write the links here (mode 600) instead of printing them")
+
+        revoke = actions.add_parser("revoke-links", help="End these seats' take-home links now")
+        revoke.add_argument("seats", nargs="+", help="Seat labels or usernames")
+
+        delete = actions.add_parser(
+            "delete-data", help="Delete a participant's outputs, uploads and saved workflows (on their request)"
+        )
+        delete.add_argument("seats", nargs="+", help="Seat labels or usernames")
+        delete.add_argument("--yes", action="store_true", help="Confirm: the files cannot be brought back")
 
     @staticmethod
     def _credential_options(parser: CommandParser) -> None:
@@ -80,8 +98,15 @@ class Command(BaseCommand):
                 self._new_card(found, options, actor)
             elif action == "add":
                 self._add(found, options, actor)
-            else:
+            elif action == "budget":
                 self._budget(found, options, actor)
+            elif action == "take-home":
+                self._take_home(found, options, actor)
+            elif action == "revoke-links":
+                ended = take_home.revoke_links(self._seats(found, options["seats"]), actor=actor)
+                self.stdout.write(self.style.SUCCESS(f"Revoked {ended} take-home link(s)."))
+            else:
+                self._delete_data(found, options, actor)
         except WorkshopError as exc:
             raise CommandError(str(exc)) from exc
 
@@ -174,3 +199,42 @@ class Command(BaseCommand):
             if seat.cost_limit is not None:
                 limits.append(f"{seat.cost_used:.2f} of {seat.cost_limit:.2f} spent")
             self.stdout.write(self.style.SUCCESS(f"{seat}: {'; '.join(limits)}"))
+
+    def _take_home(self, workshop: Workshop, options: dict[str, Any], actor: audit.Actor) -> None:
+        target = options["json"]
+        if target is not None and target.exists():
+            raise CommandError(f"{target} exists already; refusing to overwrite links.")
+        seats = self._seats(workshop, options["seats"]) if options["seats"] else list(workshop.seats.all())
+        issued = take_home.issue_links(workshop, seats, actor=actor)
+        self.stdout.write(
+            self.style.SUCCESS(f"{len(issued)} take-home link(s), valid until {issued[0].expires_at:%Y-%m-%d %H:%M}")
+        )
+        if target is not None:
+            rows = [
+                {"seat": i.seat, "name": i.name, "url": i.url, "expires_at": i.expires_at.isoformat()} for i in issued
+            ]
+            CredentialFiles._write(target, json.dumps({"workshop": workshop.slug, "links": rows}, indent=2).encode())
+            self.stdout.write(f"Links: {target}")
+            return
+        for link in issued:
+            self.stdout.write(f"  {link.seat}  {link.name or '-'}  {link.url}")
+
+    def _delete_data(self, workshop: Workshop, options: dict[str, Any], actor: audit.Actor) -> None:
+        seats = self._seats(workshop, options["seats"])
+        if not options["yes"]:
+            raise CommandError(
+                f"This deletes the outputs, uploads and saved workflows of {', '.join(s.label for s in seats)} for "
+                "good. Run it again with --yes to confirm."
+            )
+        for seat in seats:
+            deleted = take_home.delete_participant_data(seat, actor=actor)
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"{seat}: deleted {deleted.outputs} outputs, {deleted.uploads} uploads and {deleted.links} "
+                    "take-home link(s); its ComfyUI's saved workflows are removed at its next reconcile."
+                )
+            )
+            if deleted.failed:
+                self.stderr.write(
+                    self.style.ERROR(f"{len(deleted.failed)} file(s) could not be deleted now; run it again later.")
+                )
