@@ -253,8 +253,9 @@ COMFYUME = {
     # --- Serverless GPUs (Verda): docs/GPU_WORKER.md ---
     # Where GPU workers reach the hub's callback API (must be reachable from the GPU containers).
     "CALLBACK_BASE_URL": env.str("COMFYUME_CALLBACK_URL", default="").rstrip("/"),
-    # How long a synchronous request to a GPU worker may take (seconds): the longest job plus a cold start.
-    "SERVERLESS_REQUEST_TIMEOUT": env.float("COMFYUME_SERVERLESS_REQUEST_TIMEOUT", default=45 * 60.0),
+    # How long a synchronous request to a GPU worker may take (seconds): the longest job plus a cold start, i.e.
+    # COMFYUME_JOB_TIMEOUT (1800) + COMFYUME_COLD_START_TIMEOUT (1200) by default.
+    "SERVERLESS_REQUEST_TIMEOUT": env.float("COMFYUME_SERVERLESS_REQUEST_TIMEOUT", default=50 * 60.0),
     # A started worker silent (no event, no heartbeat) this long has lost its replica: the job is retried once.
     "WORKER_SILENCE": env.float("COMFYUME_WORKER_SILENCE", default=90.0),
     # A request no replica has taken this long is given back to the queue and the backend marked failing.
