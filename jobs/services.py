@@ -228,6 +228,8 @@ def finish_job(job: Job, status: str, *, reason: str = "", error: dict | None = 
             Seat.objects.filter(pk=job.seat_id).update(
                 gpu_seconds_used=F("gpu_seconds_used") + job.gpu_seconds, cost_used=F("cost_used") + cost
             )
+            if cost:
+                Workshop.objects.filter(pk=job.workshop_id).update(cost_used=F("cost_used") + cost)
         transaction.on_commit(lambda: _after_finish(job))
     return True
 

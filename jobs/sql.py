@@ -113,6 +113,7 @@ def claim_reads(backend_id: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any,
         FROM {workshop} w
         JOIN {through} wb ON wb.workshop_id = w.id
         WHERE wb.gpubackend_id = %s AND NOT w.paused AND w.archived_at IS NULL
+          AND (w.spending_cap IS NULL OR w.cost_used < w.spending_cap)
           AND EXISTS (SELECT 1 FROM {job} q WHERE q.workshop_id = w.id AND q.status = %s)
         ORDER BY active, w.id
     """

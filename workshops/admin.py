@@ -71,12 +71,14 @@ class WorkshopAdmin(AuditedModelAdmin):
         "seat_count",
         "queued",
         "running",
+        "spent",
         "starts_at",
         "dashboard_link",
         "outputs_link",
     )
     list_filter = ("queue_policy", "paused")
     search_fields = ("slug", "title")
+    readonly_fields = ("cost_used",)
     filter_horizontal = ("backends", "templates")
     inlines = [SeatInline]
     actions = ["start_comfyuis", "push_workflow_templates", "archive"]
@@ -111,6 +113,16 @@ class WorkshopAdmin(AuditedModelAdmin):
 
     def audit_name(self, obj):
         return obj.slug
+
+    @admin.display(description="GPU cost", ordering="cost_used")
+    def spent(self, obj):
+        """What the workshop's jobs cost so far, against its spending cap (in red once reached)."""
+        text = f"{obj.cost_used:.2f}"
+        if obj.spending_cap is None:
+            return text
+        if obj.spending_capped:
+            return format_html('<strong style="color:#b91c1c">{} of {} (cap reached)</strong>', text, obj.spending_cap)
+        return f"{text} of {obj.spending_cap}"
 
     @admin.action(description="Start every seat's ComfyUI")
     def start_comfyuis(self, request, queryset):

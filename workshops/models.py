@@ -76,6 +76,18 @@ class Workshop(models.Model):
         blank=True,
         help_text="Money each seat may spend, at the backends' price per hour. Empty: no limit.",
     )
+    spending_cap = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Stop starting jobs once the workshop's GPU cost (at the backends' price per hour) reaches this; "
+        "waiting jobs stay queued and running ones finish. Raise it to go on. Empty: no cap.",
+    )
+    # What the workshop's finished jobs cost, kept on the row (updated with F() as each job ends) so the claim
+    # compares it with the cap without adding up the job history.
+    cost_used = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"), editable=False)
     backends = models.ManyToManyField("gpu_backends.GpuBackend", blank=True, related_name="workshops")
     templates: models.ManyToManyField = models.ManyToManyField(
         "WorkflowTemplate", blank=True, related_name="workshops", help_text="In every seat's workflow list."
@@ -113,6 +125,11 @@ class Workshop(models.Model):
     def timeout_for(job_timeout_seconds: int | None) -> int:
         """A job's time limit from the workshop's setting (empty: the platform default)."""
         return job_timeout_seconds or settings.COMFYUME["JOB_TIMEOUT"]
+
+    @property
+    def spending_capped(self) -> bool:
+        """The workshop's GPU cost has reached its cap: no new job starts."""
+        return self.spending_cap is not None and self.cost_used >= self.spending_cap
 
     @property
     def outputs_expire_at(self) -> datetime | None:

@@ -104,6 +104,7 @@ def seat_status(request: SeatRequest) -> JsonResponse:
         {
             "jobs": jobs,
             "paused": workshop.paused,
+            "spending_capped": workshop.spending_capped,
             "backend": _backend_state(seat),
             "announcements": active_announcements(workshop.pk),
             "budget": _budget(seat),

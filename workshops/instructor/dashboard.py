@@ -428,6 +428,11 @@ def _workshop_row(workshop: Workshop, seat_count: int) -> dict[str, Any]:
             "seat_gpu_seconds": workshop.seat_gpu_budget_seconds,
             "seat_cost": float(workshop.seat_cost_budget) if workshop.seat_cost_budget is not None else None,
         },
+        "spending": {
+            "cap": float(workshop.spending_cap) if workshop.spending_cap is not None else None,
+            "used": float(round(workshop.cost_used, 2)),
+            "capped": workshop.spending_capped,
+        },
     }
 
 

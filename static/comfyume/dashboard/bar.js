@@ -14,6 +14,8 @@ export function renderBar() {
     `per seat · queue depth ${caps.max_queue_depth}`;
   $("updated").textContent = `Updated ${new Date(snap.generated_at).toLocaleTimeString()}`;
   $("paused-banner").hidden = !w.paused;
+  $("capped-banner").hidden = !w.spending.capped;
+  if (w.spending.cap !== null) $("capped-figures").textContent = `${w.spending.used.toFixed(2)} of ${w.spending.cap.toFixed(2)}`;
   $("no-backend-banner").hidden = snap.backends.length > 0;
   const toggle = $("pause-toggle");
   if (toggle) {

@@ -46,6 +46,9 @@ function describe(state) {
   if (queued.length) {
     const first = queued[0];
     if (state.paused) return { tone: "wait", text: "The instructor has paused the queue — your job waits its turn." };
+    if (state.spending_capped) {
+      return { tone: "wait", text: "The workshop's GPU budget is spent: no new job starts until the instructor raises it." };
+    }
     if (backend.state === "warming" || backend.state === "cold") {
       return { tone: "wait", text: `GPU starting · ${elapsed(backend.since || first.created_at)}` };
     }
