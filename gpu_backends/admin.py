@@ -96,21 +96,21 @@ class GpuBackendAdmin(AuditedModelAdmin):
                 self.message_user(request, f"{backend.name}: only Verda backends scale.", messages.WARNING)
                 continue
             try:
-                action(backend, actor=request.user)
+                reported = action(backend, actor=request.user)
             except BackendError as exc:
                 self.message_user(request, f"{backend.name}: {exc}", messages.ERROR)
                 continue
-            self.message_user(request, f"{backend.name}: {done}.", messages.SUCCESS)
+            self.message_user(request, f"{backend.name}: {done}.{f' {reported}' if reported else ''}", messages.SUCCESS)
 
     @admin.action(description="Warm up now (keep its warm replicas running for an hour)")
     def warm_up_now(self, request, queryset):
         self._scale(request, queryset, do_warm_backend, "Warming up")
 
-    @admin.action(description="Scale to zero now (a workshop in progress warms it again)")
+    @admin.action(description="Scale to zero now (the sessions under way do not warm it again)")
     def scale_to_zero_now(self, request, queryset):
         self._scale(
             request,
             queryset,
             do_scale_backend_to_zero,
-            "Minimum replicas set to 0 (Verda stops idle replicas after its scale-down delay)",
+            "Minimum replicas set to 0, held until the next session's pre-warm",
         )

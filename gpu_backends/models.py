@@ -83,6 +83,12 @@ class GpuBackend(models.Model):
     warm_until = models.DateTimeField(
         null=True, blank=True, help_text="Kept warm until then by the admin's “Warm up now” (Verda)."
     )
+    held_cold_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When it was scaled to zero by hand: the sessions already under way then do not warm it again.",
+    )
     applied_min_replicas = models.PositiveIntegerField(
         null=True, blank=True, editable=False, help_text="The minimum replica count last set through Verda's API."
     )

@@ -123,6 +123,20 @@ class ReplicaState(Protocol):
     def rolling_out(self) -> bool:
         """A new image is being rolled out: its nodes and models may differ."""
 
+    @property
+    def min_replicas(self) -> int:
+        """The minimum the vendor keeps running now (its own setting, whoever set it)."""
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def starting(self) -> int: ...
+
+    @property
+    def scale_down_delay(self) -> int:
+        """Seconds the vendor keeps a replica above the minimum after its last request."""
+
 
 class Scaler(Protocol):
     """A vendor's API for a deployment's minimum replica count (gpu_backends.verda.VerdaManagement)."""

@@ -376,6 +376,7 @@ class ReplicaStatus:
     failing: int
     deployment_status: str  # Verda's word: healthy, degraded, paused, quota_reached, initializing, …
     replicas: tuple[dict[str, Any], ...] = ()
+    scale_down_delay: int = 0  # seconds Verda keeps a replica above the minimum after its last request
 
     @property
     def rolling_out(self) -> bool:
@@ -389,6 +390,8 @@ def summarize_replicas(
     """Pure: Verda's three answers → one :class:`ReplicaStatus` with a reason a person can act on."""
     minimum = int(scaling.get("min_replica_count") or 0)
     maximum = int(scaling.get("max_replica_count") or 0)
+    policy = scaling.get("scale_down_policy")
+    delay = int((policy.get("delay_seconds") if isinstance(policy, dict) else 0) or 0)
     words = [str(replica.get("status", "")).strip().lower() for replica in replicas]
     running = sum(word in REPLICA_READY for word in words)
     starting = sum(word in REPLICA_STARTING for word in words)
@@ -398,7 +401,7 @@ def summarize_replicas(
 
     def status(state: str, reason: str) -> ReplicaStatus:
         return ReplicaStatus(
-            name, state, reason, minimum, maximum, desired, running, starting, failing, verda, tuple(replicas)
+            name, state, reason, minimum, maximum, desired, running, starting, failing, verda, tuple(replicas), delay
         )
 
     if verda == "paused":

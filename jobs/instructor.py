@@ -456,11 +456,16 @@ def do_scale_backend_to_zero(
     actor: audit.Actor,
     workshop: Workshop | None = None,
     details: dict[str, Any] | None = None,
-) -> None:
-    """Let a scaling backend's replicas stop once idle (gpu_backends.scaling.scale_to_zero); record it and tell
-    the live views. BackendError, with nothing recorded, as for :func:`do_warm_backend`."""
-    scaling.scale_to_zero(backend)
-    _scaled(backend, "backend.scale_to_zero", f"Scaled GPU backend {backend.name} to zero", actor, workshop, details)
+) -> str:
+    """Let a scaling backend's replicas stop once idle (gpu_backends.scaling.scale_to_zero), held for the sessions
+    under way; record it with what the vendor reports afterwards, tell the live views, and return that report.
+    BackendError, with nothing recorded, as for :func:`do_warm_backend`."""
+    status = scaling.scale_to_zero(backend)
+    confirmed = scaling.confirmation(status)
+    reported = {"min_replicas": status.min_replicas, "running": status.running + status.starting, "verda": confirmed}
+    summary = f"Scaled GPU backend {backend.name} to zero. {confirmed}"
+    _scaled(backend, "backend.scale_to_zero", summary, actor, workshop, {**(details or {}), **reported})
+    return confirmed
 
 
 def _scaled(

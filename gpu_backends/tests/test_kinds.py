@@ -40,6 +40,10 @@ class Replicas:
     state: str
     reason: str = "as the fake vendor says"
     rolling_out: bool = False
+    min_replicas: int = 0
+    running: int = 0
+    starting: int = 0
+    scale_down_delay: int = 60
 
 
 @dataclass
@@ -56,7 +60,7 @@ class FakeScaler:
         self.min_replicas[name] = count
 
     def replica_status(self, name: str) -> Replicas:
-        return Replicas(self.state)
+        return Replicas(self.state, min_replicas=self.min_replicas.get(name, 0))
 
 
 @dataclass
@@ -211,7 +215,11 @@ def _told_the_live_views(publish: mock.MagicMock) -> set[str]:
     ("in_the_admin", "on_the_dashboard", "summary"),
     [
         ("warm_up_now", "warm", "Warmed up GPU backend sim (1 replica for an hour)"),
-        ("scale_to_zero_now", "scale_to_zero", "Scaled GPU backend sim to zero"),
+        (
+            "scale_to_zero_now",
+            "scale_to_zero",
+            "Scaled GPU backend sim to zero. Verda confirms: minimum 0, no replica running.",
+        ),
     ],
 )
 def test_the_admin_and_the_dashboard_record_one_entry_and_refresh_the_live_views(
@@ -239,7 +247,12 @@ def test_the_admin_and_the_dashboard_record_one_entry_and_refresh_the_live_views
             summary,
             str(backend.pk),
         )
-    assert (admin_entry.workshop_id, admin_entry.details) == (None, {})
-    assert (dashboard_entry.workshop_id, dashboard_entry.details) == (personas.workshop.pk, {"via": "dashboard"})
+    # A scale-down records what the vendor reported afterwards.
+    reported = {"min_replicas": 0, "running": 0, "verda": summary.split(". ", 1)[1]} if "zero" in summary else {}
+    assert (admin_entry.workshop_id, admin_entry.details) == (None, reported)
+    assert (dashboard_entry.workshop_id, dashboard_entry.details) == (
+        personas.workshop.pk,
+        {"via": "dashboard", **reported},
+    )
     both_workshops = {events.workshop_group(personas.workshop.pk), events.workshop_group(personas.other_workshop.pk)}
     assert _told_the_live_views(from_admin) == _told_the_live_views(from_dashboard) == both_workshops

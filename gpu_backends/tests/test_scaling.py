@@ -139,3 +139,59 @@ def test_a_new_image_rolling_out_gets_its_node_list_read_again(verda):
     backend.refresh_from_db()
     assert object_info_is_stale(backend)  # the reconciler refreshes it once the backend is ready
     assert cached_object_info(backend) == {"KSampler": {"input": {}}}  # preflight keeps the old one meanwhile
+
+
+def test_a_minimum_changed_in_verdas_console_is_put_right_even_on_a_switched_off_backend(verda, fake_verda):
+    """Nothing wants the backend warm, but someone raised its minimum by hand (or our write was lost): billed
+    replicas until someone notices. The sweep reads Verda's own minimum every time."""
+    backend, deployment = verda
+    GpuBackend.objects.filter(pk=backend.pk).update(enabled=False, applied_min_replicas=0)
+    deployment.scaling["min_replica_count"] = 2
+    scaling.sweep(now=timezone.now())
+    assert min_replicas(deployment) == 0
+    backend.refresh_from_db()
+    assert backend.applied_min_replicas == 0
+
+
+def test_scaling_to_zero_holds_for_the_day_and_verdas_count_confirms_it(verda, fake_verda):
+    """The day ended early: the workshop is still "on" until its end time, which used to warm it again at the
+    next sweep. The hold lasts for the sessions under way; tomorrow's pre-warm still applies."""
+    backend, deployment = verda
+    now = timezone.now()
+    today = Workshop.objects.create(
+        slug="today", title="T", starts_at=now - timedelta(hours=3), ends_at=now + timedelta(hours=2)
+    )
+    today.backends.add(backend)
+    scaling.sweep(now=now)
+    assert min_replicas(deployment) == 2
+    fake_verda.wait_for(lambda: all(r.status == "running" for r in deployment.replicas), timeout=5)
+    status = scaling.scale_to_zero(backend)
+    assert status.min_replicas == 0 and status.running + status.starting == 0  # the fake stops idle ones at once
+    assert scaling.confirmation(status) == "Verda confirms: minimum 0, no replica running."
+    scaling.sweep(now=now + timedelta(minutes=5))
+    assert min_replicas(deployment) == 0  # not warmed again by today's session
+    tomorrow = now + timedelta(days=1)
+    Workshop.objects.create(slug="tomorrow", title="T2", starts_at=tomorrow).backends.add(backend)
+    backend.refresh_from_db()
+    assert scaling.wanted_min_replicas(backend, tomorrow - timedelta(minutes=10)) == 2  # its pre-warm applies
+    scaling.warm_now(backend)  # warming by hand lifts the hold
+    backend.refresh_from_db()
+    assert (
+        backend.held_cold_at is None and scaling.wanted_min_replicas(backend, now + timedelta(hours=1, minutes=30)) == 2
+    )
+
+
+def test_replicas_that_nothing_wants_are_named_with_when_verda_stops_them(verda):
+    from gpu_backends.verda import summarize_replicas
+
+    backend, _ = verda
+    scaling_options = {"min_replica_count": 0, "max_replica_count": 3, "scale_down_policy": {"delay_seconds": 300}}
+    status = summarize_replicas("d", scaling_options, [{"status": "running"}], "healthy")
+    assert status.scale_down_delay == 300
+    note = scaling.idle_replicas(backend, status, wanted=0)
+    assert note.startswith("1 replica(s) running with no job and none wanted warm") and "300 s" in note
+    assert scaling.idle_replicas(backend, status, wanted=1) == ""  # wanted warm: not idle
+    scaling.observe(backend, status, idle=note)
+    backend.refresh_from_db()
+    assert backend.state == GpuBackend.State.READY and backend.last_error == note
+    assert scaling.confirmation(status).startswith("Verda confirms minimum 0; 1 replica(s) still running stop after")

@@ -484,7 +484,7 @@ def _scale(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, wa
         )
     action = do_warm_backend if warm else do_scale_backend_to_zero
     try:
-        action(backend, actor=request.user, workshop=workshop, details=_via())
+        reported = action(backend, actor=request.user, workshop=workshop, details=_via())
     except BackendError as exc:
         verb = "warm up" if warm else "scale to zero"
         raise Refused(502, "scaling_failed", f"Could not {verb} {backend.name}: {exc}")
@@ -492,8 +492,8 @@ def _scale(request: HttpRequest, workshop: Workshop, body: dict[str, Any], *, wa
         replicas = _plural(max(backend.warm_replicas, 1), "replica")
         return {"message": f"Warming up {backend.name}: {replicas} start now and stay for at least an hour."}
     return {
-        "message": f"Scaled {backend.name} to zero: its replicas stop once idle. While a workshop using it is on, "
-        "the next scaling check warms it again."
+        "message": f"Scaled {backend.name} to zero: it stays cold for the rest of today's sessions (a later "
+        f"session's pre-warm still applies; Warm up starts it again). {reported}"
     }
 
 

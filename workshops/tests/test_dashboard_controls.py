@@ -406,7 +406,10 @@ def test_warm_up_now_and_scale_to_zero_a_verda_backend(staff, personas, verda_ba
     assert cooled.status_code == 200 and deployment.scaling["min_replica_count"] == 0
     assert [(e.action, e.summary) for e in AuditEntry.objects.order_by("id")] == [
         ("backend.warm", "Warmed up GPU backend h200-spot (2 replicas for an hour)"),
-        ("backend.scale_to_zero", "Scaled GPU backend h200-spot to zero"),
+        (
+            "backend.scale_to_zero",
+            "Scaled GPU backend h200-spot to zero. Verda confirms: minimum 0, no replica running.",
+        ),
     ]
 
 
