@@ -5,6 +5,7 @@ printable credential sheet, the only place the new passwords ever appear."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +24,7 @@ from django.utils.safestring import mark_safe
 from gpu_backends.models import GpuBackend
 from storage import take_home
 from storage.models import Artifact, SeatInput
-from workshops import audit, frontends
+from workshops import audit, estimate, frontends
 from workshops.credentials import credential_sheet, qr_svg
 from workshops.credentials_pdf import credential_pdf
 from workshops.models import QueuePolicy, Seat, WorkflowTemplate, Workshop
@@ -367,6 +368,52 @@ def delete_participant_data(
         action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
     )
     return TemplateResponse(request, "admin/workshops/seat/delete_data.html", context)
+
+
+class EstimateForm(forms.Form):
+    participants = forms.IntegerField(min_value=1, max_value=MAX_SEATS)
+    jobs_per_hour = forms.FloatField(
+        label="Jobs per participant per hour", min_value=0.01, max_value=600, help_text="6 = one every ten minutes."
+    )
+    job_seconds = forms.FloatField(label="GPU seconds per job", min_value=0.01, max_value=21600)
+    session_hours = forms.FloatField(label="Session (hours)", min_value=0.01, max_value=168)
+    prewarm_minutes = forms.FloatField(label="Pre-warm (minutes)", min_value=0, max_value=1440)
+    price_per_hour = forms.DecimalField(label="Price per replica-hour", min_value=0, max_digits=8, decimal_places=2)
+    jobs_per_replica = forms.IntegerField(
+        label="Jobs per replica at once", min_value=1, max_value=64, help_text="Verda's concurrent requests."
+    )
+
+
+def estimate_page(model_admin: admin.ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+    """Before the day: the replicas, concurrency and cost the workshop needs, from figures the instructor can
+    change (defaults from the workshop, its backend and the jobs that ran)."""
+    workshop = get_object_or_404(Workshop, pk=object_id)
+    if not model_admin.has_view_permission(request, workshop):
+        raise PermissionDenied
+    defaults, sources = estimate.inputs_for(workshop)
+    initial = {**asdict(defaults)}
+    form = EstimateForm(request.GET if "participants" in request.GET else None, initial=initial)
+    inputs = defaults
+    if form.is_bound and form.is_valid():
+        inputs = estimate.Inputs(**form.cleaned_data)
+    result = None
+    if not form.is_bound or form.is_valid():
+        try:
+            result = estimate.estimate(inputs)
+        except estimate.EstimateError as exc:
+            form.add_error(None, str(exc))
+    context = _page_context(
+        model_admin,
+        request,
+        title=f"GPUs and cost for {workshop}",
+        workshop=workshop,
+        form=form,
+        result=result,
+        sources=sources,
+        target=int(estimate.TARGET_UTILISATION * 100),
+        backend=workshop.primary_backend(),
+    )
+    return TemplateResponse(request, "admin/workshops/workshop/estimate.html", context)
 
 
 def _page_context(model_admin: admin.ModelAdmin, request: HttpRequest, **extra: Any) -> dict[str, Any]:
