@@ -207,7 +207,6 @@ SWITCH_INTERVAL = 0.0001
 
 # --- several processes on one address ------------------------------------------------------------------------
 
-PROCESSES_VARIABLE = "COMFYUME_WEB_PROCESSES"
 MAX_PROCESSES = 64
 # A child still running this long after SIGTERM is killed (daphne closes its connections within a few seconds).
 STOP_GRACE = 30.0
@@ -242,7 +241,7 @@ def split_command_line(argv: Sequence[str]) -> tuple[int, bool, str | None, int 
     if known.processes is not None:
         processes = _process_count(known.processes, "--processes")
     else:
-        processes = _process_count(os.environ.get(PROCESSES_VARIABLE, "1"), PROCESSES_VARIABLE)
+        processes = _process_count(os.environ.get("COMFYUME_WEB_PROCESSES", "1"), "COMFYUME_WEB_PROCESSES")
     try:
         port = int(known.port) if known.port is not None else None
     except ValueError:

@@ -21,6 +21,7 @@ class ModelNeed:
     name: str
     folder: str = ""
     node_types: set[str] = field(default_factory=set)
+    url: str = ""  # where the template says to download it (properties.models[].url)
 
 
 def _nodes(workflow: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -51,6 +52,7 @@ def required_models(workflow: Any, object_info: dict[str, Any] | None = None) ->
             if isinstance(model, dict) and isinstance(model.get("name"), str):
                 need = needs.setdefault(model["name"], ModelNeed(model["name"]))
                 need.folder = need.folder or str(model.get("directory") or "")
+                need.url = need.url or str(model.get("url") or "")
                 if not is_subgraph:
                     need.node_types.add(node_type)
         values = node.get("widgets_values")
@@ -96,3 +98,84 @@ def model_presence(need: ModelNeed, object_info: dict[str, Any] | None) -> str:
         return "present" if any(need.name in _options_of(object_info, t) for t in known) else "missing"
     # Only named in properties: any loader offering it will do.
     return "present" if any(need.name in _options_of(object_info, t) for t in object_info) else "missing"
+
+
+# --- What a GPU image needs for a set of templates -------------------------------------------------------------
+
+# The folder under ComfyUI's models/ each core loader reads, for a model a template names without one.
+LOADER_FOLDERS = {
+    "CheckpointLoaderSimple": "checkpoints",
+    "ImageOnlyCheckpointLoader": "checkpoints",
+    "UNETLoader": "diffusion_models",
+    "CLIPLoader": "text_encoders",
+    "DualCLIPLoader": "text_encoders",
+    "TripleCLIPLoader": "text_encoders",
+    "VAELoader": "vae",
+    "LoraLoader": "loras",
+    "LoraLoaderModelOnly": "loras",
+    "UpscaleModelLoader": "upscale_models",
+    "LatentUpscaleModelLoader": "latent_upscale_models",
+    "ControlNetLoader": "controlnet",
+    "CLIPVisionLoader": "clip_vision",
+    "StyleModelLoader": "style_models",
+}
+# Node types that live only in the web frontend: they never reach the GPU, so no image needs them.
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+@dataclass
+class ImageModel:
+    name: str
+    folder: str  # under ComfyUI's models/; "" when no template or loader says
+    url: str
+    templates: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return f"{self.folder}/{self.name}" if self.folder else self.name
+
+
+@dataclass
+class ImageNeeds:
+    models: list[ImageModel]
+    node_types: dict[str, list[str]]  # node type → the templates using it
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "models": [
+                {"name": m.name, "folder": m.folder, "url": m.url, "templates": m.templates} for m in self.models
+            ],
+            "node_types": self.node_types,
+        }
+
+
+def node_types(workflow: Any) -> set[str]:
+    """The node types a UI-format workflow runs on the GPU (subgraph instances and frontend-only nodes aside)."""
+    if not isinstance(workflow, dict):
+        return set()
+    subgraph_ids = {
+        sg.get("id") for sg in (workflow.get("definitions") or {}).get("subgraphs") or [] if isinstance(sg, dict)
+    }
+    return {
+        str(node.get("type"))
+        for node in _nodes(workflow)
+        if node.get("type") and node.get("type") not in subgraph_ids and node.get("type") not in FRONTEND_ONLY
+    }
+
+
+def image_needs(workflows: dict[str, Any]) -> ImageNeeds:
+    """Every model (with its folder and download address) and node type a set of templates needs on the GPU."""
+    models: dict[str, ImageModel] = {}
+    types: dict[str, list[str]] = {}
+    for template, workflow in workflows.items():
+        for need in required_models(workflow):
+            folder = need.folder or next(
+                (LOADER_FOLDERS[t] for t in sorted(need.node_types) if t in LOADER_FOLDERS), ""
+            )
+            model = models.setdefault(need.name, ImageModel(need.name, folder, need.url))
+            model.folder, model.url = model.folder or folder, model.url or need.url
+            if template not in model.templates:
+                model.templates.append(template)
+        for node_type in sorted(node_types(workflow)):
+            types.setdefault(node_type, []).append(template)
+    return ImageNeeds(sorted(models.values(), key=lambda m: m.path), dict(sorted(types.items())))

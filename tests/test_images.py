@@ -49,7 +49,7 @@ from psycopg import sql
 
 from tests.docker_engine import DockerEngine
 from tests.gpu_worker import free_port
-from tests.images import copy_repository
+from tests.images import ROOT, copy_repository
 from tests.images.built import DOCKERFILES
 from tests.recorded import TINY_PATH
 
@@ -297,6 +297,33 @@ def test_the_worker_image_starts_comfyui_and_the_worker_as_on_verda(images, cont
     logs = engine.run("logs", name).stderr
     assert state["ExitCode"] == 0, logs[-3000:]
     assert "start.sh: ComfyUI (pid" in logs and "stop requested: stopping ComfyUI and the GPU worker" in logs, logs
+
+
+def test_the_workshops_models_bake_into_the_worker_image_where_comfyui_reads_them(images, tmp_path):
+    """Dockerfile.models with a models folder as its build context (what fetch_models.py fills): each file lands in
+    ComfyUI's models folder under its own subfolder; the worker image carries the download script and the volume
+    paths (deploy/gpu-worker/README.md, "Models for the workshop")."""
+    engine = images.engine
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "flux2-vae.safetensors").write_bytes(b"weights")
+    (models / "loras" / "ltx").mkdir(parents=True)
+    (models / "loras" / "ltx" / "dolly.safetensors").write_bytes(b"lora")
+    tag = f"{images.prefix}-worker-models"
+    dockerfile = ROOT / "deploy" / "gpu-worker" / "Dockerfile.models"
+    engine.run("build", "--file", str(dockerfile), "--build-arg", f"WORKER_IMAGE={images.tags['worker']}", "--tag", tag,
+               str(models))  # fmt: skip
+    try:
+        listed = engine.run(
+            "run", "--rm", "--entrypoint", "/bin/sh", tag, "-c",
+            "cat /comfyui/models/vae/flux2-vae.safetensors /comfyui/models/loras/ltx/dolly.safetensors; echo; "
+            "ls /opt/comfyume-worker; /opt/comfyume-worker/venv/bin/python /opt/comfyume-worker/fetch_models.py "
+            "--help | head -1",
+        ).stdout  # fmt: skip
+    finally:
+        engine.run("rmi", "--force", tag, check=False)
+    assert listed.startswith("weightslora\n")
+    assert "fetch_models.py" in listed and "extra_model_paths.yaml" in listed and "usage: fetch_models.py" in listed
 
 
 # --- A code change -----------------------------------------------------------------------------------------------
