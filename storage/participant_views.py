@@ -7,6 +7,8 @@ token is in the address). See storage/take_home.py for the links and the retenti
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,11 +27,11 @@ from .stores import default_store
 from .take_home import link_expiry, take_home_url, usable_link
 from .views import _streamed, artifact_response
 
-PRIVATE_HEADERS = {
-    "Cache-Control": "private, no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Robots-Tag": "noindex, nofollow",
-}
+PRIVATE_HEADERS = {"Cache-Control": "private, no-store", "X-Robots-Tag": "noindex, nofollow"}
+# The link's pages carry the token in their address: no referrer ever leaves them. The signed-in page keeps the
+# same-origin referrer, because a browser sends "Origin: null" with a form posted from a no-referrer page, and
+# Django's CSRF check refuses that (its "Make a personal link" form).
+REFERRER = {True: "no-referrer", False: "same-origin"}
 
 
 def _signed_in_seat(request: HttpRequest) -> Seat | None:
@@ -47,13 +49,16 @@ def _outputs(seat: Seat) -> QuerySet[Artifact]:
     return Artifact.objects.filter(job__seat=seat).select_related("job").order_by("-created_at", "-id")
 
 
-def _private(response: HttpResponseBase) -> HttpResponseBase:
+def _private(response: HttpResponseBase, *, via_link: bool) -> HttpResponseBase:
     for name, value in PRIVATE_HEADERS.items():
         response[name] = value
+    response["Referrer-Policy"] = REFERRER[via_link]
     return response
 
 
-def _page(request: HttpRequest, seat: Seat, *, base: str, via_link: bool, new_link: str = "") -> HttpResponse:
+def _page(
+    request: HttpRequest, seat: Seat, *, base: str, via_link: bool, new_link: str = "", new_link_expires: Any = None
+) -> HttpResponse:
     outputs = list(_outputs(seat))
     workshop = seat.workshop
     context = {
@@ -65,18 +70,19 @@ def _page(request: HttpRequest, seat: Seat, *, base: str, via_link: bool, new_li
         "via_link": via_link,
         "kept_until": workshop.outputs_expire_at,
         "new_link": new_link,
+        "new_link_expires": new_link_expires,
         "links": OutputLink.objects.filter(seat=seat, revoked_at=None, expires_at__gt=timezone.now()).count(),
     }
-    return _private(render(request, "storage/my_outputs.html", context))  # type: ignore[return-value]
+    return _private(render(request, "storage/my_outputs.html", context), via_link=via_link)  # type: ignore[return-value]
 
 
-def _file(request: HttpRequest, seat: Seat, artifact_id: int) -> HttpResponseBase:
+def _file(request: HttpRequest, seat: Seat, artifact_id: int, *, via_link: bool) -> HttpResponseBase:
     artifact = get_object_or_404(Artifact, pk=artifact_id, job__seat=seat)
     response = artifact_response(request, artifact, download=request.GET.get("download") == "1")
-    return _private(response)
+    return _private(response, via_link=via_link)
 
 
-def _zip(request: HttpRequest, seat: Seat) -> StreamingHttpResponse:
+def _zip(request: HttpRequest, seat: Seat, *, via_link: bool) -> StreamingHttpResponse:
     rows = _outputs(seat).order_by("job_id", "id").values_list("job__seat__label", "job_id", "filename", "key", "size")
     archive = build_archive((ArchiveItem(*row) for row in rows.iterator()), default_store())
     response = _streamed(request, iter(archive), length=len(archive), content_type="application/zip")
@@ -84,7 +90,7 @@ def _zip(request: HttpRequest, seat: Seat) -> StreamingHttpResponse:
     response["Content-Disposition"] = content_disposition_header(True, name) or ""
     response["X-Missing-Files"] = str(len(archive.missing))
     response["X-Accel-Buffering"] = "no"
-    _private(response)
+    _private(response, via_link=via_link)
     return response
 
 
@@ -104,7 +110,7 @@ def my_output_file(request: HttpRequest, artifact_id: int) -> HttpResponseBase:
     seat = _signed_in_seat(request)
     if seat is None:
         raise Http404("Sign in to your seat first.")
-    return _file(request, seat, artifact_id)
+    return _file(request, seat, artifact_id, via_link=False)
 
 
 @require_safe
@@ -112,7 +118,7 @@ def my_outputs_zip(request: HttpRequest) -> HttpResponseBase:
     seat = _signed_in_seat(request)
     if seat is None:
         raise Http404("Sign in to your seat first.")
-    return _zip(request, seat)
+    return _zip(request, seat, via_link=False)
 
 
 @require_POST
@@ -126,7 +132,8 @@ def my_take_home_link(request: HttpRequest) -> HttpResponseBase:
     except WorkshopError as exc:
         raise Http404(str(exc)) from exc
     raw = OutputLink.issue(seat, expires_at, created_by="participant")
-    return _page(request, seat, base=reverse("my-outputs"), via_link=False, new_link=take_home_url(raw))
+    url = take_home_url(raw)
+    return _page(request, seat, base=reverse("my-outputs"), via_link=False, new_link=url, new_link_expires=expires_at)
 
 
 # --- with a personal link -------------------------------------------------------------------------------
@@ -140,9 +147,9 @@ def take_home(request: HttpRequest, token: str) -> HttpResponseBase:
 
 @require_safe
 def take_home_file(request: HttpRequest, token: str, artifact_id: int) -> HttpResponseBase:
-    return _file(request, _link_seat(token), artifact_id)
+    return _file(request, _link_seat(token), artifact_id, via_link=True)
 
 
 @require_safe
 def take_home_zip(request: HttpRequest, token: str) -> HttpResponseBase:
-    return _zip(request, _link_seat(token))
+    return _zip(request, _link_seat(token), via_link=True)

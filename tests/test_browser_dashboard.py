@@ -348,3 +348,40 @@ def test_the_instructor_handles_one_participant_at_a_time(dashboard, platform, b
     assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user003"
     participant.screenshot(path=str(ARTIFACTS / "participant-late-seat.png"))
     participant.close()
+
+
+def test_a_participant_takes_their_work_home_and_the_instructor_sizes_the_day(
+    dashboard, participant, platform, browser
+):
+    """After the first test's job: user001's outputs page lists it with its downloads, a personal link opens the same
+    page signed out, and the workshop's GPUs and cost page answers from the jobs that ran."""
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR, storage_state=participant.context.storage_state())
+    page.goto(f"{platform.base}/outputs/")
+    page.wait_for_selector(".tile img", timeout=SLOW)
+    assert "Download all (ZIP)" in page.inner_text("body")
+    zip_answer = page.request.get(f"{platform.base}/outputs/all.zip")
+    assert zip_answer.status == 200 and zip_answer.body()[:2] == b"PK"
+    page.click("text=Make a personal link")
+    link = page.input_value("#take-home-link")
+    page.screenshot(path=str(ARTIFACTS / "participant-outputs.png"), full_page=True)
+    page.close()
+    stranger = browser.new_page(viewport=LAPTOP_PROJECTOR)  # a fresh context: no session at all
+    stranger.goto(link)
+    stranger.wait_for_selector(".tile img", timeout=SLOW)
+    assert "Back to your ComfyUI" not in stranger.inner_text("body")
+    stranger.screenshot(path=str(ARTIFACTS / "participant-take-home-link.png"), full_page=True)
+    stranger.close()
+
+    demo = platform.manage(
+        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
+    )
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    page.click(".object-tools a:text-is('GPUs and cost')")
+    page.wait_for_selector("#estimate", timeout=SLOW)
+    assert "the median of" in page.inner_text("body")  # measured from the jobs that ran
+    page.fill("#id_jobs_per_hour", "12")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#estimate", timeout=SLOW)
+    page.screenshot(path=str(ARTIFACTS / "instructor-gpus-and-cost.png"), full_page=True)
+    page.close()

@@ -82,6 +82,10 @@ class Estimate:
     busy_cost: Decimal  # the jobs' GPU time alone: the floor, if replicas only ran while busy
     suggested_cap: Decimal  # a spending cap with a margin over the estimate
 
+    @property
+    def utilisation_percent(self) -> int:
+        return round(self.utilisation * 100)
+
 
 def _money(value: float | Decimal) -> Decimal:
     return Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)

@@ -55,6 +55,7 @@ def test_a_participant_sees_and_downloads_only_their_own_outputs(participant, ou
     page = participant.get("/outputs/")
     html = page.content.decode()
     assert page.status_code == 200 and page["Cache-Control"] == "private, no-store"
+    assert page["Referrer-Policy"] == "same-origin"  # "no-referrer" would make its form post Origin: null
     assert "portrait_00001_.png" in html and "clip_00001_.mp4" in html
     assert "b_00001_.png" not in html and "c_00001_.png" not in html
     assert f"/outputs/file/{outputs['a_png'].pk}?download=1" in html and "/outputs/all.zip" in html
@@ -83,6 +84,8 @@ def test_without_a_seat_there_is_nothing_to_see(client, personas, outputs):
 def test_a_participants_own_link_works_signed_out_until_revoked(participant, personas, outputs):
     page = participant.post("/outputs/link").content.decode()
     (url,) = re.findall(r'id="take-home-link" type="text" readonly value="([^"]+)"', page)
+    expires = (timezone.now() + timedelta(days=30)).strftime("%-d %B %Y")
+    assert f"until {expires}. Anyone who has it" in " ".join(page.split())  # no end set: 30 days
     path = url.split("testserver", 1)[-1] if "testserver" in url else "/" + url.split("/", 3)[3]
     anonymous = Client()
     shown = anonymous.get(path)
