@@ -180,10 +180,11 @@ def write_backup(
         )
         if manifest.rows == 0:
             manifest.warnings.append(EMPTY_WARNING)
-        if manifest.seat_driver == "docker":
+        if manifest.seat_driver == "docker" and snapshot.seats and not files:
             manifest.warnings.append(
-                "Seat frontends run in Docker volumes, which the hub cannot read: seats' saved workflows and "
-                "settings are not in this backup (docs/BACKUP.md#what-is-not-backed-up)."
+                "No seat's saved workflows are in this backup: with the docker driver they are the seat "
+                "supervisor's copies (every 5 minutes and at each stop), and none was found. Is run_seat_frontends "
+                "running with the same COMFYUME_SEAT_DATA_DIR (docs/BACKUP.md#seats-files-with-the-docker-driver)?"
             )
         progress.expect(
             1 + len(files) + len(copied), dump.stat().st_size + sum(f.size for f in files) + sum(r.size for r in copied)

@@ -269,9 +269,9 @@ def next_steps(plan: RestorePlan) -> list[str]:
     ]
     if settings.SEAT_FRONTENDS["DRIVER"] == "docker":
         steps.append(
-            "Docker driver: seats read their files from volumes, not from "
-            f"{settings.SEAT_FRONTENDS['DATA_DIR']}: copy each restored seat folder into its volume before starting "
-            "the seats (docs/BACKUP.md#docker-seat-volumes)."
+            "Docker driver: each seat's saved workflows are restored into "
+            f"{settings.SEAT_FRONTENDS['DATA_DIR']}; a seat whose volume is new starts with them (run the seat "
+            "supervisor with that same folder)."
         )
     if settings.SEAT_FRONTENDS["ROUTING"] == "path":
         steps.append("Render the nginx site again for this server: `python manage.py render_nginx --check --output …`.")

@@ -216,7 +216,7 @@ def seat_files(seats: list[tuple[str, str]]) -> list[SeatFile]:
         if seat_dir.is_symlink() or not seat_dir.is_dir():
             continue
         for dirpath, dirnames, filenames in os.walk(seat_dir):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not TEMP_NAME.search(d))  # a copy being swapped in
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if skipped(name):

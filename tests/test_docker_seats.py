@@ -228,6 +228,47 @@ def test_a_seat_container_starts_answers_stops_starts_again_and_a_reset_removes_
     assert spec.name in driver.list_managed()
 
 
+def test_a_seats_saved_workflows_are_copied_to_the_hub_and_put_back_into_a_new_volume(seats, tmp_path):
+    """The docker driver's volumes are out of the backup's reach: the seat's user/ folder is copied to the hub's side
+    (where the backup reads the process driver's), and a seat whose volume is new, as on a new server after a
+    restore, starts with it. A reset removes the copy too, so nothing comes back that was meant to go."""
+    spec, driver = seats.spec("user001"), seats.driver
+    driver.files_dir = tmp_path / "seats"
+    kept = tmp_path / "seats" / seats.workshop / "user001" / "user"
+    assert not driver.save_files(spec)  # no container yet: nothing to copy
+    status = driver.start(spec)
+    wait_answering(status.address)
+    workflow = '{"nodes": [], "note": "Agnès"}'
+    seats.engine.run(
+        "exec", spec.name, "sh", "-c",
+        f"mkdir -p /data/user/default/workflows && printf '%s' '{workflow}' > /data/user/default/workflows/my.json "
+        "&& ln -s /etc/passwd /data/user/default/escape",
+    )  # fmt: skip
+    assert driver.save_files(spec)
+    assert (kept / "default" / "workflows" / "my.json").read_text() == workflow
+    assert not (kept / "default" / "escape").exists() or (kept / "default" / "escape").is_symlink()
+    driver.stop(spec)  # copies again on the way down
+
+    # A new server: the container and its volume are gone, the hub's copy (restored from a backup) is there.
+    seats.engine.run("rm", "--force", spec.name)
+    seats.engine.run("volume", "rm", volume_name(spec))
+    status = driver.start(spec)
+    wait_answering(status.address)
+    shown = seats.engine.run("exec", spec.name, "cat", "/data/user/default/workflows/my.json").stdout
+    assert shown == workflow
+    owner = seats.engine.run("exec", spec.name, "stat", "-c", "%u:%g", "/data/user/default/workflows/my.json").stdout
+    assert owner.strip() == "1000:1000"  # the seat's own user may change it
+    assert seats.engine.run("exec", spec.name, "test", "-e", "/data/user/default/escape", check=False).returncode == 1
+
+    driver.stop(spec)
+    driver.reset(spec)
+    assert not kept.exists()
+    status = driver.start(spec)
+    wait_answering(status.address)
+    assert seats.engine.run("exec", spec.name, "test", "-e", "/data/user/default/workflows/my.json",
+                            check=False).returncode == 1  # fmt: skip
+
+
 def test_the_seat_container_runs_with_the_drivers_limits_as_the_images_unprivileged_user(seats):
     spec = seats.spec("user001")
     seats.driver.start(spec)

@@ -294,6 +294,11 @@ def _healthy(address: str) -> bool:
         return False
 
 
+# How often the supervisor copies the running seats' saved files to the hub's side (docker driver): what a restore
+# brings back is at most this old.
+SAVE_FILES_EVERY = 300.0
+
+
 class Supervisor:
     """Reconciles SeatFrontend rows with what the driver reports. One instance per host of seats."""
 
@@ -302,6 +307,7 @@ class Supervisor:
         self.interval = interval
         self.stopping = threading.Event()
         self._next_attempt: dict[int, float] = {}
+        self._files_saved = 0.0  # monotonic time of the last copy of the seats' saved files
 
     def run(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -341,8 +347,26 @@ class Supervisor:
     def _rows(self) -> list[SeatFrontend]:
         return list(SeatFrontend.objects.select_related("seat__workshop"))
 
+    def save_files(self, *, every: float = SAVE_FILES_EVERY) -> int:
+        """Copy each running seat's saved workflows and settings to the hub's side (a driver whose seats keep
+        them elsewhere: the docker driver's volumes), at most every ``every`` seconds; how many were copied."""
+        save = getattr(self.driver, "save_files", None)
+        if save is None or time.monotonic() - self._files_saved < every:
+            return 0
+        self._files_saved = time.monotonic()
+        copied = 0
+        for frontend in self._rows():
+            if frontend.state != SeatFrontend.State.RUNNING:
+                continue
+            try:
+                copied += bool(save(seat_spec(frontend.seat)))
+            except Exception:
+                log.exception("Seat frontend %s: its saved files could not be copied", frontend.seat)
+        return copied
+
     def reconcile(self) -> None:
         _beat(self.driver.name, self.interval)
+        self.save_files()
         for frontend in self._rows():
             try:
                 self.reconcile_one(frontend)

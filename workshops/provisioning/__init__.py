@@ -91,5 +91,6 @@ def get_driver(name: str | None = None) -> FrontendDriver:
             network=conf["NETWORK"],
             memory=conf["MEMORY"],
             cpus=conf["CPUS"],
+            files_dir=conf["DATA_DIR"],
         )
     raise ProvisioningError(f"Unknown seat driver {name!r}.", permanent=True)

@@ -13,9 +13,15 @@ Every Engine failure becomes a :class:`ProvisioningError`: an unreachable engine
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
+import shutil
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import docker
 import requests
@@ -44,6 +50,24 @@ CAP_DROP = ["ALL"]
 SECURITY_OPT = ["no-new-privileges"]
 PIDS_LIMIT = 128
 STOP_GRACE_SECONDS = 10
+# A seat's saved workflows and settings (its ComfyUI's user/ folder) are kept on the hub's side as well, under the
+# seat's folder of COMFYUME_SEAT_DATA_DIR where the process driver keeps them: the backup reads them there, and a
+# seat whose volume is new (a new server after a restore) starts with them. The supervisor copies them every
+# few minutes and before it stops a seat (frontends.Supervisor).
+KEPT = "user"
+# A user/ folder larger than this is not copied (workflows and settings are kilobytes; uploads live in input/).
+MAX_KEPT_BYTES = 256 * 1024 * 1024
+# The seat image's user (deploy/seat-frontend/Dockerfile: USER 1000:1000), who must own the files put back.
+SEAT_UID = SEAT_GID = 1000
+
+log = logging.getLogger(__name__)
+
+
+def _plain_files(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """Files and folders only, each inside the copy (tarfile's "data" rules); links are left out, not followed."""
+    if member.issym() or member.islnk():
+        return None
+    return tarfile.data_filter(member, path)
 
 
 def volume_name(spec: SeatSpec) -> str:
@@ -87,6 +111,7 @@ class DockerDriver:
         memory: str,
         cpus: float,
         client: docker.DockerClient | None = None,
+        files_dir: Path | None = None,
     ) -> None:
         self.base_url = base_url
         self.image = image
@@ -94,6 +119,7 @@ class DockerDriver:
         self.memory = memory
         self.cpus = cpus
         self._client = client
+        self.files_dir = Path(files_dir) if files_dir is not None else None
 
     # --- the driver interface ---
 
@@ -113,16 +139,24 @@ class DockerDriver:
             if container is not None and container.attrs["State"]["Running"]:
                 return self._status_of(spec, container)
             self._ensure_network(client)
+            new_volume = not self._volume_exists(client, volume_name(spec))
             # Creating a volume that exists returns it unchanged: the Engine makes this idempotent for us.
             client.volumes.create(name=volume_name(spec), labels=container_labels(spec))
             if container is None:
                 container = self._create(client, spec)
+            if new_volume:
+                self._put_back_files(container, spec)
             # Starting a container that runs already (another start won a race) is a 304, which the SDK accepts.
             container.start()
             return FrontendStatus(running=True, address=self._address(spec), detail=f"container {container.short_id}")
 
     def stop(self, spec: SeatSpec) -> None:
-        """Stop the container (SIGTERM, then SIGKILL after the grace period); its volume stays."""
+        """Stop the container (SIGTERM, then SIGKILL after the grace period); its volume stays. Its saved files
+        are copied to the hub's side first."""
+        try:
+            self.save_files(spec)
+        except (ProvisioningError, OSError, tarfile.TarError) as exc:
+            log.warning("Seat %s: its saved files could not be copied before the stop: %s", spec.name, exc)
         with self._engine(f"stop {spec.name}") as client:
             try:
                 # Stopping a stopped container is a 304, which the SDK accepts: one call covers both cases.
@@ -138,7 +172,10 @@ class DockerDriver:
             return self._status_of(spec, container)
 
     def reset(self, spec: SeatSpec) -> None:
-        """Remove the container and its volume: the next start is a fresh seat."""
+        """Remove the container, its volume and the hub's copy of its files: the next start is a fresh seat."""
+        kept = self.files_path(spec)
+        if kept is not None:
+            shutil.rmtree(kept / KEPT, ignore_errors=True)
         with self._engine(f"reset {spec.name}") as client:
             try:
                 client.api.remove_container(spec.name, force=True)
@@ -148,6 +185,78 @@ class DockerDriver:
                 client.api.remove_volume(volume_name(spec))
             except NotFound:
                 pass
+
+    def files_path(self, spec: SeatSpec) -> Path | None:
+        """The seat's folder on the hub's side (as the process driver's), or None when no copy is kept."""
+        return self.files_dir / spec.workshop / spec.label if self.files_dir is not None else None
+
+    def save_files(self, spec: SeatSpec) -> bool:
+        """Copy the seat's ``user/`` folder out of its container to the hub's side, replacing the last copy
+        whole (never half); False when there is nothing to copy (no container, nothing saved yet)."""
+        target = self.files_path(spec)
+        if target is None:
+            return False
+        with self._engine(f"copy the files of {spec.name}") as client:
+            container = self._find(client, spec.name)
+            if container is None:
+                return False
+            try:
+                stream, _ = container.get_archive(f"{DATA_DIR}/{KEPT}")
+            except NotFound:
+                return False
+            with tempfile.TemporaryFile() as spool:
+                size = 0
+                for chunk in stream:
+                    size += len(chunk)
+                    if size > MAX_KEPT_BYTES:
+                        raise ProvisioningError(
+                            f"{spec.name}'s user folder is over {MAX_KEPT_BYTES // 2**20} MB: not copied",
+                            permanent=True,
+                        )
+                    spool.write(chunk)
+                spool.seek(0)
+                target.mkdir(parents=True, exist_ok=True)
+                fresh = Path(tempfile.mkdtemp(prefix=".check-", dir=target))  # a name the backup skips
+                try:
+                    with tarfile.open(fileobj=spool) as archive:
+                        archive.extractall(fresh, filter=_plain_files)
+                    old = target / f".check-{KEPT}-old"
+                    shutil.rmtree(old, ignore_errors=True)
+                    if (target / KEPT).exists():
+                        (target / KEPT).rename(old)
+                    (fresh / KEPT).rename(target / KEPT)
+                    shutil.rmtree(old, ignore_errors=True)
+                finally:
+                    shutil.rmtree(fresh, ignore_errors=True)
+        return True
+
+    def _put_back_files(self, container: Container, spec: SeatSpec) -> None:
+        """Into a new volume, the hub's copy of the seat's ``user/`` folder (a restore, or a volume that was lost),
+        owned by the seat image's user. Symlinks are left out."""
+        kept = self.files_path(spec)
+        if kept is None or not (kept / KEPT).is_dir():
+            return
+        buffer = io.BytesIO()
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+            if info.issym() or info.islnk():
+                return None
+            info.uid, info.gid, info.uname, info.gname = SEAT_UID, SEAT_GID, "", ""
+            return info
+
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            archive.add(kept / KEPT, arcname=KEPT, filter=owned)
+        if not container.put_archive(DATA_DIR, buffer.getvalue()):
+            raise ProvisioningError(f"{spec.name}: its saved files could not be put back into its new volume")
+        log.info("Seat %s: its saved files were put back into its new volume", spec.name)
+
+    @staticmethod
+    def _volume_exists(client: docker.DockerClient, name: str) -> bool:
+        try:
+            client.volumes.get(name)
+        except NotFound:
+            return False
+        return True
 
     def list_managed(self) -> list[str]:
         """Names of every container this platform created (running or not), so strays can be found."""

@@ -74,7 +74,10 @@ def test_the_admin_page_starts_from_the_workshop_and_refuses_bad_figures(persona
         "participants": "30", "jobs_per_hour": "6", "job_seconds": "20", "session_hours": "8",
         "prewarm_minutes": "20", "price_per_hour": "3.50", "jobs_per_replica": "1",
     }).content.decode().split())  # fmt: skip
-    assert "<strong>58.33</strong> for 16.7 replica-hours" in changed and "<strong>2</strong>, each busy 50 % of the time" in changed
+    assert (
+        "<strong>58.33</strong> for 16.7 replica-hours" in changed
+        and "<strong>2</strong>, each busy 50 % of the time" in changed
+    )
     bad = instructor.get(url, {"participants": "0", "jobs_per_hour": "x"}).content.decode()
     assert "Ensure this value is greater than or equal to 1." in bad and "Enter a number." in bad
     assert 'id="estimate"' not in bad
