@@ -170,12 +170,80 @@ def rehearse(
         target=workshop,
         details={
             "rehearsal": rehearsal.slug,
+            "participants": participants,
             "templates": {r.name: {"succeeded": r.succeeded, "failed": len(r.failed)} for r in outcome.results},
+            "report": report(outcome),
             "timed_out": timed_out,
             "cost": str(outcome.cost),
         },
     )
     return outcome
+
+
+def report(outcome: Rehearsal) -> list[str]:
+    """The rehearsal's figures in sentences: the command prints them, the admin shows them from the audit log."""
+
+    def seconds(value: float | None) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+    lines = [f"First job on a GPU after {seconds(outcome.first_on_gpu_seconds)} (a cold start included)."]
+    for result in outcome.results:
+        if result.refused:
+            lines.append(f"{result.name}: refused before any GPU time: {result.refused}")
+            continue
+        lines.append(
+            f"{result.name}: {result.succeeded} of {result.submitted} done, first after "
+            f"{seconds(result.first_done_seconds)}, GPU {seconds(result.median_gpu_seconds)} a job (median), "
+            f"cost {result.cost:.2f}."
+        )
+        lines += [f"{result.name} failed: {reason}" for reason in sorted(set(result.failed))[:3]]
+    if outcome.timed_out:
+        lines.append(f"{outcome.timed_out} job(s) did not finish in time and were cancelled.")
+    lines.append(f"Total cost {outcome.cost:.2f}; the outputs are in the gallery of {outcome.workshop.slug}.")
+    return lines + outcome.backends
+
+
+def start_in_background(
+    workshop: Workshop, prompts: dict[str, dict[str, Any]], *, participants: int, timeout: float, actor: Any
+) -> None:
+    """The admin's Rehearse: run :func:`rehearse` in an RQ worker (it lasts minutes), its report to the audit log.
+
+    It needs a worker of its own beside those that dispatch its jobs: refused with fewer than two."""
+    from rq import Worker
+
+    from .scheduler import dispatch_queue
+
+    queue = dispatch_queue()
+    if Worker.count(queue=queue) < 2:
+        raise RehearsalError(
+            "A rehearsal takes one RQ worker for itself and needs others to run its jobs: run at least two workers "
+            "(compose: COMFYUME_WORKERS), or use manage.py rehearse."
+        )
+    if not prompts:
+        raise RehearsalError("Give at least one template's API-format prompt to rehearse.")
+    if not 1 <= participants <= MAX_PARTICIPANTS:
+        raise RehearsalError(f"Rehearse with 1 to {MAX_PARTICIPANTS} simulated participants, not {participants}.")
+    queue.enqueue(
+        run_queued, workshop.pk, prompts, participants, timeout, getattr(actor, "pk", None),
+        job_timeout=int(timeout) + 600,
+    )  # fmt: skip
+
+
+def run_queued(workshop_id: int, prompts: dict[str, Any], participants: int, timeout: float, actor_id: Any) -> None:
+    """The RQ job of :func:`start_in_background`: a rehearsal that cannot start is in the audit log too."""
+    from django.contrib.auth import get_user_model
+
+    workshop = Workshop.objects.get(pk=workshop_id)
+    actor = get_user_model().objects.filter(pk=actor_id).first() if actor_id is not None else None
+    try:
+        rehearse(workshop, prompts, participants=participants, timeout=timeout, actor=actor)
+    except RehearsalError as exc:
+        audit.record(
+            actor, "workshop.rehearse_failed", f"A rehearsal of {workshop.slug} could not start: {exc}",
+            workshop=workshop, target=workshop, details={"error": str(exc)},
+        )  # fmt: skip
 
 
 def _refusal(exc: SubmissionRejected) -> str:

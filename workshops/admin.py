@@ -104,6 +104,11 @@ class WorkshopAdmin(AuditedModelAdmin):
                 name="workshops_workshop_new_credentials",
             ),
             path(
+                "<path:object_id>/rehearse/",
+                self.admin_site.admin_view(partial(admin_views.rehearse_page, self)),
+                name="workshops_workshop_rehearse",
+            ),
+            path(
                 "<path:object_id>/estimate/",
                 self.admin_site.admin_view(partial(admin_views.estimate_page, self)),
                 name="workshops_workshop_estimate",

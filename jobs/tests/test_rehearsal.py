@@ -105,7 +105,7 @@ def test_the_command_reports_per_template(personas, sim, workers, tmp_path):
     path.write_text(json.dumps({"prompt": TINY}))
     with mock.patch("workshops.management.commands.rehearse.Command._workers_running", return_value=True):
         out = run("ws1", "--prompt", str(path), "--participants", "2", "--timeout", "60")
-    assert "first job on a GPU after" in out and "flux: 2 of 2 done, first after" in out and "total cost 0.00" in out
+    assert "First job on a GPU after" in out and "flux: 2 of 2 done, first after" in out and "Total cost 0.00" in out
     assert AuditEntry.objects.get(action="workshop.rehearse").actor_name.startswith("manage.py rehearse (")
 
 
@@ -133,3 +133,50 @@ def test_bad_input_is_refused_and_queues_nothing(personas, tmp_path, args, conte
     ):
         run(*(a.replace("{file}", str(file)) for a in args))
     assert not Job.objects.exists() and not Workshop.objects.filter(slug__contains="rehearsal").exists()
+
+
+def test_the_admin_starts_a_rehearsal_in_a_worker_and_shows_its_report(personas, sim, workers, client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    client.force_login(personas.instructor)
+    url = reverse("admin:workshops_workshop_rehearse", args=[personas.workshop.pk])
+    change = client.get(reverse("admin:workshops_workshop_change", args=[personas.workshop.pk])).content.decode()
+    assert url in change
+    upload = SimpleUploadedFile("flux.json", json.dumps(TINY).encode(), content_type="application/json")
+    with mock.patch("rq.Worker.count", return_value=2):
+        answer = client.post(url, {"prompts": [upload], "participants": "2", "timeout": "60"})
+    assert answer.status_code == 302, answer.content.decode()[-2000:]
+    deadline = timezone.now() + timedelta(seconds=60)
+    while not AuditEntry.objects.filter(action="workshop.rehearse").exists():
+        assert timezone.now() < deadline, "the rehearsal did not finish"
+        run_worker()
+    page = " ".join(client.get(url).content.decode().split())
+    assert "flux: 2 of 2 done, first after" in page and "First job on a GPU after" in page
+    assert AuditEntry.objects.get(action="workshop.rehearse").actor == personas.instructor
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "workers", "message"),
+    [
+        ("a.json", b"not json", 2, "a.json is not JSON."),
+        ("ui.json", json.dumps({"nodes": [], "links": []}).encode(), 2, "Export it from ComfyUI with Workflow"),
+        ("big.json", b" " * (2 * 1024 * 1024 + 1), 2, "big.json is over 2 MB"),
+        ("ok.json", json.dumps(TINY).encode(), 1, "needs others to run its jobs: run at least two workers"),
+    ],
+)
+def test_the_admin_refuses_a_rehearsal_it_cannot_run(personas, client, name, content, workers, message):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    client.force_login(personas.instructor)
+    url = reverse("admin:workshops_workshop_rehearse", args=[personas.workshop.pk])
+    with mock.patch("rq.Worker.count", return_value=workers):
+        answer = client.post(
+            url, {"prompts": [SimpleUploadedFile(name, content)], "participants": "2", "timeout": "60"}
+        )
+    assert answer.status_code == 200 and message in answer.content.decode().replace("&#x27;", "'")
+    assert not Workshop.objects.filter(slug__contains="rehearsal").exists()
+    from jobs.scheduler import dispatch_queue
+
+    assert dispatch_queue().count == 0

@@ -5,8 +5,10 @@ printable credential sheet, the only place the new passwords ever appear."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django import forms
@@ -22,12 +24,13 @@ from django.urls import reverse
 from django.utils.safestring import mark_safe
 
 from gpu_backends.models import GpuBackend
+from jobs import rehearsal
 from storage import take_home
 from storage.models import Artifact, SeatInput
 from workshops import audit, estimate, frontends
 from workshops.credentials import credential_sheet, qr_svg
 from workshops.credentials_pdf import credential_pdf
-from workshops.models import QueuePolicy, Seat, WorkflowTemplate, Workshop
+from workshops.models import AuditEntry, QueuePolicy, Seat, WorkflowTemplate, Workshop
 from workshops.services import (
     MAX_EXTRA_COST,
     MAX_SEATS,
@@ -414,6 +417,83 @@ def estimate_page(model_admin: admin.ModelAdmin, request: HttpRequest, object_id
         backend=workshop.primary_backend(),
     )
     return TemplateResponse(request, "admin/workshops/workshop/estimate.html", context)
+
+
+MAX_PROMPT_FILE_BYTES = 2 * 1024 * 1024
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class PromptFilesField(forms.FileField):
+    """Several API-format prompt files in one input (Django's documented way for multiple files)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data: Any, initial: Any = None) -> list[Any]:
+        files = data if isinstance(data, list | tuple) else [data]
+        return [super(PromptFilesField, self).clean(one, initial) for one in files if one] or [super().clean(None)]
+
+
+class RehearseForm(forms.Form):
+    prompts = PromptFilesField(
+        label="Templates (API format)",
+        help_text="One JSON file per template, exported from ComfyUI with Workflow → Export (API).",
+    )
+    participants = forms.IntegerField(min_value=1, max_value=100, initial=3, help_text="Simulated participants.")
+    timeout = forms.IntegerField(
+        label="Time limit (seconds)", min_value=60, max_value=6 * 3600, initial=1800,
+        help_text="Jobs still going then are cancelled.",
+    )  # fmt: skip
+
+    def clean_prompts(self) -> dict[str, dict[str, Any]]:
+        prompts = {}
+        for upload in self.cleaned_data["prompts"]:
+            if upload.size > MAX_PROMPT_FILE_BYTES:
+                raise forms.ValidationError(f"{upload.name} is over 2 MB: not a prompt.")
+            try:
+                data = json.loads(upload.read().decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise forms.ValidationError(f"{upload.name} is not JSON.") from None
+            try:
+                prompts[Path(upload.name).stem] = rehearsal.read_prompt(upload.name, data)
+            except rehearsal.RehearsalError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return prompts
+
+
+def rehearse_page(model_admin: admin.ModelAdmin, request: HttpRequest, object_id: str) -> HttpResponse:
+    """Start a rehearsal (jobs.rehearsal) in the background and show the reports of the last ones."""
+    workshop = get_object_or_404(Workshop, pk=object_id)
+    if not model_admin.has_change_permission(request, workshop):
+        raise PermissionDenied
+    form = RehearseForm(request.POST if request.method == "POST" else None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            rehearsal.start_in_background(
+                workshop, data["prompts"], participants=data["participants"], timeout=data["timeout"],
+                actor=request.user,
+            )  # fmt: skip
+        except rehearsal.RehearsalError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(
+                request,
+                f"Rehearsal of {workshop.slug} started: {len(data['prompts'])} template(s) × {data['participants']} "
+                "participant(s). Its report appears below when it is over (reload the page).",
+            )
+            return redirect(reverse("admin:workshops_workshop_rehearse", args=[workshop.pk]))
+    past = AuditEntry.objects.filter(
+        workshop=workshop, action__in=["workshop.rehearse", "workshop.rehearse_failed"]
+    ).order_by("-created_at")[:5]
+    context = _page_context(
+        model_admin, request, title=f"Rehearse {workshop}", workshop=workshop, form=form, past=list(past)
+    )
+    return TemplateResponse(request, "admin/workshops/workshop/rehearse.html", context)
 
 
 def _page_context(model_admin: admin.ModelAdmin, request: HttpRequest, **extra: Any) -> dict[str, Any]:

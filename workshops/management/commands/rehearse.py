@@ -8,15 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs.rehearsal import MAX_PARTICIPANTS, Rehearsal, RehearsalError, read_prompt, rehearse
+from jobs.rehearsal import MAX_PARTICIPANTS, Rehearsal, RehearsalError, read_prompt, rehearse, report
 from workshops import audit
 from workshops.models import Workshop
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
 class Command(BaseCommand):
@@ -88,22 +82,9 @@ class Command(BaseCommand):
         return Worker.count(queue=dispatch_queue()) > 0
 
     def _report(self, outcome: Rehearsal) -> None:
-        write = self.stdout.write
-        write(self.style.SUCCESS(f"Rehearsal {outcome.workshop.slug} ({outcome.participants} participant(s)):"))
-        write(f"  first job on a GPU after {_seconds(outcome.first_on_gpu_seconds)} (a cold start included)")
-        for result in outcome.results:
-            if result.refused:
-                write(self.style.ERROR(f"  {result.name}: refused before any GPU time: {result.refused}"))
-                continue
-            write(
-                f"  {result.name}: {result.succeeded} of {result.submitted} done, first after "
-                f"{_seconds(result.first_done_seconds)}, GPU {_seconds(result.median_gpu_seconds)} a job (median), "
-                f"cost {result.cost:.2f}"
-            )
-            for reason in sorted(set(result.failed)):
-                write(self.style.ERROR(f"    failed: {reason}"))
-        if outcome.timed_out:
-            write(self.style.WARNING(f"  {outcome.timed_out} job(s) did not finish in time and were cancelled"))
-        write(f"  total cost {outcome.cost:.2f}; its outputs are in the gallery of {outcome.workshop.slug} (archived)")
-        for line in outcome.backends:
-            write(f"  {line}")
+        self.stdout.write(
+            self.style.SUCCESS(f"Rehearsal {outcome.workshop.slug} ({outcome.participants} participant(s)):")
+        )
+        for line in report(outcome):
+            style = self.style.ERROR if (" failed: " in line or "refused before" in line) else str
+            self.stdout.write(style(f"  {line}"))
