@@ -385,3 +385,35 @@ def test_a_participant_takes_their_work_home_and_the_instructor_sizes_the_day(
     page.wait_for_selector("#estimate", timeout=SLOW)
     page.screenshot(path=str(ARTIFACTS / "instructor-gpus-and-cost.png"), full_page=True)
     page.close()
+
+
+def _set_spending_cap(page, platform: Platform, value: str) -> None:
+    """The instructor types the workshop's spending cap in its admin page and saves it."""
+    demo = platform.manage(
+        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
+    )
+    page.goto(f"{platform.base}/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    page.fill("#id_spending_cap", value)
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success", timeout=SLOW)
+
+
+def test_a_spending_cap_holds_the_queue_with_a_banner_for_everyone_until_it_is_raised(dashboard, participant, platform,
+                                                                                         browser):  # fmt: skip
+    admin_page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    sign_in_as_instructor(admin_page, platform, "/admin/")
+    _set_spending_cap(admin_page, platform, "0")  # the simulator costs nothing: a cap of 0 is reached at once
+    dashboard.wait_for_selector("#capped-banner", state="visible", timeout=SLOW)
+    assert "0.00 of 0.00" in dashboard.inner_text("#capped-banner")
+    participant.click(RUN_BUTTON)
+    job = _first_row(dashboard, "#queue-rows tr[data-status=queued]")
+    participant.wait_for_selector("#comfyume-banner >> text=GPU budget is spent", timeout=SLOW)
+    dashboard.wait_for_timeout(3000)  # a reconciler sweep later, it still waits
+    assert dashboard.get_attribute(f'#queue-rows tr[data-job="{job}"]', "data-status") == "queued"
+    dashboard.screenshot(path=str(ARTIFACTS / "instructor-dashboard-spending-cap.png"), full_page=True)
+    participant.screenshot(path=str(ARTIFACTS / "participant-spending-cap.png"))
+
+    _set_spending_cap(admin_page, platform, "")  # no cap: the queue goes on at once
+    dashboard.wait_for_selector("#capped-banner", state="hidden", timeout=SLOW)
+    dashboard.wait_for_selector(f'#ended-rows tr[data-job="{job}"][data-status=succeeded]', timeout=SLOW)
+    admin_page.close()
