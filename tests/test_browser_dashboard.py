@@ -417,3 +417,41 @@ def test_a_spending_cap_holds_the_queue_with_a_banner_for_everyone_until_it_is_r
     dashboard.wait_for_selector("#capped-banner", state="hidden", timeout=SLOW)
     dashboard.wait_for_selector(f'#ended-rows tr[data-job="{job}"][data-status=succeeded]', timeout=SLOW)
     admin_page.close()
+
+
+def test_the_instructor_rehearses_and_hands_out_take_home_links_from_the_admin(dashboard, platform, browser, tmp_path):
+    """The Rehearse page runs the uploaded template as two simulated participants in a worker and shows the report;
+    the seat list's action prints each seat's take-home link with its QR code."""
+    import time
+
+    from tests.recorded import TINY_PATH
+
+    prompt = tmp_path / "tiny_invert.json"
+    prompt.write_text(TINY_PATH.read_text())
+    demo = platform.manage(
+        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
+    )
+    page = browser.new_page(viewport=LAPTOP_PROJECTOR)
+    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    page.click(".object-tools a:text-is('Rehearse')")
+    page.set_input_files("#id_prompts", str(prompt))
+    page.fill("#id_participants", "2")
+    page.fill("#id_timeout", "120")
+    page.click("input[type=submit]")
+    page.wait_for_selector("text=Rehearsal of demo started", timeout=SLOW)
+    deadline = time.monotonic() + 90
+    while "tiny_invert: 2 of 2 done" not in page.inner_text("body"):
+        assert time.monotonic() < deadline, page.inner_text("body")[-1500:]
+        page.wait_for_timeout(2000)
+        page.reload()
+    assert "First job on a GPU after" in page.inner_text("body")
+    page.screenshot(path=str(ARTIFACTS / "instructor-rehearsal.png"), full_page=True)
+
+    page.goto(f"{platform.base}/admin/workshops/seat/?workshop__id__exact={demo.stdout.split()[-1]}")
+    page.check("#action-toggle")
+    page.select_option("select[name=action]", "take_home_links")
+    page.click("button[name=index]")
+    page.wait_for_selector("table.take-home svg", timeout=SLOW)
+    assert page.locator("table.take-home a[href*='/take-home/']").count() >= 2
+    page.screenshot(path=str(ARTIFACTS / "instructor-take-home-links.png"), full_page=True)
+    page.close()
