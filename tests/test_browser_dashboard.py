@@ -77,6 +77,33 @@ def participant(platform, browser):
     page.close()
 
 
+def _demo_pk(platform: Platform) -> str:
+    """The demo workshop's id, from the platform's own database (shell prints its notes before it)."""
+    answer = platform.manage(
+        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
+    )
+    return answer.stdout.split()[-1]
+
+
+def _card_signs_in(browser, platform: Platform, workshop: str, label: str, username: str, password: str) -> Any:
+    """Once the seat's ComfyUI runs, its card's username and password lead into it: the signed-in page."""
+    import time
+
+    deadline = time.monotonic() + 60
+    status = ("seat_frontends", "status", "--workshop", workshop, "--seat", label)
+    while "running" not in platform.manage(*status).stdout.split("wanted")[0]:
+        assert time.monotonic() < deadline, f"{workshop}/{label}'s ComfyUI did not start"
+        time.sleep(0.5)
+    page = browser.new_page(viewport={"width": 1300, "height": 850})
+    page.goto(f"{platform.base}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#graph-canvas", timeout=SLOW)
+    assert page.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == label
+    return page
+
+
 def _first_row(page, selector: str) -> str:
     """The job number of the first row matching ``selector``, waiting for it to appear."""
     page.wait_for_selector(selector, timeout=SLOW)
@@ -242,7 +269,6 @@ def test_the_instructor_creates_a_workshop_from_names_and_a_card_signs_a_partici
     """Before a session: the admin form makes a workshop from a list of names and shows the printable cards;
     a card's username and password lead its participant into their own, freshly started ComfyUI."""
     import re
-    import time
 
     page = browser.new_page(viewport=LAPTOP_PROJECTOR)
     sign_in_as_instructor(page, platform, "/admin/workshops/workshop/")
@@ -260,24 +286,8 @@ def test_the_instructor_creates_a_workshop_from_names_and_a_card_signs_a_partici
     assert page.locator(".card svg").count() == 2  # a QR code per card
     page.screenshot(path=str(ARTIFACTS / "instructor-credential-cards.png"), full_page=True)
     page.close()
-    deadline = time.monotonic() + 60
-    while (
-        "running"
-        not in platform.manage("seat_frontends", "status", "--workshop", "evening", "--seat", "user002").stdout.split(
-            "wanted"
-        )[0]
-    ):
-        assert time.monotonic() < deadline, "the new seats' ComfyUI did not start"
-        time.sleep(0.5)
-    participant = browser.new_page(viewport={"width": 1300, "height": 850})
-    participant.goto(f"{platform.base}/login/")
-    participant.fill("#id_username", cards[1][0])
-    participant.fill("#id_password", cards[1][1])
-    participant.click("button[type=submit]")
     # This workshop has no default template: its canvas stays empty, so only the canvas is waited for.
-    participant.wait_for_selector("#graph-canvas", timeout=SLOW)
-    assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user002"
-    participant.close()
+    _card_signs_in(browser, platform, "evening", "user002", *cards[1]).close()
 
 
 def _seat_action(page, platform: Platform, username: str, action: str) -> None:
@@ -292,7 +302,6 @@ def test_the_instructor_handles_one_participant_at_a_time(dashboard, platform, b
     """During a session: one lost card replaced (the other seats' cards and sessions untouched), a late
     participant added to the running workshop and signed in with their new card, one seat given more time."""
     import re
-    import time
 
     page = browser.new_page(viewport=LAPTOP_PROJECTOR)
     sign_in_as_instructor(page, platform, "/admin/workshops/seat/")
@@ -304,10 +313,8 @@ def test_the_instructor_handles_one_participant_at_a_time(dashboard, platform, b
     cards = re.findall(r"<dt>Username</dt><dd>([^<]+)</dd>\s*<dt>Password</dt><dd>([^<]+)</dd>", page.content())
     assert [u for u, _ in cards] == ["demo-user002"]  # only the lost card is reprinted
 
-    demo = platform.manage(
-        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
-    )
-    page.goto(f"{platform.base}/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")  # after shell's own notes
+    demo = _demo_pk(platform)
+    page.goto(f"{platform.base}/admin/workshops/workshop/{demo}/change/")  # after shell's own notes
     page.click(".object-tools a:text-is('Add seats')")
     page.fill("#id_names", "Late Larry\n")
     page.screenshot(path=str(ARTIFACTS / "instructor-add-seats.png"), full_page=True)
@@ -330,22 +337,7 @@ def test_the_instructor_handles_one_participant_at_a_time(dashboard, platform, b
     page.screenshot(path=str(ARTIFACTS / "instructor-more-budget.png"), full_page=True)
     page.close()
 
-    deadline = time.monotonic() + 60
-    while (
-        "running"
-        not in platform.manage("seat_frontends", "status", "--workshop", "demo", "--seat", "user003").stdout.split(
-            "wanted"
-        )[0]
-    ):
-        assert time.monotonic() < deadline, "the late participant's ComfyUI did not start"
-        time.sleep(0.5)
-    participant = browser.new_page(viewport={"width": 1300, "height": 850})
-    participant.goto(f"{platform.base}/login/")
-    participant.fill("#id_username", late[0][0])
-    participant.fill("#id_password", late[0][1])
-    participant.click("button[type=submit]")
-    participant.wait_for_selector("#graph-canvas", timeout=SLOW)
-    assert participant.evaluate("fetch('api/comfyume/seat').then(r => r.json()).then(s => s.label)") == "user003"
+    participant = _card_signs_in(browser, platform, "demo", "user003", *late[0])
     participant.screenshot(path=str(ARTIFACTS / "participant-late-seat.png"))
     participant.close()
 
@@ -372,11 +364,9 @@ def test_a_participant_takes_their_work_home_and_the_instructor_sizes_the_day(
     stranger.screenshot(path=str(ARTIFACTS / "participant-take-home-link.png"), full_page=True)
     stranger.close()
 
-    demo = platform.manage(
-        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
-    )
+    demo = _demo_pk(platform)
     page = browser.new_page(viewport=LAPTOP_PROJECTOR)
-    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo}/change/")
     page.click(".object-tools a:text-is('GPUs and cost')")
     page.wait_for_selector("#estimate", timeout=SLOW)
     assert "the median of" in page.inner_text("body")  # measured from the jobs that ran
@@ -389,10 +379,8 @@ def test_a_participant_takes_their_work_home_and_the_instructor_sizes_the_day(
 
 def _set_spending_cap(page, platform: Platform, value: str) -> None:
     """The instructor types the workshop's spending cap in its admin page and saves it."""
-    demo = platform.manage(
-        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
-    )
-    page.goto(f"{platform.base}/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    demo = _demo_pk(platform)
+    page.goto(f"{platform.base}/admin/workshops/workshop/{demo}/change/")
     page.fill("#id_spending_cap", value)
     page.click("input[name=_continue]")
     page.wait_for_selector(".messagelist .success", timeout=SLOW)
@@ -428,11 +416,9 @@ def test_the_instructor_rehearses_and_hands_out_take_home_links_from_the_admin(d
 
     prompt = tmp_path / "tiny_invert.json"
     prompt.write_text(TINY_PATH.read_text())
-    demo = platform.manage(
-        "shell", "-c", "from workshops.models import Workshop as W; print(W.objects.get(slug='demo').pk)"
-    )
+    demo = _demo_pk(platform)
     page = browser.new_page(viewport=LAPTOP_PROJECTOR)
-    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo.stdout.split()[-1]}/change/")
+    sign_in_as_instructor(page, platform, f"/admin/workshops/workshop/{demo}/change/")
     page.click(".object-tools a:text-is('Rehearse')")
     page.set_input_files("#id_prompts", str(prompt))
     page.fill("#id_participants", "2")
@@ -447,7 +433,7 @@ def test_the_instructor_rehearses_and_hands_out_take_home_links_from_the_admin(d
     assert "First job on a GPU after" in page.inner_text("body")
     page.screenshot(path=str(ARTIFACTS / "instructor-rehearsal.png"), full_page=True)
 
-    page.goto(f"{platform.base}/admin/workshops/seat/?workshop__id__exact={demo.stdout.split()[-1]}")
+    page.goto(f"{platform.base}/admin/workshops/seat/?workshop__id__exact={demo}")
     page.check("#action-toggle")
     page.select_option("select[name=action]", "take_home_links")
     page.click("button[name=index]")

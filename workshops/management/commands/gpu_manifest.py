@@ -45,6 +45,16 @@ class Command(BaseCommand):
             write(self.style.SUCCESS(f"Manifest: {out} (python deploy/gpu-worker/fetch_models.py {out} --to DIR)"))
 
 
+def read_json_file(path: Path) -> Any:
+    """A JSON file a command was given; CommandError saying why when it cannot be read or is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandError(f"Cannot read {path}: {exc.strerror}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"{path} is not JSON: {exc}.") from None
+
+
 def workflows_for(workshop: str | None, names: list[str] | None, files: list[Path] | None) -> dict[str, Any]:
     """The UI-format workflows of a workshop's templates, of named templates, or of files; CommandError when none."""
     if workshop is not None:
@@ -64,12 +74,7 @@ def workflows_for(workshop: str | None, names: list[str] | None, files: list[Pat
         return templates
     workflows = {}
     for path in files or []:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise CommandError(f"Cannot read {path}: {exc.strerror}.") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CommandError(f"{path} is not JSON: {exc}.") from None
+        data = read_json_file(path)
         if not isinstance(data, dict) or "nodes" not in data:
             raise CommandError(f"{path} is not a workflow saved from ComfyUI (UI format, with 'nodes').")
         workflows[path.stem] = data

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from jobs.rehearsal import MAX_PARTICIPANTS, Rehearsal, RehearsalError, read_prompt, rehearse, report
 from workshops import audit
 from workshops.models import Workshop
+
+from .gpu_manifest import read_json_file
 
 
 class Command(BaseCommand):
@@ -45,12 +46,7 @@ class Command(BaseCommand):
             raise CommandError(f"--participants must be 1 to {MAX_PARTICIPANTS}, not {participants}.")
         prompts = {}
         for path in prompt:
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise CommandError(f"Cannot read {path}: {exc.strerror}.") from None
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CommandError(f"{path} is not JSON: {exc}.") from None
+            data = read_json_file(path)
             try:
                 prompts[path.stem] = read_prompt(path.name, data)
             except RehearsalError as exc:
