@@ -91,6 +91,13 @@ def _finished(job: Job) -> bool:
     return job.status not in (*Job.WAITING, *Job.ACTIVE)
 
 
+def _check_request(prompts: dict[str, Any], participants: int) -> None:
+    if not prompts:
+        raise RehearsalError("Give at least one template's API-format prompt to rehearse.")
+    if not 1 <= participants <= MAX_PARTICIPANTS:
+        raise RehearsalError(f"Rehearse with 1 to {MAX_PARTICIPANTS} simulated participants, not {participants}.")
+
+
 def rehearse(
     workshop: Workshop,
     prompts: dict[str, dict[str, Any]],
@@ -101,10 +108,7 @@ def rehearse(
     progress: Callable[[str], None] = lambda line: None,
     poll: float = 1.0,
 ) -> Rehearsal:
-    if not prompts:
-        raise RehearsalError("Give at least one template's API-format prompt to rehearse.")
-    if not 1 <= participants <= MAX_PARTICIPANTS:
-        raise RehearsalError(f"Rehearse with 1 to {MAX_PARTICIPANTS} simulated participants, not {participants}.")
+    _check_request(prompts, participants)
     if timeout <= 0:
         raise RehearsalError("The timeout must be more than 0 seconds.")
     backends = list(workshop.backends.filter(enabled=True))
@@ -221,10 +225,7 @@ def start_in_background(
             "A rehearsal takes one RQ worker for itself and needs others to run its jobs: run at least two workers "
             "(compose: COMFYUME_WORKERS), or use manage.py rehearse."
         )
-    if not prompts:
-        raise RehearsalError("Give at least one template's API-format prompt to rehearse.")
-    if not 1 <= participants <= MAX_PARTICIPANTS:
-        raise RehearsalError(f"Rehearse with 1 to {MAX_PARTICIPANTS} simulated participants, not {participants}.")
+    _check_request(prompts, participants)
     queue.enqueue(
         run_queued, workshop.pk, prompts, participants, timeout, getattr(actor, "pk", None),
         job_timeout=int(timeout) + 600,

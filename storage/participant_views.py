@@ -14,18 +14,15 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, St
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_POST, require_safe
 
 from jobs.auth import seat_for_user
 from workshops.models import Seat
 from workshops.services import WorkshopError
 
-from .downloads import ArchiveItem, build_archive
 from .models import Artifact, OutputLink
-from .stores import default_store
 from .take_home import link_expiry, take_home_url, usable_link
-from .views import _streamed, artifact_response
+from .views import artifact_response, zip_response
 
 PRIVATE_HEADERS = {"Cache-Control": "private, no-store", "X-Robots-Tag": "noindex, nofollow"}
 # The link's pages carry the token in their address: no referrer ever leaves them. The signed-in page keeps the
@@ -83,13 +80,7 @@ def _file(request: HttpRequest, seat: Seat, artifact_id: int, *, via_link: bool)
 
 
 def _zip(request: HttpRequest, seat: Seat, *, via_link: bool) -> StreamingHttpResponse:
-    rows = _outputs(seat).order_by("job_id", "id").values_list("job__seat__label", "job_id", "filename", "key", "size")
-    archive = build_archive((ArchiveItem(*row) for row in rows.iterator()), default_store())
-    response = _streamed(request, iter(archive), length=len(archive), content_type="application/zip")
-    name = f"{seat.workshop.slug}-{seat.label}-outputs.zip"
-    response["Content-Disposition"] = content_disposition_header(True, name) or ""
-    response["X-Missing-Files"] = str(len(archive.missing))
-    response["X-Accel-Buffering"] = "no"
+    response = zip_response(request, _outputs(seat), f"{seat.workshop.slug}-{seat.label}-outputs.zip")
     _private(response, via_link=via_link)
     return response
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from workshops import audit, frontends
 from workshops.models import Seat, Workshop, hash_token
-from workshops.services import WorkshopError
+from workshops.services import WorkshopError, check_seats_of
 
 from .models import Artifact, OutputLink, SeatInput
 from .stores import StorageError, default_store
@@ -60,9 +60,7 @@ def issue_links(workshop: Workshop, seats: list[Seat], *, actor: audit.Actor) ->
     """A new personal link for each seat (older links keep working until they expire or are revoked)."""
     if not seats:
         raise WorkshopError("Choose at least one seat to issue a take-home link for.")
-    others = [str(seat) for seat in seats if seat.workshop_id != workshop.pk]
-    if others:
-        raise WorkshopError(f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a seat of {workshop.slug}.")
+    check_seats_of(workshop, seats)
     expires_at = link_expiry(workshop)
     by = actor.get_username() if actor is not None and hasattr(actor, "get_username") else ""
     issued = []

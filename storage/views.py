@@ -15,7 +15,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.db.models import Count, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.http import (
     Http404,
     HttpRequest,
@@ -286,12 +286,18 @@ def download_zip(request: HttpRequest, slug: str) -> StreamingHttpResponse:
     if seat_label:
         seat = get_object_or_404(Seat, workshop=workshop, label=seat_label)
         artifacts = artifacts.filter(job__seat=seat)
+    name = f"{workshop.slug}-{seat_label}-outputs.zip" if seat_label else f"{workshop.slug}-outputs.zip"
+    return zip_response(request, artifacts, name)
+
+
+def zip_response(request: HttpRequest, artifacts: QuerySet[Artifact], name: str) -> StreamingHttpResponse:
+    """``artifacts`` as one streamed ZIP called ``name``: ``<seat>/<job number>-<filename>`` entries, missing files
+    listed in ``MISSING.txt``; for the gallery's downloads and a participant's own."""
     rows = artifacts.order_by("job__seat__label", "job_id", "id").values_list(
         "job__seat__label", "job_id", "filename", "key", "size"
     )
     archive = build_archive((ArchiveItem(*row) for row in rows.iterator()), default_store())
     response = _streamed(request, iter(archive), length=len(archive), content_type="application/zip")
-    name = f"{workshop.slug}-{seat_label}-outputs.zip" if seat_label else f"{workshop.slug}-outputs.zip"
     response["Content-Disposition"] = content_disposition_header(True, name) or ""
     response["X-Missing-Files"] = str(len(archive.missing))
     # nginx would otherwise spool the whole archive to a temp file before the browser's progress bar moves.

@@ -213,14 +213,19 @@ def reissue_credentials(workshop: Workshop, seats: Iterable[Seat] | None = None)
     return credentials
 
 
+def check_seats_of(workshop: Workshop, seats: Iterable[Seat]) -> None:
+    """WorkshopError naming the seats that are not the workshop's (an action on one workshop's seats)."""
+    others = [str(seat) for seat in seats if seat.workshop_id != workshop.pk]
+    if others:
+        raise WorkshopError(f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a seat of {workshop.slug}.")
+
+
 def reissue_seat_cards(workshop: Workshop, seats: Iterable[Seat], *, actor: audit.Actor) -> list[SeatCredentials]:
     """New cards for some seats of a workshop (a lost card, a participant who swapped places), audited."""
     seats = list(seats)
     if not seats:
         raise WorkshopError("Choose at least one seat to issue a new card for.")
-    others = [str(seat) for seat in seats if seat.workshop_id != workshop.pk]
-    if others:
-        raise WorkshopError(f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a seat of {workshop.slug}.")
+    check_seats_of(workshop, seats)
     credentials = reissue_credentials(workshop, seats)
     labels = [c.seat for c in credentials]
     without = sorted({seat.label for seat in seats} - set(labels))

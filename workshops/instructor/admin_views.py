@@ -237,16 +237,15 @@ def new_cards(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Que
             model_admin.message_user(request, str(exc), messages.ERROR)
             return None
         return _sheet_response(workshop, credentials)
-    context = _page_context(
+    return _seat_action_page(
         model_admin,
         request,
+        "admin/workshops/seat/new_cards.html",
         title="Issue new cards",
         workshop=workshop,
         seats=seats,
         action="new_cards",
-        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
     )
-    return TemplateResponse(request, "admin/workshops/seat/new_cards.html", context)
 
 
 class MoreBudgetForm(forms.Form):
@@ -291,17 +290,16 @@ def more_budget(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Q
                 "participants may queue jobs up to the new limit at once. The other seats keep the workshop's budget.",
             )
             return None
-    context = _page_context(
+    return _seat_action_page(
         model_admin,
         request,
+        "admin/workshops/seat/more_budget.html",
         title="Give more budget",
         workshop=workshop,
         seats=seats,
         form=form,
         action="more_budget",
-        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
     )
-    return TemplateResponse(request, "admin/workshops/seat/more_budget.html", context)
 
 
 def take_home_links(
@@ -360,17 +358,16 @@ def delete_participant_data(
         for seat in seats
     }
     rows = [(seat, *counts[seat.pk]) for seat in seats]
-    context = _page_context(
+    return _seat_action_page(
         model_admin,
         request,
+        "admin/workshops/seat/delete_data.html",
         title="Delete participants' data",
         workshop=seats[0].workshop if len({s.workshop_id for s in seats}) == 1 else None,
         seats=seats,
         rows=rows,
         action="delete_participant_data",
-        action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
     )
-    return TemplateResponse(request, "admin/workshops/seat/delete_data.html", context)
 
 
 class EstimateForm(forms.Form):
@@ -494,6 +491,16 @@ def rehearse_page(model_admin: admin.ModelAdmin, request: HttpRequest, object_id
         model_admin, request, title=f"Rehearse {workshop}", workshop=workshop, form=form, past=list(past)
     )
     return TemplateResponse(request, "admin/workshops/workshop/rehearse.html", context)
+
+
+def _seat_action_page(
+    model_admin: admin.ModelAdmin, request: HttpRequest, template: str, *, action: str, **extra: Any
+) -> TemplateResponse:
+    """The confirmation or form page of a seat-list action; it posts the action and the chosen seats again."""
+    context = _page_context(
+        model_admin, request, action=action, action_checkbox_name=helpers.ACTION_CHECKBOX_NAME, **extra
+    )
+    return TemplateResponse(request, template, context)
 
 
 def _page_context(model_admin: admin.ModelAdmin, request: HttpRequest, **extra: Any) -> dict[str, Any]:
